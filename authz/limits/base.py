@@ -1,0 +1,83 @@
+"""The counter-store contract shared by every backend.
+
+A request may touch several limits (a per-tool cap and a shared budget, say). They are
+counted in one atomic operation, all or nothing: if any limit would be exceeded, none is
+incremented, so a denied call consumes no budget anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class CounterKey:
+    """Which budget a hit draws from: the policy's counter name and the subject it is kept for.
+
+    `subject` is built from identities and session ids that may contain any character, so
+    stores must encode the parts unambiguously (never by joining them with a separator).
+    """
+
+    counter: str
+    scope: str
+    subject: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One limit to count: at most `limit` units in any rolling `window` seconds."""
+
+    key: CounterKey
+    limit: int
+    window: int
+    cost: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """What one limit looks like after the operation (or, when refused, without it)."""
+
+    hit: Hit
+    used: int
+    remaining: int
+    # Seconds until this hit's cost would fit again; 0 when it fits now, None when the cost
+    # exceeds the limit outright and no amount of waiting helps.
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HitResult:
+    allowed: bool
+    states: tuple[LimitState, ...]
+
+    @property
+    def blocking(self) -> tuple[LimitState, ...]:
+        """The limits that refused the request (empty when allowed)."""
+        return tuple(s for s in self.states if s.retry_after != 0)
+
+    @property
+    def retry_after(self) -> float | None:
+        """When the whole request would fit: the latest of its blocking limits."""
+        waits = [s.retry_after for s in self.blocking]
+        if any(w is None for w in waits):
+            return None
+        return max((w for w in waits if w is not None), default=0.0)
+
+
+class StoreUnavailable(Exception):  # noqa: N818 - reads as a state, like ConnectionRefused
+    """The store could not answer in time; the caller applies the configured fail mode."""
+
+
+class CounterStore(Protocol):
+    """A sliding-window counter backend.
+
+    `hit` must be atomic across every caller sharing the store (threads, processes,
+    replicas): either every hit fits and all are counted, or none is counted.
+    An empty `hits` sequence is allowed and counts nothing.
+    """
+
+    async def hit(self, hits: Sequence[Hit]) -> HitResult: ...
+
+    async def close(self) -> None: ...
