@@ -1,0 +1,87 @@
+"""The `make run` demo: the demo MCP server behind Envoy, guarded by mcp-authz.
+
+Starts the demo MCP server (:8000), mcp-authz with the seed policy and the in-process store
+(:9191) and Envoy with deploy/envoy/envoy.yaml (:10000, admin :9901), waits until all three
+serve, says how to call them, and stops them all on Ctrl-C or SIGTERM (or when one dies).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+from stack import SEED_POLICY, Ports, Stack, StartupError, running_stack
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+CURL_BODY = (
+    '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"transfer_funds",'
+    '"arguments":{"amount":5,"to":"mallory"},"_meta":{'
+    '"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+    '"io.modelcontextprotocol/clientCapabilities":{}}}}'
+)
+
+
+def instructions(stack: Stack, workdir: Path) -> str:
+    url = stack.ports.mcp_url
+    return f"""
+mcp-authz demo is up. MCP endpoint (through Envoy): {url}
+Policy {SEED_POLICY.name}: default deny; binance_us_create_listen_key allowed 30 times a minute.
+
+Call a tool the policy does not list (refused with a JSON-RPC error, HTTP 200):
+  curl -s {url} -H 'content-type: application/json' \\
+    -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2026-07-28' \\
+    -H 'mcp-method: tools/call' -H 'mcp-name: transfer_funds' \\
+    -d '{CURL_BODY}'
+
+From Python (official SDK), the 31st call within a minute is refused:
+  from mcp import Client
+  async with Client("{url}") as client:
+      await client.call_tool("binance_us_create_listen_key")
+
+mcp-authz decisions print below; demo server and Envoy logs are in {workdir}.
+Ctrl-C stops all three.
+"""
+
+
+def wait_for_stop(stack: Stack) -> str:
+    """Block until Ctrl-C, SIGTERM or the death of a process; say which."""
+    waited = {*STOP_SIGNALS, signal.SIGCHLD}
+    # Blocked only now: children inherit the mask, and must still die on SIGTERM. A child
+    # that died before this line sent a SIGCHLD nobody saw, hence the check after it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    if stack.all_running():
+        received = signal.sigwait(waited)
+        if received in STOP_SIGNALS:
+            return signal.Signals(received).name
+    dead = [process.name for process in stack.processes if not process.running()]
+    return f"{', '.join(dead)} exited"
+
+
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM while starting up unwinds like Ctrl-C, so started processes are stopped."""
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    workdir = Path(tempfile.mkdtemp(prefix="mcp-authz-demo-"))
+    try:
+        with running_stack(Ports(), SEED_POLICY, workdir, authz_log=None) as stack:
+            print(instructions(stack, workdir), flush=True)
+            reason = wait_for_stop(stack)
+            print(f"\nstopping ({reason})", flush=True)
+    except StartupError as error:
+        print(error, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted while starting; stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

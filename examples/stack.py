@@ -1,0 +1,257 @@
+"""Start and stop the demo stack: the demo MCP server, mcp-authz and Envoy.
+
+`run_demo.py` (``make run``) and the end-to-end tests both start processes through this
+module, so the tests exercise the very stack the demo runs. Envoy always gets the shipped
+``deploy/envoy/envoy.yaml`` with only its four ports rewritten.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+ENVOY_CONFIG = REPO / "deploy" / "envoy" / "envoy.yaml"
+SEED_POLICY = REPO / "examples" / "policies" / "seed.json"
+DEMO_SERVER = REPO / "examples" / "demo_server.py"
+
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT = 30.0
+STOP_GRACE = 10.0
+# How long each readiness probe waits on the process before probing again; a process that
+# exits meanwhile ends the wait at once.
+POLL_INTERVAL = 0.05
+LOG_TAIL_CHARS = 6000
+
+
+class StartupError(RuntimeError):
+    """A process of the stack exited or did not become ready in time."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The stack's four ports; the defaults are the ones in the shipped Envoy config."""
+
+    mcp_server: int = 8000
+    authz: int = 9191
+    envoy: int = 10000
+    admin: int = 9901
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Four distinct ports the kernel has just handed out as free."""
+        sockets = [socket.socket() for _ in range(4)]
+        with ExitStack() as stack:
+            for sock in sockets:
+                stack.enter_context(sock)
+                sock.bind((HOST, 0))
+            mcp_server, authz, envoy, admin = (sock.getsockname()[1] for sock in sockets)
+        return cls(mcp_server=mcp_server, authz=authz, envoy=envoy, admin=admin)
+
+    @property
+    def mcp_url(self) -> str:
+        """Where MCP clients connect: Envoy's listener."""
+        return f"http://{HOST}:{self.envoy}/mcp"
+
+
+@dataclass
+class Process:
+    """A child process whose output goes to `log` (or to our own terminal when None)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path | None
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return self.log.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM (each component shuts down gracefully on it), SIGKILL after a grace period."""
+        if not self.running():
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def wait_ready(self, ready: Callable[[], bool], what: str) -> None:
+        """Probe `ready` until it holds; fail fast if the process exits first."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not ready():
+            if time.monotonic() > deadline:
+                self.stop()
+                raise StartupError(self._describe(f"not {what} after {STARTUP_TIMEOUT:.0f}s"))
+            try:
+                returncode = self.popen.wait(POLL_INTERVAL)
+            except subprocess.TimeoutExpired:
+                continue
+            raise StartupError(self._describe(f"exited with status {returncode}"))
+
+    def _describe(self, problem: str) -> str:
+        where = f"log {self.log}" if self.log else "output above"
+        return f"{self.name} {problem} ({where}):\n{self.log_text()[-LOG_TAIL_CHARS:]}"
+
+
+def launch(name: str, argv: list[str], log: Path | None) -> Process:
+    """Start `argv` in its own process group, so a terminal's Ctrl-C reaches only us and
+    we stop the stack in order."""
+    with ExitStack() as files:
+        out = files.enter_context(log.open("wb")) if log else None
+        popen = subprocess.Popen(  # noqa: S603 (argv is ours: this interpreter, envoy, mcp-authz)
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            process_group=0,
+        )
+    return Process(name, popen, log)
+
+
+def executable(name: str) -> str:
+    """`name` from this interpreter's environment (a venv need not be activated), else PATH."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise StartupError(f"{name} not found next to {sys.executable} nor on PATH")
+    return found
+
+
+def accepts_tcp(port: int) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            with socket.create_connection((HOST, port), timeout=POLL_INTERVAL):
+                return True
+        except OSError:
+            return False
+
+    return probe
+
+
+def grpc_serving(port: int) -> Callable[[], bool]:
+    """The standard gRPC health check for the whole server reports SERVING."""
+
+    def probe() -> bool:
+        with grpc.insecure_channel(f"{HOST}:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return probe
+
+
+def envoy_ready(admin_port: int) -> Callable[[], bool]:
+    """Envoy's admin /ready answers 200 once listeners and clusters are initialised."""
+
+    def probe() -> bool:
+        with closing(http.client.HTTPConnection(HOST, admin_port, timeout=1.0)) as conn:
+            try:
+                conn.request("GET", "/ready")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+
+    return probe
+
+
+def render_envoy_config(ports: Ports, dest: Path) -> Path:
+    """Write the shipped Envoy config to `dest` with only its ports changed."""
+    config: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = ports.admin
+    (listener,) = config["static_resources"]["listeners"]
+    listener["address"]["socket_address"]["port_value"] = ports.envoy
+    cluster_ports = {"mcp_server": ports.mcp_server, "mcp_authz": ports.authz}
+    for cluster in config["static_resources"]["clusters"]:
+        for locality in cluster["load_assignment"]["endpoints"]:
+            for lb_endpoint in locality["lb_endpoints"]:
+                address = lb_endpoint["endpoint"]["address"]["socket_address"]
+                address["port_value"] = cluster_ports[cluster["name"]]
+    dest.write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+def start_demo_server(ports: Ports, log: Path | None) -> Process:
+    argv = [sys.executable, str(DEMO_SERVER), "--host", HOST, "--port", str(ports.mcp_server)]
+    process = launch("demo MCP server", argv, log)
+    process.wait_ready(accepts_tcp(ports.mcp_server), "accepting connections")
+    return process
+
+
+def start_authz(ports: Ports, policy: Path, log: Path | None) -> Process:
+    argv = [
+        executable("mcp-authz"),
+        "serve",
+        "--policy",
+        str(policy),
+        "--listen",
+        f"{HOST}:{ports.authz}",
+    ]
+    process = launch("mcp-authz", argv, log)
+    process.wait_ready(grpc_serving(ports.authz), "serving gRPC health")
+    return process
+
+
+def start_envoy(ports: Ports, workdir: Path, log: Path | None) -> Process:
+    config = render_envoy_config(ports, workdir / "envoy.yaml")
+    # Hot restart shares memory keyed by a base id; without disabling it a second Envoy on
+    # the machine (the demo next to a test run) would refuse to start.
+    argv = [executable("envoy"), "-c", str(config), "--disable-hot-restart"]
+    process = launch("envoy", argv, log)
+    process.wait_ready(envoy_ready(ports.admin), "ready on its admin port")
+    return process
+
+
+@dataclass(frozen=True)
+class Stack:
+    ports: Ports
+    processes: list[Process]
+
+    def all_running(self) -> bool:
+        return all(process.running() for process in self.processes)
+
+
+@contextmanager
+def running_stack(
+    ports: Ports, policy: Path, workdir: Path, *, authz_log: Path | None
+) -> Iterator[Stack]:
+    """Start all three, ready to serve, and stop them (in reverse) when the block ends.
+
+    The demo server's and Envoy's output go to files in `workdir`; mcp-authz's to
+    `authz_log`, or to our own terminal when None.
+    """
+    with ExitStack() as cleanup:
+        processes = [
+            cleanup.enter_context(start_demo_server(ports, workdir / "demo_server.log")),
+            cleanup.enter_context(start_authz(ports, policy, authz_log)),
+            cleanup.enter_context(start_envoy(ports, workdir, workdir / "envoy.log")),
+        ]
+        yield Stack(ports, processes)
