@@ -1,0 +1,210 @@
+"""The `mcp-authz` command: serve, validate, check.
+
+Every `serve` flag has an environment twin, MCP_AUTHZ_<FLAG> (e.g. --redis-url and
+MCP_AUTHZ_REDIS_URL); a flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from authz.decision import FailMode
+from authz.identity import ANONYMOUS, Caller
+from authz.mcp import McpCall
+from authz.policy.evaluate import evaluate, hits
+from authz.policy.load import PolicyError, load_policy
+from authz.settings import IdentitySourceKind, Settings
+
+EXIT_DENIED = 1
+EXIT_BAD_INPUT = 2
+# The defaults, read off a Settings so the two can never disagree.
+_D = Settings(policy=Path())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-authz", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _serve_parser(commands.add_parser("serve", help="run the ext_authz gRPC service"))
+    validate = commands.add_parser("validate", help="check policy files and list every problem")
+    validate.add_argument("policies", nargs="+", type=Path, metavar="POLICY")
+    validate.set_defaults(handler=_validate)
+    check = commands.add_parser("check", help="explain how a policy decides a call, offline")
+    check.add_argument("policy", type=Path, metavar="POLICY")
+    check.add_argument("--tool", help="the tool of a tools/call")
+    check.add_argument("--method", default="tools/call", help="the JSON-RPC method")
+    check.add_argument("--args", default="{}", help="the call's arguments as a JSON object")
+    check.add_argument("--identity", default=ANONYMOUS)
+    check.add_argument("--session")
+    check.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def _serve_parser(p: argparse.ArgumentParser) -> None:
+    def opt(flag: str, help_: str, **kw: Any) -> None:
+        env = "MCP_AUTHZ_" + flag.lstrip("-").replace("-", "_").upper()
+        default = os.environ.get(env, kw.pop("default", None))
+        p.add_argument(flag, default=default, help=f"{help_} [env {env}]", **kw)
+
+    opt("--policy", "policy file (JSON or YAML)", required="MCP_AUTHZ_POLICY" not in os.environ)
+    opt("--listen", "gRPC address", default=_D.listen)
+    opt("--redis-url", "Redis URL; without one the in-process store is used")
+    opt("--redis-prefix", "prefix of every Redis key", default=_D.redis_prefix)
+    opt("--redis-timeout", "seconds per Redis call", default=_D.redis_timeout, type=float)
+    opt(
+        "--fail-mode",
+        "when the counter store is down: closed (deny) or open (allow)",
+        default=_D.fail_mode.value,
+        choices=[m.value for m in FailMode],
+    )
+    opt(
+        "--identity-source",
+        "where the caller's identity comes from",
+        default=_D.identity_source.value,
+        choices=[k.value for k in IdentitySourceKind],
+    )
+    opt(
+        "--identity-header",
+        "header Envoy sets to the caller's identity (source: header)",
+        default=_D.identity_header,
+    )
+    opt("--identity-claim", "JWT claim naming the caller (source: jwt)", default=_D.identity_claim)
+    opt(
+        "--jwt-payload-key",
+        "jwt_authn payload_in_metadata key (source: jwt)",
+        default=_D.jwt_payload_key,
+    )
+    opt("--audit-log", "audit log: - for stdout, off, or a file", default=_D.audit_log)
+    opt("--grace", "seconds to drain in-flight checks on SIGTERM", default=_D.grace, type=float)
+    opt("--log-level", "DEBUG, INFO, WARNING or ERROR", default=_D.log_level)
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from authz.runner import Gateway  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings(
+            policy=Path(args.policy),
+            listen=args.listen,
+            redis_url=args.redis_url or None,
+            redis_prefix=args.redis_prefix,
+            redis_timeout=float(args.redis_timeout),
+            fail_mode=FailMode(args.fail_mode),
+            identity_source=IdentitySourceKind(args.identity_source),
+            identity_header=args.identity_header,
+            identity_claim=args.identity_claim,
+            jwt_payload_key=args.jwt_payload_key,
+            audit_log=args.audit_log,
+            grace=float(args.grace),
+            log_level=args.log_level,
+        )
+        gateway = Gateway.build(settings)
+    except PolicyError as e:
+        print(f"mcp-authz: refusing to start, the policy is invalid:\n{e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as e:
+        print(f"mcp-authz: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    asyncio.run(gateway.serve())
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.policies:
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            failed = True
+            print(e, file=sys.stderr)
+            continue
+        count = len(policy.tools.exact) + len(policy.tools.patterns)
+        print(f"{path}: ok ({count} tool rules, default {policy.default}, {policy.version})")
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.policy)
+        call = _call_from(args)
+    except PolicyError as e:
+        print(e, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, TypeError) as e:
+        print(f"mcp-authz check: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    verdict = evaluate(policy, call)
+    caller = Caller(identity=args.identity, session=args.session)
+    explanation = {
+        "policy": str(args.policy),
+        "policy_version": policy.version,
+        "method": call.method,
+        "tool": call.tool,
+        "identity": caller.identity,
+        "decision": "allow" if verdict.allowed else "deny",
+        "rule": verdict.rule,
+        "reason": verdict.reason,
+        "counters": [
+            {
+                "counter": h.key.counter,
+                "scope": h.key.scope,
+                "subject": list(h.key.subject),
+                "max": h.limit,
+                "window_seconds": h.window,
+            }
+            for h in hits(verdict.limits, caller)
+        ],
+    }
+    print(
+        json.dumps(explanation, indent=2, ensure_ascii=False)
+        if args.json
+        else _explain(explanation)
+    )
+    return 0 if verdict.allowed else EXIT_DENIED
+
+
+def _call_from(args: argparse.Namespace) -> McpCall:
+    arguments = json.loads(args.args)
+    if not isinstance(arguments, dict):
+        raise TypeError("--args must be a JSON object")
+    if args.method == "tools/call" and args.tool is None:
+        raise ValueError("--tool is required for tools/call")
+    return McpCall(method=args.method, id=1, target=args.tool, arguments=arguments)
+
+
+def _explain(e: dict[str, Any]) -> str:
+    what = f'tool "{e["tool"]}"' if e["tool"] is not None else f"method {e['method']}"
+    lines = [
+        f"{e['decision'].upper()}: {what} for identity {e['identity']!r}",
+        f"  rule:   {e['rule']}",
+        f"  reason: {e['reason']}",
+        f"  policy: {e['policy']} ({e['policy_version']})",
+    ]
+    lines += [
+        f"  counts: {c['counter']} ({c['max']} per {c['window_seconds']}s, scope {c['scope']}, "
+        f"subject {c['subject']})"
+        for c in e["counters"]
+    ]
+    if e["decision"] == "allow" and e["counters"]:
+        lines.append("  (allowed if the counters above have budget left at call time)")
+    return "\n".join(lines)

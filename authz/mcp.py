@@ -1,0 +1,199 @@
+"""Turn an HTTP request Envoy forwarded into the MCP calls it carries.
+
+Anything that cannot be read with certainty is refused here: a request the gateway reads one
+way and the MCP server another is a way around the policy. So duplicate keys, truncated or
+compressed bodies, over-deep nesting and headers that disagree with the body are all errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from authz.errors import Refusal, RequestRefused
+from authz.request import HttpRequest
+
+MAX_DEPTH = 64
+# Requests without a body to read: the SSE stream (GET), ending a session (DELETE), CORS.
+BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+# Methods whose target the 2026-07-28 revision repeats in the Mcp-Name header.
+_NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+RequestId = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class McpCall:
+    """One JSON-RPC message. `method` is None for a response the client sends back."""
+
+    method: str | None
+    id: RequestId | None
+    # params.name of tools/call and prompts/get, params.uri of resources/read.
+    target: str | None = None
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def tool(self) -> str | None:
+        return self.target if self.method == "tools/call" else None
+
+
+def parse_request(request: HttpRequest) -> tuple[McpCall, ...]:
+    """The calls a request makes; none for bodiless methods. Raises RequestRefused."""
+    if request.method.upper() in BODILESS_METHODS:
+        return ()
+    _check_readable(request)
+    calls = parse_body(request.body)
+    check_headers(calls, request.headers)
+    return calls
+
+
+def _check_readable(request: HttpRequest) -> None:
+    if request.header("x-envoy-auth-partial-body") == "true":
+        raise RequestRefused(Refusal.BODY_UNREADABLE, "request body was truncated by the proxy")
+    length = request.header("content-length")
+    if length is not None and length.strip() != str(len(request.body)):
+        raise RequestRefused(
+            Refusal.BODY_UNREADABLE,
+            f"received {len(request.body)} body bytes of the {length} announced",
+        )
+    if not request.body:
+        raise RequestRefused(Refusal.BODY_UNREADABLE, "request has no body")
+    encoding = (request.header("content-encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise RequestRefused(
+            Refusal.BODY_UNREADABLE, f"content-encoding {encoding!r} is not accepted"
+        )
+    media_type = (request.header("content-type") or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise RequestRefused(
+            Refusal.BODY_UNREADABLE, f"content-type must be application/json, got {media_type!r}"
+        )
+
+
+def parse_body(body: bytes) -> tuple[McpCall, ...]:
+    doc = _load_json(body)
+    if isinstance(doc, list):
+        if not doc:
+            raise RequestRefused(Refusal.INVALID_REQUEST, "empty batch")
+        return tuple(_message(m, f"[{i}]") for i, m in enumerate(doc))
+    return (_message(doc, ""),)
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        doc = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_reject_constant,
+        )
+    except UnicodeDecodeError as e:
+        raise RequestRefused(Refusal.PARSE_ERROR, f"body is not UTF-8: {e.reason}") from None
+    except RecursionError:
+        raise RequestRefused(Refusal.PARSE_ERROR, "JSON nesting is too deep") from None
+    except ValueError as e:
+        raise RequestRefused(Refusal.PARSE_ERROR, f"invalid JSON: {e}") from None
+    _check_depth(doc)
+    return doc
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which duplicate wins; refusing them is the only reading all share.
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_depth(doc: Any) -> None:
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RequestRefused(Refusal.PARSE_ERROR, f"JSON nesting deeper than {MAX_DEPTH}")
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        )
+        stack.extend((c, depth + 1) for c in children)
+
+
+def _message(msg: Any, where: str) -> McpCall:
+    if not isinstance(msg, dict):
+        raise _invalid(where, "a JSON-RPC message must be an object", None)
+    request_id = msg.get("id")
+    if "id" in msg and not _valid_id(request_id):
+        raise _invalid(where, "id must be a string or an integer", None)
+    if msg.get("jsonrpc") != "2.0":
+        raise _invalid(where, 'jsonrpc must be "2.0"', request_id)
+    if "method" in msg:
+        return _call(msg, where, request_id)
+    if ("result" in msg) == ("error" in msg) or "id" not in msg:
+        raise _invalid(where, "neither a request nor a response", request_id)
+    return McpCall(method=None, id=request_id)
+
+
+def _call(msg: dict[str, Any], where: str, request_id: RequestId | None) -> McpCall:
+    method = msg["method"]
+    if not isinstance(method, str):
+        raise _invalid(where, "method must be a string", request_id)
+    params = msg.get("params", {})
+    if not isinstance(params, dict):
+        raise _invalid(where, "params must be an object", request_id)
+    key = _NAMED_PARAM.get(method)
+    if key is None:
+        return McpCall(method=method, id=request_id)
+    target = params.get(key)
+    if not isinstance(target, str):
+        raise _invalid(where, f"params.{key} of {method} must be a string", request_id)
+    arguments = params.get("arguments", {})
+    if not isinstance(arguments, dict):
+        raise _invalid(where, "params.arguments must be an object", request_id)
+    return McpCall(method=method, id=request_id, target=target, arguments=arguments)
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _invalid(where: str, problem: str, request_id: Any) -> RequestRefused:
+    prefix = f"message {where}: " if where else ""
+    rid = request_id if _valid_id(request_id) else None
+    return RequestRefused(Refusal.INVALID_REQUEST, prefix + problem, rid)
+
+
+def check_headers(calls: tuple[McpCall, ...], headers: Mapping[str, str]) -> None:
+    """Mcp-Method / Mcp-Name (2026-07-28) must describe the body exactly, or the server may
+    route by header what the gateway judged by body."""
+    method_header = headers.get("mcp-method")
+    name_header = headers.get("mcp-name")
+    if method_header is None and name_header is None:
+        return
+    first = calls[0]
+    if len(calls) != 1:
+        raise _mismatch("Mcp-Method/Mcp-Name headers on a batch", first.id)
+    if method_header is not None and method_header != first.method:
+        raise _mismatch(f"Mcp-Method {method_header!r} != body method {first.method!r}", first.id)
+    if name_header is not None and _decode_header(name_header) != first.target:
+        raise _mismatch(f"Mcp-Name {name_header!r} != body target {first.target!r}", first.id)
+
+
+def _decode_header(value: str) -> str | None:
+    if not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    try:
+        return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _mismatch(problem: str, request_id: RequestId | None) -> RequestRefused:
+    return RequestRefused(Refusal.HEADER_MISMATCH, problem, request_id)

@@ -1,0 +1,94 @@
+"""What the client is told, independent of the transport that carries it to Envoy.
+
+A refusal is a JSON-RPC error for every request id in the body, so MCP clients match it to
+the call and show the agent the policy's reason; an allowed request gets informative headers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from authz.decision import Outcome, retry_seconds
+from authz.errors import Refusal
+
+DECISION_HEADER = "x-mcp-authz-decision-id"
+
+_MESSAGES = {
+    Refusal.DENIED: "Denied by policy: {reason}",
+    Refusal.RATE_LIMITED: "Rate limited: {reason}",
+    Refusal.LIMITS_UNAVAILABLE: "Refused: {reason}",
+    Refusal.UNAUTHENTICATED: "Unauthenticated: {reason}",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    # Sent to the client with a refusal, or added to the upstream's answer when allowed.
+    headers: tuple[tuple[str, str], ...]
+    # Added to the request forwarded upstream (allowed only).
+    upstream_headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+def reply_for(outcome: Outcome) -> Reply:
+    if outcome.refusal is None:
+        return _allowed(outcome)
+    refusal = outcome.refusal
+    ids = [i for i in outcome.request_ids if i is not None]
+    error = {"code": refusal.code, "message": _message(outcome, refusal), "data": _data(outcome)}
+    doc: Any = (
+        [_envelope(i, error) for i in ids]
+        if len(outcome.calls) > 1 and ids
+        else _envelope(ids[0] if ids else None, error)
+    )
+    # With no id to answer (a notification, or a body that could not be read), the transport
+    # spec wants an HTTP error status rather than a JSON-RPC answer.
+    status = refusal.http_status if ids or refusal.http_status != 200 else 403
+    headers = [("content-type", "application/json"), (DECISION_HEADER, outcome.decision_id)]
+    retry = retry_seconds(outcome)
+    if retry is not None:
+        headers.append(("retry-after", str(retry)))
+    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    return Reply(status, tuple(headers), body=body)
+
+
+def _allowed(outcome: Outcome) -> Reply:
+    headers: list[tuple[str, str]] = []
+    if outcome.limits:
+        tightest = min(outcome.limits, key=lambda s: s.remaining)
+        headers += [
+            ("x-ratelimit-limit", str(tightest.hit.limit)),
+            ("x-ratelimit-remaining", str(tightest.remaining)),
+            ("x-ratelimit-window", str(tightest.hit.window)),
+        ]
+    return Reply(200, tuple(headers), ((DECISION_HEADER, outcome.decision_id),))
+
+
+def _message(outcome: Outcome, refusal: Refusal) -> str:
+    template = _MESSAGES.get(refusal, "Invalid MCP request: {reason}")
+    return template.format(reason=outcome.reason)
+
+
+def _data(outcome: Outcome) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "reason": outcome.reason,
+        "rule": outcome.rule,
+        "decision_id": outcome.decision_id,
+        "policy_version": outcome.policy_version,
+    }
+    if outcome.subject is not None:
+        data["method"] = outcome.subject.method
+        if outcome.subject.tool is not None:
+            data["tool"] = outcome.subject.tool
+    blocking = [s for s in outcome.limits if s.retry_after != 0]
+    if outcome.refusal is Refusal.RATE_LIMITED and blocking:
+        data["counter"] = blocking[0].hit.key.counter
+        data["retry_after"] = retry_seconds(outcome)
+    return data
+
+
+def _envelope(request_id: object, error: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}

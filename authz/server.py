@@ -1,0 +1,48 @@
+"""The gRPC edge: Envoy's Authorization service and the standard health service."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from authz import envoy
+from authz.audit import AuditLog
+from authz.decision import Decider
+from authz.response import reply_for
+
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+
+
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    def __init__(self, decider: Decider, audit: AuditLog) -> None:
+        self._decider = decider
+        self._audit = audit
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802 - gRPC method name
+        started = time.perf_counter()
+        outcome = await self._decider.decide(envoy.to_http_request(request))
+        self._audit.record(outcome, time.perf_counter() - started)
+        return envoy.to_check_response(outcome, reply_for(outcome))
+
+
+async def create_server(
+    listen: str, decider: Decider, audit: AuditLog
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A started server bound to `listen` (port 0 picks a free one) and the bound port."""
+    server = grpc.aio.server()
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        AuthorizationServicer(decider, audit), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    for service in ("", AUTHORIZATION_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer

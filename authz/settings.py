@@ -1,0 +1,34 @@
+"""All start-up configuration, parsed once into one frozen object and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from authz.decision import FailMode
+
+
+class IdentitySourceKind(StrEnum):
+    NONE = "none"
+    HEADER = "header"
+    JWT = "jwt"
+    MTLS = "mtls"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    policy: Path
+    listen: str = "127.0.0.1:9191"
+    redis_url: str | None = None
+    redis_prefix: str = "mcp-authz"
+    # Per Redis call; well inside Envoy's ext_authz timeout (250 ms in deploy/envoy).
+    redis_timeout: float = 0.05
+    fail_mode: FailMode = FailMode.CLOSED
+    identity_source: IdentitySourceKind = IdentitySourceKind.NONE
+    identity_header: str = "x-agent-id"
+    identity_claim: str = "sub"
+    jwt_payload_key: str = "jwt_payload"
+    audit_log: str = "-"
+    grace: float = 5.0
+    log_level: str = "INFO"
