@@ -1,0 +1,86 @@
+"""The real stack for end-to-end tests: demo MCP server, mcp-authz and Envoy on free ports.
+
+Processes start through `examples/stack.py`, the launcher `make run` uses, and Envoy gets the
+shipped deploy/envoy/envoy.yaml with only its ports changed. The demo server lives for the
+whole session; mcp-authz (with its in-process counters) and Envoy are new for every test, so
+each test starts with the seed policy's full budget. A failing test shows every process's log.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Generator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# The launcher belongs to the demo in examples/, which is a folder of scripts, not a package.
+sys.path.insert(0, str(REPO / "examples"))
+
+from stack import (  # noqa: E402
+    LOG_TAIL_CHARS,
+    SEED_POLICY,
+    Ports,
+    Process,
+    start_authz,
+    start_demo_server,
+    start_envoy,
+)
+
+TS_CLIENT_DIR = Path(__file__).resolve().parent / "ts"
+NPM_INSTALL_TIMEOUT = 300
+
+PROCESSES = pytest.StashKey[list[Process]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for process in item.stash.get(PROCESSES, []):
+            report.sections.append((f"{process.name} log", process.log_text()[-LOG_TAIL_CHARS:]))
+    return report
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ports, Process]]:
+    ports = Ports.free()
+    log = tmp_path_factory.mktemp("demo_server") / "demo_server.log"
+    with start_demo_server(ports, log) as process:
+        yield ports, process
+
+
+@pytest.fixture
+def gateway(
+    request: pytest.FixtureRequest, demo_server: tuple[Ports, Process], tmp_path: Path
+) -> Iterator[str]:
+    """A fresh mcp-authz (seed policy) and Envoy in front of the demo server; its MCP URL."""
+    demo_ports, demo_process = demo_server
+    ports = replace(Ports.free(), mcp_server=demo_ports.mcp_server)
+    processes = request.node.stash[PROCESSES] = [demo_process]
+    with start_authz(ports, SEED_POLICY, tmp_path / "mcp-authz.log") as authz:
+        processes.append(authz)
+        with start_envoy(ports, tmp_path, tmp_path / "envoy.log") as envoy:
+            processes.append(envoy)
+            yield ports.mcp_url
+
+
+@pytest.fixture(scope="session")
+def ts_client() -> Path:
+    """tests/e2e/ts with the TypeScript SDK installed (from the lock file) on first use."""
+    if not (TS_CLIENT_DIR / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        npm = shutil.which("npm")
+        assert npm, "npm is needed for the TypeScript SDK end-to-end test"
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=TS_CLIENT_DIR,
+            check=True,
+            timeout=NPM_INSTALL_TIMEOUT,
+        )
+    return TS_CLIENT_DIR / "client.mjs"
