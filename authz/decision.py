@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from authz.errors import Refusal, RequestRefused
 from authz.identity import Caller, IdentitySource, caller_of
-from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable
+from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
 from authz.mcp import McpCall, RequestId, parse_request
 from authz.policy.evaluate import Verdict, evaluate, hits
 from authz.policy.model import Policy
@@ -101,7 +101,7 @@ class Decider:
         if not counted:
             return _allowed(base, verdicts)
         assert base.caller is not None  # noqa: S101 - set by decide() before judging
-        wanted = tuple(h for _, v in counted for h in hits(v.limits, base.caller))
+        wanted = combine([h for _, v in counted for h in hits(v.limits, base.caller)])
         try:
             result = await self._store.hit(wanted)
         except StoreUnavailable as e:

@@ -70,12 +70,23 @@ class StoreUnavailable(Exception):  # noqa: N818 - reads as a state, like Connec
     """The store could not answer in time; the caller applies the configured fail mode."""
 
 
+def combine(hits: Sequence[Hit]) -> tuple[Hit, ...]:
+    """One hit per key, costs added: a batch calling a tool 31 times against a limit of 30
+    must be judged as 31 units at once, not as 31 separate hits that each fit."""
+    merged: dict[CounterKey, Hit] = {}
+    for h in hits:
+        seen = merged.get(h.key)
+        merged[h.key] = h if seen is None else Hit(h.key, h.limit, h.window, seen.cost + h.cost)
+    return tuple(merged.values())
+
+
 class CounterStore(Protocol):
     """A sliding-window counter backend.
 
     `hit` must be atomic across every caller sharing the store (threads, processes,
     replicas): either every hit fits and all are counted, or none is counted.
-    An empty `hits` sequence is allowed and counts nothing.
+    Callers pass each key at most once (see `combine`). An empty `hits` sequence is
+    allowed and counts nothing.
     """
 
     async def hit(self, hits: Sequence[Hit]) -> HitResult: ...

@@ -192,7 +192,7 @@ class _Checker:
         return Rule(rule_id, action or Action.DENY, reason, limits)
 
     def limits(self, value: Any, path: str) -> tuple[Limit, ...]:
-        if not isinstance(value, list):
+        if not isinstance(value, list) or isinstance(value, _Pairs):
             self.fail(path, f"expected a list of limits, got {_kind(value)}")
             return ()
         found = (self.limit(item, child(path, i)) for i, item in enumerate(value))

@@ -1,0 +1,64 @@
+# Every routine task. `make test` and `make run` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TS_DIR := tests/e2e/ts
+
+.PHONY: setup run test unit integration e2e lint fmt proto proto-check bench clean
+
+setup: $(STAMP) $(TS_DIR)/node_modules
+
+$(STAMP): pyproject.toml
+	@command -v redis-server >/dev/null || { \
+	  echo "redis-server is missing: installing it with apt-get (the tests start their own)"; \
+	  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(TS_DIR)/node_modules: $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: setup            ## the demo: Envoy :10000 -> mcp-authz -> demo MCP server, seed policy
+	$(BIN)/python examples/run_demo.py
+
+test: setup           ## every test: unit, integration (real Redis, gRPC) and e2e (real Envoy, SDKs)
+	$(BIN)/pytest
+
+unit: setup
+	$(BIN)/pytest tests/unit
+
+integration: setup
+	$(BIN)/pytest tests/integration
+
+e2e: setup
+	$(BIN)/pytest -m e2e tests/e2e
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Our own gRPC API lives in proto/; generated code goes to authz/_gen with type stubs.
+PROTOS := $(wildcard proto/*/*/*/*.proto)
+proto: setup
+	@if [ -n "$(PROTOS)" ]; then \
+	  $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=authz/_gen \
+	    --pyi_out=authz/_gen --grpc_python_out=authz/_gen $(PROTOS); \
+	else echo "no .proto files under proto/ yet: nothing to generate"; fi
+
+proto-check: proto    ## CI: the checked-in generated code must match proto/
+	git diff --exit-code -- authz/_gen
+
+bench: setup          ## store benchmark: our Redis store vs the limits library
+	$(BIN)/python bench/bench_store.py
+
+clean:
+	rm -rf $(VENV) $(TS_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache

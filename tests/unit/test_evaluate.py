@@ -1,0 +1,138 @@
+"""Rule precedence and verdicts, table-driven."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from authz.identity import Caller
+from authz.limits.base import CounterKey
+from authz.mcp import McpCall
+from authz.policy.evaluate import evaluate, hits
+from authz.policy.load import parse_policy
+from authz.policy.model import Policy
+
+POLICY: dict[str, Any] = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        "get_balance": {},
+        "transfer": {"action": "deny", "reason": "transfers need a human"},
+        "db_*": {"action": "deny", "reason": "no database tools"},
+        "db_read_*": {"reason": "reads are fine"},
+        "db_read_users": {"action": "deny", "reason": "PII"},
+        "gh_?": {"reason": "single-letter github tools"},
+        "*_dangerous": {"action": "deny"},
+        "x*": {"reason": "first of two equally specific"},
+        "*y": {"action": "deny", "reason": "second of two equally specific"},
+    },
+    "methods": {"resources/read": {"action": "deny", "reason": "no resources"}, "prompts/*": {}},
+}
+
+
+def load(doc: dict[str, Any]) -> Policy:
+    return parse_policy(json.dumps(doc).encode(), "p.json")
+
+
+def tool_call(name: str) -> McpCall:
+    return McpCall("tools/call", 1, name)
+
+
+@pytest.mark.parametrize(
+    ("tool", "allowed", "rule", "reason"),
+    [
+        (
+            "get_balance",
+            True,
+            "tools.get_balance",
+            'tool "get_balance" is allowed by tools.get_balance',
+        ),
+        ("transfer", False, "tools.transfer", "transfers need a human"),
+        (
+            "Transfer",
+            False,
+            "default",
+            'tool "Transfer" is not in the policy, which denies by default',
+        ),
+        ("db_drop", False, 'tools["db_*"]', "no database tools"),
+        ("db_read_orders", True, 'tools["db_read_*"]', "reads are fine"),
+        ("db_read_users", False, "tools.db_read_users", "PII"),
+        ("gh_x", True, 'tools["gh_?"]', "single-letter github tools"),
+        ("gh_xz", False, "default", 'tool "gh_xz" is not in the policy, which denies by default'),
+        (
+            "db_read_dangerous",
+            False,
+            'tools["*_dangerous"]',
+            'tool "db_read_dangerous" is denied by tools["*_dangerous"]',
+        ),
+        ("xy", True, 'tools["x*"]', "first of two equally specific"),
+        (
+            "unknown",
+            False,
+            "default",
+            'tool "unknown" is not in the policy, which denies by default',
+        ),
+    ],
+)
+def test_tool_precedence(tool: str, allowed: bool, rule: str, reason: str) -> None:
+    verdict = evaluate(load(POLICY), tool_call(tool))
+    assert (verdict.allowed, verdict.rule, verdict.reason) == (allowed, rule, reason)
+
+
+def test_default_allow_lets_unlisted_tools_through() -> None:
+    verdict = evaluate(load({"version": "1", "default": "allow"}), tool_call("anything"))
+    assert (verdict.allowed, verdict.rule) == (True, "default")
+
+
+@pytest.mark.parametrize(
+    ("method", "allowed", "rule"),
+    [
+        ("initialize", True, "methods.default"),
+        ("tools/list", True, "methods.default"),
+        ("resources/read", False, 'methods["resources/read"]'),
+        ("prompts/get", True, 'methods["prompts/*"]'),
+    ],
+)
+def test_methods_pass_unless_the_policy_governs_them(method: str, allowed: bool, rule: str) -> None:
+    verdict = evaluate(load(POLICY), McpCall(method, 1))
+    assert (verdict.allowed, verdict.rule) == (allowed, rule)
+
+
+def test_client_responses_are_never_governed() -> None:
+    assert evaluate(load({"version": "1", "default": "deny"}), McpCall(None, 4)).allowed
+
+
+def test_glob_matching_is_literal_apart_from_wildcards() -> None:
+    policy = load({"version": "1", "tools": {"a.b*": {}, "[x]*": {}}})
+    assert evaluate(policy, tool_call("a.bc")).allowed
+    assert not evaluate(policy, tool_call("aXbc")).allowed
+    assert evaluate(policy, tool_call("[x]yz")).allowed
+    assert not evaluate(policy, tool_call("xyz")).allowed
+
+
+SCOPED = {
+    "version": "1",
+    "tools": {
+        "t": {
+            "limits": [
+                {"counter": "g", "window": 60, "max": 3, "scope": "grant"},
+                {"counter": "i", "window": 60, "max": 3, "scope": "identity"},
+                {"counter": "s", "window": 60, "max": 3, "scope": "session"},
+                {"counter": "all", "window": 60, "max": 3, "scope": "global"},
+            ]
+        }
+    },
+}
+
+
+def test_limits_are_keyed_by_their_scope() -> None:
+    verdict = evaluate(load(SCOPED), tool_call("t"))
+    keys = [h.key for h in hits(verdict.limits, Caller("agent-1", "sess-9", "ops"))]
+    assert keys == [
+        CounterKey("g", "grant", ("ops", "agent-1")),
+        CounterKey("i", "identity", ("agent-1",)),
+        CounterKey("s", "session", ("agent-1", "sess-9")),
+        CounterKey("all", "global", ()),
+    ]
