@@ -71,6 +71,19 @@ def gateway(
             yield ports.mcp_url
 
 
+@pytest.fixture
+def gateway_without_authz(
+    request: pytest.FixtureRequest, demo_server: tuple[Ports, Process], tmp_path: Path
+) -> Iterator[str]:
+    """Envoy in front of the demo server, its ext_authz cluster pointing at a closed port."""
+    demo_ports, demo_process = demo_server
+    ports = replace(Ports.free(), mcp_server=demo_ports.mcp_server)
+    processes = request.node.stash[PROCESSES] = [demo_process]
+    with start_envoy(ports, tmp_path, tmp_path / "envoy.log") as envoy:
+        processes.append(envoy)
+        yield ports.mcp_url
+
+
 @pytest.fixture(scope="session")
 def ts_client() -> Path:
     """tests/e2e/ts with the TypeScript SDK installed (from the lock file) on first use."""
