@@ -19,6 +19,8 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
+LISTEN_KEY = "binance_us_create_listen_key"
+LIMIT = 30
 LEGACY = "2025-11-25"
 MODERN = "2026-07-28"
 ACCEPT = "application/json, text/event-stream"
@@ -122,9 +124,23 @@ def test_2026_call_passes_with_matching_headers(gateway: str) -> None:
     assert message["error"]["code"] == -32000
 
 
+def test_rate_limited_answer_carries_retry_after(gateway: str) -> None:
+    headers = modern_headers("tools/call", LISTEN_KEY)
+    for request_id in range(LIMIT):
+        allowed = post(gateway, modern_call(LISTEN_KEY, request_id), **headers)
+        assert "result" in allowed.json_rpc(), allowed
+
+    refused = post(gateway, modern_call(LISTEN_KEY, LIMIT), **headers)
+    assert refused.status == 200, refused
+    error = refused.json_rpc()["error"]
+    assert error["code"] == -32001
+    assert refused.headers["retry-after"] == str(error["data"]["retry_after"])
+
+
 def test_2026_header_naming_another_tool_is_refused(gateway: str) -> None:
-    headers = modern_headers("tools/call", "binance_us_create_listen_key")
-    answer = post(gateway, modern_call("transfer_funds"), **headers)
+    answer = post(
+        gateway, modern_call("transfer_funds"), **modern_headers("tools/call", LISTEN_KEY)
+    )
     assert answer.status == 400, answer
     message = answer.json_rpc()
     assert message["id"] == 7
@@ -136,12 +152,29 @@ def test_2026_header_naming_another_tool_is_refused(gateway: str) -> None:
     [
         pytest.param(b'{"jsonrpc":"2.0","id":1,"method":', -32700, id="malformed-json"),
         pytest.param(b'{"jsonrpc":"1.0","id":1,"method":"tools/list"}', -32600, id="not-json-rpc"),
+        # A parser keeping the last key and a server keeping the first would disagree.
+        pytest.param(
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+            b'"params":{"name":"binance_us_create_listen_key","name":"transfer_funds"}}',
+            -32700,
+            id="duplicate-key",
+        ),
+        # Reaches mcp-authz byte for byte only because Envoy packs the body as bytes; as a
+        # string field Envoy would have turned the tool name into "echo!".
+        pytest.param(
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo\xff"}}',
+            -32700,
+            id="not-utf-8",
+        ),
     ],
 )
 def test_malformed_requests_are_refused(gateway: str, body: bytes, code: int) -> None:
     answer = post(gateway, body, **{"mcp-protocol-version": LEGACY})
     assert answer.status == 400, answer
-    assert answer.json_rpc()["error"]["code"] == code
+    error = answer.json_rpc()["error"]
+    assert error["code"] == code
+    # Refused by mcp-authz (the MCP server's own errors carry no reason) before the server.
+    assert error["data"]["reason"]
 
 
 def test_body_over_envoy_limit_is_refused_whole(gateway: str) -> None:
@@ -152,6 +185,6 @@ def test_body_over_envoy_limit_is_refused_whole(gateway: str) -> None:
 
 
 def test_nothing_passes_without_mcp_authz(gateway_without_authz: str) -> None:
-    headers = modern_headers("tools/call", "binance_us_create_listen_key")
-    answer = post(gateway_without_authz, modern_call("binance_us_create_listen_key"), **headers)
+    headers = modern_headers("tools/call", LISTEN_KEY)
+    answer = post(gateway_without_authz, modern_call(LISTEN_KEY), **headers)
     assert answer.status == 503, answer
