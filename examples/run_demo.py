@@ -47,18 +47,17 @@ Ctrl-C stops all three.
 """
 
 
-def wait_for_stop(stack: Stack) -> str:
-    """Block until Ctrl-C, SIGTERM or the death of a process; say which."""
+def wait_for_stop(stack: Stack) -> signal.Signals | None:
+    """Block until Ctrl-C or SIGTERM (returned) or until one of the processes dies (None)."""
     waited = {*STOP_SIGNALS, signal.SIGCHLD}
     # Blocked only now: children inherit the mask, and must still die on SIGTERM. A child
     # that died before this line sent a SIGCHLD nobody saw, hence the check after it.
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    if stack.all_running():
+    while stack.all_running():
         received = signal.sigwait(waited)
         if received in STOP_SIGNALS:
-            return signal.Signals(received).name
-    dead = [process.name for process in stack.processes if not process.running()]
-    return f"{', '.join(dead)} exited"
+            return signal.Signals(received)
+    return None
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -69,11 +68,17 @@ def raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def main() -> int:
     signal.signal(signal.SIGTERM, raise_interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="mcp-authz-demo-"))
+    ports = Ports()
     try:
-        with running_stack(Ports(), SEED_POLICY, workdir, authz_log=None) as stack:
+        ports.ensure_free()
+        with running_stack(ports, SEED_POLICY, workdir, authz_log=None) as stack:
             print(instructions(stack, workdir), flush=True)
-            reason = wait_for_stop(stack)
-            print(f"\nstopping ({reason})", flush=True)
+            received = wait_for_stop(stack)
+            if received is None:
+                dead = ", ".join(p.name for p in stack.processes if not p.running())
+                print(f"\n{dead} exited; stopping the rest (logs in {workdir})", file=sys.stderr)
+                return 1
+            print(f"\nstopping ({received.name})", flush=True)
     except StartupError as error:
         print(error, file=sys.stderr)
         return 1

@@ -62,6 +62,18 @@ class Ports:
             mcp_server, authz, envoy, admin = (sock.getsockname()[1] for sock in sockets)
         return cls(mcp_server=mcp_server, authz=authz, envoy=envoy, admin=admin)
 
+    def ensure_free(self) -> None:
+        """Fail early and plainly on a busy port: a probe would take whatever holds it for
+        the process we started."""
+        for port in (self.mcp_server, self.authz, self.envoy, self.admin):
+            with socket.socket() as sock:
+                # As the servers do, so a port left in TIME_WAIT by the last run counts as free.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((HOST, port))
+                except OSError as error:
+                    raise StartupError(f"port {port} is in use: {error.strerror}") from None
+
     @property
     def mcp_url(self) -> str:
         """Where MCP clients connect: Envoy's listener."""
