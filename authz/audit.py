@@ -41,7 +41,7 @@ def audit_record(outcome: Outcome, latency: float) -> dict[str, Any]:
         "decision_id": outcome.decision_id,
         "decision": outcome.label,
         "identity": caller.identity if caller else None,
-        "grant": caller.grant if caller else None,
+        "grant": outcome.grant,
         "session": caller.session if caller else None,
         "methods": [c.method for c in outcome.calls],
         "tools": [c.tool for c in outcome.calls if c.tool is not None],
@@ -49,5 +49,6 @@ def audit_record(outcome: Outcome, latency: float) -> dict[str, Any]:
         "reason": outcome.reason,
         "policy_version": outcome.policy_version,
         "fail_open": outcome.fail_open,
+        "would_deny": outcome.would_deny,
         "latency_ms": round(latency * 1000, 3),
     }

@@ -19,7 +19,7 @@ from typing import Any
 from authz.decision import FailMode
 from authz.identity import ANONYMOUS, Caller
 from authz.mcp import McpCall
-from authz.policy.evaluate import evaluate, hits
+from authz.policy.explain import explain
 from authz.policy.load import PolicyError, load_policy
 from authz.settings import IdentitySourceKind, Settings
 
@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     _serve_parser(commands.add_parser("serve", help="run the ext_authz gRPC service"))
     validate = commands.add_parser("validate", help="check policy files and list every problem")
     validate.add_argument("policies", nargs="+", type=Path, metavar="POLICY")
+    validate.add_argument("--strict", action="store_true", help="treat warnings as errors")
     validate.set_defaults(handler=_validate)
     check = commands.add_parser("check", help="explain how a policy decides a call, offline")
     check.add_argument("policy", type=Path, metavar="POLICY")
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--args", default="{}", help="the call's arguments as a JSON object")
     check.add_argument("--identity", default=ANONYMOUS)
     check.add_argument("--session")
+    check.add_argument("--claims", default="{}", help="verified JWT claims as a JSON object")
     check.add_argument("--json", action="store_true", help="print the explanation as JSON")
     check.set_defaults(handler=_check)
     return parser
@@ -89,6 +91,12 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.jwt_payload_key,
     )
     opt("--audit-log", "audit log: - for stdout, off, or a file", default=_D.audit_log)
+    opt(
+        "--reload-interval",
+        "seconds between looks at the policy file; 0 = never reload",
+        default=_D.reload_interval,
+        type=float,
+    )
     opt("--grace", "seconds to drain in-flight checks on SIGTERM", default=_D.grace, type=float)
     opt("--log-level", "DEBUG, INFO, WARNING or ERROR", default=_D.log_level)
     p.set_defaults(handler=_serve)
@@ -115,6 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
             identity_claim=args.identity_claim,
             jwt_payload_key=args.jwt_payload_key,
             audit_log=args.audit_log,
+            reload_interval=float(args.reload_interval),
             grace=float(args.grace),
             log_level=args.log_level,
         )
@@ -138,8 +147,14 @@ def _validate(args: argparse.Namespace) -> int:
             failed = True
             print(e, file=sys.stderr)
             continue
-        count = len(policy.tools.exact) + len(policy.tools.patterns)
-        print(f"{path}: ok ({count} tool rules, default {policy.default}, {policy.version})")
+        for warning in policy.warnings:
+            print(f"{path}: warning: {warning}", file=sys.stderr)
+        failed = failed or (args.strict and bool(policy.warnings))
+        grants = f", {len(policy.grants)} grants" if policy.grants else ""
+        print(
+            f"{path}: ok ({len(policy.tools)} tool rules{grants}, default {policy.default}, "
+            f"{policy.version})"
+        )
     return EXIT_BAD_INPUT if failed else 0
 
 
@@ -153,40 +168,21 @@ def _check(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as e:
         print(f"mcp-authz check: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    verdict = evaluate(policy, call)
-    caller = Caller(identity=args.identity, session=args.session)
-    explanation = {
-        "policy": str(args.policy),
-        "policy_version": policy.version,
-        "method": call.method,
-        "tool": call.tool,
-        "identity": caller.identity,
-        "decision": "allow" if verdict.allowed else "deny",
-        "rule": verdict.rule,
-        "reason": verdict.reason,
-        "counters": [
-            {
-                "counter": h.key.counter,
-                "scope": h.key.scope,
-                "subject": list(h.key.subject),
-                "max": h.limit,
-                "window_seconds": h.window,
-            }
-            for h in hits(verdict.limits, caller)
-        ],
-    }
+    claims = json.loads(args.claims)
+    caller = Caller(identity=args.identity, session=args.session, claims=claims)
+    explanation = explain(policy, call, caller)
     print(
         json.dumps(explanation, indent=2, ensure_ascii=False)
         if args.json
         else _explain(explanation)
     )
-    return 0 if verdict.allowed else EXIT_DENIED
+    return 0 if explanation["decision"] == "allow" else EXIT_DENIED
 
 
 def _call_from(args: argparse.Namespace) -> McpCall:
     arguments = json.loads(args.args)
-    if not isinstance(arguments, dict):
-        raise TypeError("--args must be a JSON object")
+    if not isinstance(arguments, dict) or not isinstance(json.loads(args.claims), dict):
+        raise TypeError("--args and --claims must be JSON objects")
     if args.method == "tools/call" and args.tool is None:
         raise ValueError("--tool is required for tools/call")
     return McpCall(method=args.method, id=1, target=args.tool, arguments=arguments)
@@ -195,16 +191,24 @@ def _call_from(args: argparse.Namespace) -> McpCall:
 def _explain(e: dict[str, Any]) -> str:
     what = f'tool "{e["tool"]}"' if e["tool"] is not None else f"method {e['method']}"
     lines = [
-        f"{e['decision'].upper()}: {what} for identity {e['identity']!r}",
-        f"  rule:   {e['rule']}",
-        f"  reason: {e['reason']}",
-        f"  policy: {e['policy']} ({e['policy_version']})",
+        f"{e['decision'].upper()}: {what} for identity {e['identity']!r} (grant {e['grant']})",
+        f"  rule:    {e['rule']}",
+        f"  reason:  {e['reason']}",
+        f"  policy:  {e['policy']} ({e['policy_version']})",
     ]
-    lines += [
-        f"  counts: {c['counter']} ({c['max']} per {c['window_seconds']}s, scope {c['scope']}, "
-        f"subject {c['subject']})"
-        for c in e["counters"]
-    ]
+    for rule in e["rules"]:
+        lines.append(f"  checked: {rule['rule']} ({rule['action']}, {rule['mode']})")
+        lines += [
+            f"           {'holds' if c['holds'] else 'FAILS'}: {c['condition']} "
+            f"(value: {json.dumps(c['value'], ensure_ascii=False)})"
+            for c in rule["conditions"]
+        ]
+    for c in e["counters"] + e["dry_run_counters"]:
+        dry = " (dry run)" if c in e["dry_run_counters"] else ""
+        lines.append(
+            f"  counts:  {c['cost']} on {c['counter']}{dry} ({c['max']} per "
+            f"{c['window_seconds']}s, scope {c['scope']}, subject {c['subject']})"
+        )
     if e["decision"] == "allow" and e["counters"]:
         lines.append("  (allowed if the counters above have budget left at call time)")
     return "\n".join(lines)

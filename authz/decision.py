@@ -38,10 +38,13 @@ class Outcome:
     # The call a refusal is about (the first denied one of a batch).
     subject: McpCall | None = None
     caller: Caller | None = None
+    grant: str | None = None
     limits: tuple[LimitState, ...] = ()
     retry_after: float | None = None
     # Allowed only because the store was down and the fail mode is open.
     fail_open: bool = False
+    # What a dry-run rule would have refused; the call itself went through.
+    would_deny: str | None = None
     request_ids: tuple[RequestId | None, ...] = ()
 
     @property
@@ -60,16 +63,21 @@ class Decider:
         identity: IdentitySource,
         store: CounterStore,
         fail_mode: FailMode = FailMode.CLOSED,
+        *,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        jwt_payload_key: str = "jwt_payload",
     ) -> None:
         self._policy = policy
         self._identity = identity
         self._store = store
         self._fail_mode = fail_mode
         self._new_id = new_id
+        self._payload_key = jwt_payload_key
 
     async def decide(self, request: HttpRequest) -> Outcome:
-        base = Outcome(self._new_id(), self._policy().version, None, "", "")
+        # One policy for the whole request, even if a reload lands while it is judged.
+        policy = self._policy()
+        base = Outcome(self._new_id(), policy.version, None, "", "")
         try:
             calls = parse_request(request)
         except RequestRefused as e:
@@ -89,26 +97,47 @@ class Decider:
                 rule="identity",
                 reason="the request carries no identity from the configured source",
             )
-        return await self._judge(replace(base, caller=caller_of(request, identity)))
+        caller = caller_of(request, identity, self._payload_key)
+        return await self._judge(policy, replace(base, caller=caller), caller)
 
-    async def _judge(self, base: Outcome) -> Outcome:
-        policy = self._policy()
-        verdicts = [(call, evaluate(policy, call)) for call in base.calls]
+    async def _judge(self, policy: Policy, base: Outcome, caller: Caller) -> Outcome:
+        verdicts = [(call, evaluate(policy, call, caller)) for call in base.calls]
         for call, verdict in verdicts:
             if not verdict.allowed:
                 return _verdict(base, call, verdict, Refusal.DENIED)
-        counted = [(call, v) for call, v in verdicts if v.limits]
-        if not counted:
-            return _allowed(base, verdicts)
-        assert base.caller is not None  # noqa: S101 - set by decide() before judging
-        wanted = combine([h for _, v in counted for h in hits(v.limits, base.caller)])
+        outcome = _allowed(base, verdicts)
+        counted = [(c, v) for c, v in verdicts if v.uses]
+        if counted:
+            wanted = combine([h for _, v in counted for h in hits(v.uses, caller, v.grant)])
+            try:
+                result = await self._store.hit(wanted)
+            except StoreUnavailable as e:
+                return self._unavailable(base, counted[0], str(e))
+            if not result.allowed:
+                return _limited(base, counted, result)
+            outcome = replace(outcome, limits=result.states)
+        return await self._dry_run(outcome, verdicts, caller)
+
+    async def _dry_run(
+        self, outcome: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller
+    ) -> Outcome:
+        """Count dry-run budgets apart from the real ones, and note what they would refuse."""
+        dry = combine([h for _, v in verdicts for h in hits(v.dry_uses, caller, v.grant)])
+        if not dry:
+            return outcome
         try:
-            result = await self._store.hit(wanted)
-        except StoreUnavailable as e:
-            return self._unavailable(base, counted[0], str(e))
-        if not result.allowed:
-            return _limited(base, counted, result)
-        return replace(_allowed(base, counted), limits=result.states)
+            result = await self._store.hit(dry)
+        except StoreUnavailable:
+            return outcome
+        if result.allowed:
+            return outcome
+        spent = result.blocking[0].hit.key.counter
+        note = f'budget "{spent}" is spent'
+        return replace(
+            outcome,
+            would_deny=outcome.would_deny or note,
+            reason=f"would deny: {outcome.would_deny or note}",
+        )
 
     def _unavailable(self, base: Outcome, first: tuple[McpCall, Verdict], error: str) -> Outcome:
         call, verdict = first
@@ -118,46 +147,67 @@ class Decider:
                 base,
                 subject=call,
                 rule=verdict.rule,
+                grant=verdict.grant,
                 fail_open=True,
                 reason=reason + "; allowed because the fail mode is open",
             )
-        return _verdict(
-            base,
-            call,
-            Verdict(False, verdict.rule, reason + "; the fail mode is closed"),
-            Refusal.LIMITS_UNAVAILABLE,
-        )
+        refused = Verdict(False, verdict.rule, reason + "; the fail mode is closed", verdict.grant)
+        return _verdict(base, call, refused, Refusal.LIMITS_UNAVAILABLE)
 
 
 def _allowed(base: Outcome, verdicts: list[tuple[McpCall, Verdict]]) -> Outcome:
     if not verdicts:
         return replace(base, rule="request", reason="no MCP call in the request")
     call, verdict = verdicts[0]
-    return replace(base, subject=call, rule=verdict.rule, reason=verdict.reason)
+    would_deny = next((v.would_deny for _, v in verdicts if v.would_deny), None)
+    return replace(
+        base,
+        subject=call,
+        rule=verdict.rule,
+        reason=verdict.reason,
+        grant=verdict.grant,
+        would_deny=would_deny,
+    )
 
 
 def _verdict(base: Outcome, call: McpCall, verdict: Verdict, refusal: Refusal) -> Outcome:
-    return replace(base, refusal=refusal, subject=call, rule=verdict.rule, reason=verdict.reason)
+    return replace(
+        base,
+        refusal=refusal,
+        subject=call,
+        rule=verdict.rule,
+        reason=verdict.reason,
+        grant=verdict.grant,
+    )
 
 
 def _limited(base: Outcome, counted: list[tuple[McpCall, Verdict]], result: HitResult) -> Outcome:
     state = result.blocking[0]
-    limit = next(
-        lim for _, v in counted for lim in v.limits if lim.counter == state.hit.key.counter
+    call, verdict, use = next(
+        (c, v, u)
+        for c, v in counted
+        for u in v.uses
+        if u.counting.limit.counter == state.hit.key.counter
     )
-    call, verdict = next((c, v) for c, v in counted if limit in v.limits)
+    limit = use.counting.limit
+    budget = f'limit "{limit.counter}" ({limit.describe()})'
     wait = result.retry_after
-    spent = f'limit "{limit.counter}" ({limit.describe()}) is spent'
-    reason = (
-        f"{spent}; retry in {_seconds(wait)}s"
-        if wait is not None
-        else (f'the call costs more than limit "{limit.counter}" ({limit.describe()}) ever allows')
-    )
+    if wait is None:
+        detail = f"the call needs {state.hit.cost}, more than {budget} ever allows"
+    elif state.hit.cost == 1:
+        detail = f"{budget} is spent; retry in {_seconds(wait)}s"
+    else:
+        detail = (
+            f"{budget} has {state.remaining} left and the call needs {state.hit.cost}; "
+            f"retry in {_seconds(wait)}s"
+        )
+    reason = f"{use.rule.reason} ({detail})" if use.rule.reason else detail
     return replace(
         base,
         refusal=Refusal.RATE_LIMITED,
         subject=call,
-        rule=verdict.rule,
+        rule=use.rule.id,
+        grant=verdict.grant,
         reason=reason,
         limits=result.states,
         retry_after=wait,

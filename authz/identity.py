@@ -8,13 +8,14 @@ unidentified caller never falls back to someone else's budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from authz.request import HttpRequest
 
 ANONYMOUS = "anonymous"
-DEFAULT_GRANT = "default"
+JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,8 @@ class Caller:
     # The MCP session (Mcp-Session-Id). Client-chosen: good for per-session courtesy limits,
     # never for enforcement, since an agent can always open a new session.
     session: str | None = None
-    grant: str = DEFAULT_GRANT
+    # Claims of the JWT Envoy verified, if any: grants may select callers by them.
+    claims: Mapping[str, Any] = field(default_factory=dict)
 
 
 class IdentitySource(Protocol):
@@ -50,13 +52,17 @@ class FromJwtClaim:
     """A claim of the payload Envoy's jwt_authn filter verified (`payload_in_metadata`)."""
 
     claim: str
-    namespace: str = "envoy.filters.http.jwt_authn"
     payload_key: str = "jwt_payload"
 
     def identify(self, request: HttpRequest) -> str | None:
-        payload = request.metadata.get(self.namespace, {}).get(self.payload_key)
-        value = payload.get(self.claim) if isinstance(payload, dict) else None
+        value = jwt_claims(request, self.payload_key).get(self.claim)
         return value if isinstance(value, str) and value else None
+
+
+def jwt_claims(request: HttpRequest, payload_key: str = "jwt_payload") -> Mapping[str, Any]:
+    """The payload of the JWT Envoy's jwt_authn filter verified, or {} without one."""
+    payload = request.metadata.get(JWT_NAMESPACE, {}).get(payload_key)
+    return payload if isinstance(payload, dict) else {}
 
 
 class FromPeerPrincipal:
@@ -64,5 +70,5 @@ class FromPeerPrincipal:
         return request.peer_principal or None
 
 
-def caller_of(request: HttpRequest, identity: str) -> Caller:
-    return Caller(identity=identity, session=request.header("mcp-session-id"))
+def caller_of(request: HttpRequest, identity: str, payload_key: str = "jwt_payload") -> Caller:
+    return Caller(identity, request.header("mcp-session-id"), jwt_claims(request, payload_key))

@@ -13,21 +13,11 @@ from authz.identity import Anonymous, FromHeader, FromJwtClaim, FromPeerPrincipa
 from authz.limits.base import CounterStore
 from authz.limits.memory import MemoryStore
 from authz.policy.load import load_policy
-from authz.policy.model import Policy
+from authz.policy.reload import PolicyHolder, PolicyWatcher
 from authz.server import create_server
 from authz.settings import IdentitySourceKind, Settings
 
 log = logging.getLogger("mcp_authz")
-
-
-class PolicyHolder:
-    """The policy in force; the one place a reload will swap it."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.current = policy
-
-    def __call__(self) -> Policy:
-        return self.current
 
 
 def build_identity(settings: Settings) -> IdentitySource:
@@ -70,7 +60,11 @@ class Gateway:
 
     def decider(self) -> Decider:
         return Decider(
-            self.policy, build_identity(self.settings), self.store, self.settings.fail_mode
+            self.policy,
+            build_identity(self.settings),
+            self.store,
+            self.settings.fail_mode,
+            jwt_payload_key=self.settings.jwt_payload_key,
         )
 
     async def serve(self) -> None:
@@ -83,12 +77,20 @@ class Gateway:
             self.settings.fail_mode.value,
             self.settings.identity_source.value,
         )
+        watcher = PolicyWatcher(self.settings.policy, self.policy)
+        reloading = (
+            asyncio.create_task(watcher.run(self.settings.reload_interval))
+            if self.settings.reload_interval > 0
+            else None
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down: draining for up to %.1fs", self.settings.grace)
+        if reloading is not None:
+            reloading.cancel()
         # Health goes NOT_SERVING first so probes stop routing new work here while we drain.
         await health.enter_graceful_shutdown()
         await server.stop(self.settings.grace)

@@ -30,5 +30,7 @@ class Settings:
     identity_claim: str = "sub"
     jwt_payload_key: str = "jwt_payload"
     audit_log: str = "-"
+    # Seconds between looks at the policy file for a new version; 0 turns reloading off.
+    reload_interval: float = 2.0
     grace: float = 5.0
     log_level: str = "INFO"

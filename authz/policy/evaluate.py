@@ -1,7 +1,7 @@
 """Judge one MCP call against the policy. Pure: no I/O, no clock, no counters.
 
-The result says whether the policy allows the call and which limits must then be counted;
-counting them is the limits store's job, so this module stays trivially testable.
+The verdict says whether the policy allows the call and which budgets it must then draw on
+(and how much); counting them is the limits store's job.
 """
 
 from __future__ import annotations
@@ -11,10 +11,19 @@ from dataclasses import dataclass
 from authz.identity import Caller
 from authz.limits.base import CounterKey, Hit
 from authz.mcp import McpCall
-from authz.policy.model import Action, Limit, Policy, Rule, Scope
+from authz.policy.conditions import is_number, resolve
+from authz.policy.model import Action, Counting, Entry, Grant, Mode, Policy, Rule, Scope
 
-DEFAULT_RULE = "default"
 UNLISTED_METHOD_RULE = "methods.default"
+
+
+@dataclass(frozen=True, slots=True)
+class Use:
+    """One budget a call draws on, and how many units."""
+
+    counting: Counting
+    cost: int
+    rule: Rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,46 +31,116 @@ class Verdict:
     allowed: bool
     rule: str
     reason: str
-    limits: tuple[Limit, ...] = ()
+    grant: str = "default"
+    uses: tuple[Use, ...] = ()
+    # Budgets of dry-run rules: counted separately, and only ever reported.
+    dry_uses: tuple[Use, ...] = ()
+    # What a dry-run rule would have refused, when one would have.
+    would_deny: str | None = None
 
 
-def evaluate(policy: Policy, call: McpCall) -> Verdict:
+def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
     if call.method is None:
         # A client's answer to a server request (sampling, elicitation): it invokes nothing.
         return Verdict(True, UNLISTED_METHOD_RULE, "responses are not governed")
     if call.method == "tools/call" and call.target is not None:
-        return _tool(policy, call.target)
-    rule = policy.methods.match(call.method)
-    if rule is None:
+        return _tool(policy, policy.grant_for(caller.identity, caller.claims), call, call.target)
+    entry = policy.methods.match(call.method)
+    if entry is None:
         return Verdict(True, UNLISTED_METHOD_RULE, f"method {call.method} is not governed")
-    return _apply(rule, f"method {call.method}")
+    return _rules(entry.rules, entry, policy.everyone, call, f"method {call.method}")
 
 
-def _tool(policy: Policy, tool: str) -> Verdict:
-    rule = policy.tools.match(tool)
-    if rule is not None:
-        return _apply(rule, f'tool "{tool}"')
-    if policy.default is Action.ALLOW:
-        return Verdict(True, DEFAULT_RULE, "allowed by the policy default")
-    return Verdict(
-        False, DEFAULT_RULE, f'tool "{tool}" is not in the policy, which denies by default'
+def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str) -> Verdict:
+    what = f'tool "{tool}"'
+    if policy.is_hidden(tool):
+        return _refused(grant.mode, "hide", f"Tool {tool!r} is hidden by policy", grant)
+    entry = grant.tools.match(tool)
+    if entry is None and grant.default is Action.DENY:
+        reason = f"{what} is not in the policy, which denies by default"
+        return _refused(grant.mode, _default_id(grant), reason, grant)
+    rules = (entry.rules if entry else ()) + grant.every_tool
+    return _rules(rules, entry, grant, call, what)
+
+
+def _default_id(grant: Grant) -> str:
+    return "default" if grant.name == "default" else f"grants.{grant.name}.default"
+
+
+def _refused(mode: Mode, rule: str, reason: str, grant: Grant) -> Verdict:
+    if mode is Mode.DRY_RUN:
+        return Verdict(True, rule, f"would deny: {reason}", grant.name, would_deny=reason)
+    return Verdict(False, rule, reason, grant.name)
+
+
+def _rules(
+    rules: tuple[Rule, ...], entry: Entry | None, grant: Grant, call: McpCall, what: str
+) -> Verdict:
+    uses: list[Use] = []
+    dry_uses: list[Use] = []
+    would_deny = None
+    for rule in rules:
+        failure, costs = _judge(rule, call, what)
+        if failure is not None and rule.mode is Mode.ENFORCE:
+            return Verdict(False, rule.id, failure, grant.name)
+        if failure is not None:
+            would_deny = would_deny or f"{rule.id}: {failure}"
+            continue
+        target = uses if rule.mode is Mode.ENFORCE else dry_uses
+        target += [Use(c, cost, rule) for c, cost in zip(rule.counts, costs, strict=True) if cost]
+    rule_id = entry.id if entry else _default_id(grant)
+    reason = next((r.reason for r in rules if r.reason), None) or f"{what} is allowed by {rule_id}"
+    if would_deny:
+        reason = f"would deny: {would_deny}"
+    return Verdict(True, rule_id, reason, grant.name, tuple(uses), tuple(dry_uses), would_deny)
+
+
+def _judge(rule: Rule, call: McpCall, what: str) -> tuple[str | None, list[int]]:
+    """(why the rule refuses the call or None, the units each of its counters would take)."""
+    if rule.action is Action.DENY:
+        return rule.reason or f"{what} is denied by {rule.id}", []
+    for condition in rule.conditions:
+        holds, why = condition.judge(call.arguments)
+        if not holds:
+            return f"{rule.reason} ({why})" if rule.reason else why, []
+    costs = []
+    for counting in rule.counts:
+        cost, problem = _cost(counting, call)
+        if problem:
+            return problem, []
+        costs.append(cost)
+    return None, costs
+
+
+def _cost(counting: Counting, call: McpCall) -> tuple[int, str | None]:
+    if counting.increment_from is None:
+        return counting.increment, None
+    where = "args." + ".".join(counting.increment_from)
+    value = resolve(call.arguments, counting.increment_from)
+    counter = counting.limit.counter
+    # An amount that cannot be counted is refused, never counted as zero: "spend" that
+    # escapes its budget is exactly what a budget exists to stop.
+    if not is_number(value):
+        return 0, f'{where} must be a number: it is what budget "{counter}" counts'
+    if value < 0:
+        return 0, f'{where} must not be negative: it is what budget "{counter}" counts'
+    if value != int(value):
+        return 0, f"{where} must be a whole number (use minor units such as cents)"
+    return int(value), None
+
+
+def hits(uses: tuple[Use, ...], caller: Caller, grant: str) -> tuple[Hit, ...]:
+    return tuple(
+        Hit(_key(u.counting, caller, grant), u.counting.limit.max, u.counting.limit.window, u.cost)
+        for u in uses
     )
 
 
-def _apply(rule: Rule, what: str) -> Verdict:
-    if rule.action is Action.DENY:
-        return Verdict(False, rule.id, rule.reason or f"{what} is denied by {rule.id}")
-    return Verdict(True, rule.id, rule.reason or f"{what} is allowed by {rule.id}", rule.limits)
-
-
-def hits(limits: tuple[Limit, ...], caller: Caller) -> tuple[Hit, ...]:
-    return tuple(Hit(_key(limit, caller), limit.max, limit.window) for limit in limits)
-
-
-def _key(limit: Limit, caller: Caller) -> CounterKey:
+def _key(counting: Counting, caller: Caller, grant: str) -> CounterKey:
+    limit = counting.limit
     subject: tuple[str, ...]
     if limit.scope is Scope.GRANT:
-        subject = (caller.grant, caller.identity)
+        subject = (grant, caller.identity)
     elif limit.scope is Scope.IDENTITY:
         subject = (caller.identity,)
     elif limit.scope is Scope.SESSION:

@@ -1,4 +1,5 @@
-"""Read a policy file (JSON or YAML) into a Policy, or say everything that is wrong with it.
+"""Read a policy file (JSON or YAML, ours or PolicyLayer Intercept's) into one Policy, or say
+everything that is wrong with it.
 
 Every problem names the file, the JSON path and what to do; all problems are reported at
 once so one `mcp-authz validate` run shows the whole list. Unknown keys are errors: a typo
@@ -17,13 +18,12 @@ from typing import Any
 
 import yaml
 
-from authz.policy.model import NAMED_WINDOWS, Action, Limit, Policy, Rule, RuleSet, Scope
+from authz.policy.conditions import ConditionError, Op, compile_condition
+from authz.policy.conditions import kind as kind_of
+from authz.policy.model import NAMED_WINDOWS, Limit, Policy
 
-_TOP_KEYS = ("version", "default", "tools", "methods")
-_RULE_KEYS = ("action", "reason", "limits")
-_LIMIT_KEYS = ("counter", "window", "max", "scope")
-_MAX_LIMIT = 1_000_000_000
-_MAX_WINDOW = 366 * 86400
+MAX_LIMIT = 1_000_000_000_000
+MAX_WINDOW = 366 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ class PolicyError(Exception):
         super().__init__("\n".join(f"{source}: {p.path}: {p.message}" for p in problems))
 
 
-class _Pairs(list[tuple[Any, Any]]):
+class Pairs(list[tuple[Any, Any]]):
     """A mapping as written, duplicates included, so they can be reported with their path."""
 
 
@@ -52,11 +52,16 @@ def load_policy(path: Path) -> Policy:
 
 
 def parse_policy(data: bytes, source: str) -> Policy:
+    # Imported here: both front ends build on the Reader below.
+    from authz.policy.intercept import InterceptReader, is_intercept  # noqa: PLC0415
+    from authz.policy.native import NativeReader  # noqa: PLC0415
+
     raw = _parse_text(data, source)
-    checker = _Checker()
-    policy = checker.policy(raw, source, "sha256:" + hashlib.sha256(data).hexdigest()[:16])
-    if checker.problems:
-        raise PolicyError(source, checker.problems)
+    version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+    reader: Reader = InterceptReader() if is_intercept(raw) else NativeReader()
+    policy = reader.policy(raw, source, version)
+    if reader.problems:
+        raise PolicyError(source, reader.problems)
     return policy
 
 
@@ -65,7 +70,7 @@ def _parse_text(data: bytes, source: str) -> Any:
         text = data.decode("utf-8")
         if source.endswith((".yaml", ".yml")):
             return yaml.load(text, Loader=_PairsLoader)  # noqa: S506 - a SafeLoader subclass
-        return json.loads(text, object_pairs_hook=_Pairs)
+        return json.loads(text, object_pairs_hook=Pairs)
     except UnicodeDecodeError as e:
         raise PolicyError(source, [Problem("$", f"not UTF-8: {e.reason}")]) from e
     except json.JSONDecodeError as e:
@@ -79,9 +84,9 @@ class _PairsLoader(yaml.SafeLoader):
     pass
 
 
-def _construct_pairs(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _Pairs:
+def _construct_pairs(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Pairs:
     loader.flatten_mapping(node)
-    return _Pairs(
+    return Pairs(
         (loader.construct_object(k, deep=True), loader.construct_object(v, deep=True))
         for k, v in node.value
     )
@@ -98,31 +103,38 @@ def child(path: str, key: str | int) -> str:
     return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, _Pairs):
-        return "an object"
-    return {
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-    }.get(type(value), "null" if value is None else type(value).__name__)
+def kind(value: Any) -> str:
+    return "an object" if isinstance(value, Pairs) else kind_of(value)
+
+
+def get(value: Any, key: str) -> Any:
+    """A key of a raw object, for format detection before validation."""
+    return dict(value).get(key) if isinstance(value, Pairs) else None
 
 
 @dataclass
-class _Checker:
+class Reader:
+    """Validation helpers shared by both formats: each records problems and carries on, so
+    one pass reports them all."""
+
     problems: list[Problem] = field(default_factory=list)
-    # Where each counter was first defined, so a shared budget must mean the same everywhere.
+    warnings: list[str] = field(default_factory=list)
+    # Where each counter was first defined, so a shared budget means the same everywhere.
     counters: dict[str, tuple[str, Limit]] = field(default_factory=dict)
+
+    def policy(self, raw: Any, source: str, version: str) -> Policy:
+        raise NotImplementedError
 
     def fail(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
 
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(f"{path}: {message}")
+
     def fields(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         """An object's entries, reporting duplicates, unknown keys and non-objects."""
-        if not isinstance(value, _Pairs):
-            self.fail(path, f"expected an object, got {_kind(value)}")
+        if not isinstance(value, Pairs):
+            self.fail(path, f"expected an object, got {kind(value)}")
             return {}
         out: dict[str, Any] = {}
         for key, item in value:
@@ -137,8 +149,8 @@ class _Checker:
 
     def entries(self, value: Any, path: str) -> Iterator[tuple[str, Any, str]]:
         """Name → item entries of a free-form map such as `tools`."""
-        if not isinstance(value, _Pairs):
-            self.fail(path, f"expected an object, got {_kind(value)}")
+        if not isinstance(value, Pairs):
+            self.fail(path, f"expected an object, got {kind(value)}")
             return
         seen: set[str] = set()
         for key, item in value:
@@ -151,7 +163,13 @@ class _Checker:
                 seen.add(key)
                 yield key, item, where
 
-    def choice(self, value: Any, path: str, enum: Callable[[str], Any], options: Any) -> Any:
+    def items(self, value: Any, path: str, what: str) -> list[tuple[Any, str]]:
+        if not isinstance(value, list) or isinstance(value, Pairs):
+            self.fail(path, f"expected a list of {what}, got {kind(value)}")
+            return []
+        return [(item, child(path, i)) for i, item in enumerate(value)]
+
+    def choice(self, value: Any, path: str, enum: Callable[[Any], Any], options: Any) -> Any:
         try:
             return enum(value)
         except ValueError:
@@ -159,76 +177,61 @@ class _Checker:
             self.fail(path, f"expected {names}, got {json.dumps(value, default=str)}")
             return None
 
-    def policy(self, raw: Any, source: str, version: str) -> Policy:
-        top = self.fields(raw, "$", _TOP_KEYS)
-        if isinstance(raw, _Pairs) and "version" not in top:
+    def text(self, value: Any, path: str) -> str | None:
+        if isinstance(value, str) and value.strip():
+            return value
+        self.fail(path, f"expected a non-empty string, got {kind(value)}")
+        return None
+
+    def version(self, top: dict[str, Any], raw: Any) -> None:
+        if isinstance(raw, Pairs) and "version" not in top:
             self.fail("$.version", 'missing: add "version": "1"')
         elif "version" in top and top["version"] not in ("1", 1):
             self.fail("$.version", f'unsupported version {top["version"]!r}: use "1"')
-        default = self.choice(top.get("default", "deny"), "$.default", Action, Action)
-        tools = self.rules(top.get("tools", _Pairs()), "$.tools", "tools")
-        methods = self.rules(top.get("methods", _Pairs()), "$.methods", "methods")
-        if "tools/call" in methods.exact:
-            self.fail(child("$.methods", "tools/call"), "tool calls are governed by $.tools")
-        return Policy(default or Action.DENY, tools, methods, version, source)
 
-    def rules(self, value: Any, path: str, section: str) -> RuleSet:
-        rules = {
-            name: self.rule(item, where, child(section, name))
-            for name, item, where in self.entries(value, path)
-        }
-        return RuleSet.build(rules)
-
-    def rule(self, value: Any, path: str, rule_id: str) -> Rule:
-        spec = self.fields(value, path, _RULE_KEYS)
-        action = self.choice(spec.get("action", "allow"), child(path, "action"), Action, Action)
-        reason = spec.get("reason")
-        if reason is not None and not (isinstance(reason, str) and reason.strip()):
-            self.fail(child(path, "reason"), f"expected a non-empty string, got {_kind(reason)}")
-            reason = None
-        limits = self.limits(spec.get("limits", []), child(path, "limits"))
-        if action is Action.DENY and limits:
-            self.fail(child(path, "limits"), "a denied tool is never counted: remove the limits")
-        return Rule(rule_id, action or Action.DENY, reason, limits)
-
-    def limits(self, value: Any, path: str) -> tuple[Limit, ...]:
-        if not isinstance(value, list) or isinstance(value, _Pairs):
-            self.fail(path, f"expected a list of limits, got {_kind(value)}")
-            return ()
-        found = (self.limit(item, child(path, i)) for i, item in enumerate(value))
-        return tuple(limit for limit in found if limit is not None)
-
-    def limit(self, value: Any, path: str) -> Limit | None:
-        spec = self.fields(value, path, _LIMIT_KEYS)
-        missing = [k for k in ("counter", "window", "max") if k not in spec]
-        for key in missing:
-            self.fail(child(path, key), "missing: every limit needs counter, window and max")
-        counter = spec.get("counter")
-        if "counter" in spec and not (isinstance(counter, str) and counter):
-            self.fail(child(path, "counter"), "expected a non-empty string naming the counter")
-        window = (
-            self.window(spec.get("window"), child(path, "window")) if "window" in spec else None
-        )
-        cap = self.count(spec.get("max"), child(path, "max"), _MAX_LIMIT) if "max" in spec else None
-        scope = self.choice(spec.get("scope", "grant"), child(path, "scope"), Scope, Scope)
-        if not (isinstance(counter, str) and counter and window and cap and scope):
-            return None
-        return self.shared(Limit(counter, window, cap, scope), path)
-
-    def window(self, value: Any, path: str) -> int | None:
+    def window(self, value: Any, path: str, named_only: bool = False) -> int | None:
         if isinstance(value, str) and value in NAMED_WINDOWS:
             return NAMED_WINDOWS[value]
-        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_WINDOW:
-            return value
+        seconds_ok = (
+            isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_WINDOW
+        )
+        if seconds_ok and not named_only:
+            return int(value)
         names = ", ".join(f'"{n}"' for n in NAMED_WINDOWS)
-        self.fail(path, f"expected {names} or seconds (1 to {_MAX_WINDOW}), got {value!r}")
+        seconds = "" if named_only else f" or seconds (1 to {MAX_WINDOW})"
+        self.fail(path, f"expected {names}{seconds}, got {value!r}")
         return None
 
-    def count(self, value: Any, path: str, ceiling: int) -> int | None:
+    def count(self, value: Any, path: str, ceiling: int = MAX_LIMIT) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= ceiling:
             return value
         self.fail(path, f"expected a whole number from 1 to {ceiling}, got {value!r}")
         return None
+
+    def arg_path(self, value: Any, path: str) -> tuple[str, ...] | None:
+        if isinstance(value, str) and value.startswith("args.") and all(value[5:].split(".")):
+            return tuple(value[5:].split("."))
+        self.fail(path, f'expected a path like "args.amount", got {value!r}')
+        return None
+
+    def condition(
+        self, value: Any, path: str, keys: tuple[str, ...] = ("path", "op", "value")
+    ) -> Any:
+        spec = self.fields(value, path, keys)
+        for key in ("path", "op"):
+            if key not in spec:
+                self.fail(child(path, key), "missing: a condition needs path, op and value")
+        if "value" not in spec and spec.get("op") != Op.EXISTS.value:
+            self.fail(child(path, "value"), "missing: a condition needs path, op and value")
+        op = self.choice(spec.get("op"), child(path, "op"), Op, Op) if "op" in spec else None
+        where = self.arg_path(spec["path"], child(path, "path")) if "path" in spec else None
+        if op is None or where is None:
+            return None
+        try:
+            return compile_condition(where, op, spec.get("value", True))
+        except ConditionError as e:
+            self.fail(child(path, "value"), str(e))
+            return None
 
     def shared(self, limit: Limit, path: str) -> Limit:
         first = self.counters.setdefault(limit.counter, (path, limit))

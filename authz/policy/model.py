@@ -1,16 +1,29 @@
-"""The policy as the evaluator sees it: immutable, validated, ready to match."""
+"""The policy as the evaluator sees it: immutable, validated, ready to match.
+
+Both file formats (ours, which the seed uses, and PolicyLayer Intercept's YAML) load into
+this one model; there is one evaluator.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+from authz.policy.conditions import Condition
 
 
 class Action(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    # Evaluate and record "would deny", but let the call through.
+    DRY_RUN = "dry_run"
 
 
 class Scope(StrEnum):
@@ -28,6 +41,8 @@ NAMED_WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
 @dataclass(frozen=True, slots=True)
 class Limit:
+    """A budget: at most `max` units in any rolling `window` seconds, kept per `scope`."""
+
     counter: str
     window: int
     max: int
@@ -38,50 +53,76 @@ class Limit:
 
 
 @dataclass(frozen=True, slots=True)
+class Counting:
+    """How one rule draws on a budget: a fixed number of units, or an argument's value."""
+
+    limit: Limit
+    increment: int = 1
+    increment_from: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
-    # Where the rule stands in the policy, e.g. 'tools.get_balance' or 'tools["db_*"]':
-    # shown to agents and operators so a decision can be traced back to a line.
+    # Where the rule stands in the policy, e.g. 'tools.get_balance' or
+    # 'tools.create_charge.rules[1]': shown to agents and operators alike.
     id: str
     action: Action
     reason: str | None = None
-    limits: tuple[Limit, ...] = ()
+    # All must hold, or the call is refused with `reason`.
+    conditions: tuple[Condition, ...] = ()
+    counts: tuple[Counting, ...] = ()
+    mode: Mode = Mode.ENFORCE
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """The rules under one key of `tools` (or `methods`); every one must pass."""
+
+    id: str
+    rules: tuple[Rule, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class _Pattern:
     glob: str
     regex: re.Pattern[str]
-    rule: Rule
+    entry: Entry
 
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """Rules keyed by exact name or glob (`*` any run of characters, `?` one character).
+    """Entries keyed by exact name or glob (`*` any run of characters, `?` one character).
 
     An exact key always beats a pattern. Among patterns the most specific wins: the one
     with the most literal (non-wildcard) characters; on a tie, the one written first.
     """
 
-    exact: Mapping[str, Rule]
-    patterns: tuple[_Pattern, ...]
+    exact: Mapping[str, Entry] = field(default_factory=dict)
+    patterns: tuple[_Pattern, ...] = ()
 
     @classmethod
-    def build(cls, rules: Mapping[str, Rule]) -> RuleSet:
-        exact = {k: r for k, r in rules.items() if not is_glob(k)}
-        globs = [k for k in rules if is_glob(k)]
+    def build(cls, entries: Mapping[str, Entry]) -> RuleSet:
+        exact = {k: e for k, e in entries.items() if not is_glob(k)}
         # sorted() is stable, so equally specific patterns keep their order in the file.
-        globs = sorted(globs, key=lambda g: -len(g.replace("*", "").replace("?", "")))
-        return cls(exact, tuple(_Pattern(g, glob_regex(g), rules[g]) for g in globs))
+        globs = sorted((k for k in entries if is_glob(k)), key=lambda g: -literal_count(g))
+        return cls(exact, tuple(_Pattern(g, glob_regex(g), entries[g]) for g in globs))
 
-    def match(self, name: str) -> Rule | None:
-        rule = self.exact.get(name)
-        if rule is not None:
-            return rule
-        return next((p.rule for p in self.patterns if p.regex.fullmatch(name)), None)
+    def match(self, name: str) -> Entry | None:
+        entry = self.exact.get(name)
+        if entry is not None:
+            return entry
+        return next((p.entry for p in self.patterns if p.regex.fullmatch(name)), None)
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.patterns)
 
 
 def is_glob(key: str) -> bool:
     return "*" in key or "?" in key
+
+
+def literal_count(glob: str) -> int:
+    return len(glob) - glob.count("*") - glob.count("?")
 
 
 def glob_regex(glob: str) -> re.Pattern[str]:
@@ -90,11 +131,56 @@ def glob_regex(glob: str) -> re.Pattern[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class Grant:
+    """Tool rules for a set of callers. The policy's top level is the grant of everyone
+    that no named grant claims."""
+
+    name: str
     default: Action
     tools: RuleSet
+    # Rules every tool call in this grant must also pass (Intercept's "*" key), after the
+    # tool's own; they never rescue a tool that `default: deny` refuses.
+    every_tool: tuple[Rule, ...] = ()
+    # Who belongs: identities by exact name or glob, or JWT claim values (any one matches).
+    identities: RuleSet = field(default_factory=RuleSet)
+    claims: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    mode: Mode = Mode.ENFORCE
+
+    def admits(self, identity: str, claims: Mapping[str, Any]) -> bool:
+        if self.identities.match(identity) is not None:
+            return True
+        return any(_claim_matches(claims.get(k), wanted) for k, wanted in self.claims.items())
+
+
+def _claim_matches(value: Any, wanted: tuple[Any, ...]) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(v in wanted for v in values if isinstance(v, str | int) and not isinstance(v, bool))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    everyone: Grant
+    grants: tuple[Grant, ...] = ()
     # Rules for methods other than tools/call; an unlisted method is allowed.
-    methods: RuleSet
+    methods: RuleSet = field(default_factory=RuleSet)
+    # Tools refused whatever the grant (Intercept's `hide`); "*" hides all.
+    hidden: frozenset[str] = frozenset()
     # Identifies the exact file content that made this policy (a hash), for logs and audit.
-    version: str
-    source: str
+    version: str = ""
+    source: str = ""
+    # Things that load but deserve a look (unreachable rules, features only partly honoured).
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def default(self) -> Action:
+        return self.everyone.default
+
+    @property
+    def tools(self) -> RuleSet:
+        return self.everyone.tools
+
+    def grant_for(self, identity: str, claims: Mapping[str, Any]) -> Grant:
+        return next((g for g in self.grants if g.admits(identity, claims)), self.everyone)
+
+    def is_hidden(self, tool: str) -> bool:
+        return tool in self.hidden or "*" in self.hidden

@@ -32,6 +32,9 @@ POLICY: dict[str, Any] = {
 }
 
 
+ANYONE = Caller("agent-1")
+
+
 def load(doc: dict[str, Any]) -> Policy:
     return parse_policy(json.dumps(doc).encode(), "p.json")
 
@@ -77,12 +80,12 @@ def tool_call(name: str) -> McpCall:
     ],
 )
 def test_tool_precedence(tool: str, allowed: bool, rule: str, reason: str) -> None:
-    verdict = evaluate(load(POLICY), tool_call(tool))
+    verdict = evaluate(load(POLICY), tool_call(tool), ANYONE)
     assert (verdict.allowed, verdict.rule, verdict.reason) == (allowed, rule, reason)
 
 
 def test_default_allow_lets_unlisted_tools_through() -> None:
-    verdict = evaluate(load({"version": "1", "default": "allow"}), tool_call("anything"))
+    verdict = evaluate(load({"version": "1", "default": "allow"}), tool_call("anything"), ANYONE)
     assert (verdict.allowed, verdict.rule) == (True, "default")
 
 
@@ -96,20 +99,20 @@ def test_default_allow_lets_unlisted_tools_through() -> None:
     ],
 )
 def test_methods_pass_unless_the_policy_governs_them(method: str, allowed: bool, rule: str) -> None:
-    verdict = evaluate(load(POLICY), McpCall(method, 1))
+    verdict = evaluate(load(POLICY), McpCall(method, 1), ANYONE)
     assert (verdict.allowed, verdict.rule) == (allowed, rule)
 
 
 def test_client_responses_are_never_governed() -> None:
-    assert evaluate(load({"version": "1", "default": "deny"}), McpCall(None, 4)).allowed
+    assert evaluate(load({"version": "1", "default": "deny"}), McpCall(None, 4), ANYONE).allowed
 
 
 def test_glob_matching_is_literal_apart_from_wildcards() -> None:
     policy = load({"version": "1", "tools": {"a.b*": {}, "[x]*": {}}})
-    assert evaluate(policy, tool_call("a.bc")).allowed
-    assert not evaluate(policy, tool_call("aXbc")).allowed
-    assert evaluate(policy, tool_call("[x]yz")).allowed
-    assert not evaluate(policy, tool_call("xyz")).allowed
+    assert evaluate(policy, tool_call("a.bc"), ANYONE).allowed
+    assert not evaluate(policy, tool_call("aXbc"), ANYONE).allowed
+    assert evaluate(policy, tool_call("[x]yz"), ANYONE).allowed
+    assert not evaluate(policy, tool_call("xyz"), ANYONE).allowed
 
 
 SCOPED = {
@@ -128,8 +131,8 @@ SCOPED = {
 
 
 def test_limits_are_keyed_by_their_scope() -> None:
-    verdict = evaluate(load(SCOPED), tool_call("t"))
-    keys = [h.key for h in hits(verdict.limits, Caller("agent-1", "sess-9", "ops"))]
+    verdict = evaluate(load(SCOPED), tool_call("t"), ANYONE)
+    keys = [h.key for h in hits(verdict.uses, Caller("agent-1", "sess-9"), "ops")]
     assert keys == [
         CounterKey("g", "grant", ("ops", "agent-1")),
         CounterKey("i", "identity", ("agent-1",)),

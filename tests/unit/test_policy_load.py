@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from authz.policy.load import PolicyError, load_policy, parse_policy
-from authz.policy.model import Action, Limit, Scope
+from authz.policy.model import Action, Counting, Limit, Scope
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "policies" / "seed.json"
@@ -23,10 +23,11 @@ def problems(doc: object, source: str = "p.json") -> list[str]:
 def test_the_seed_policy_loads_as_it_is() -> None:
     policy = load_policy(SEED)
     assert policy.default is Action.DENY
-    rule = policy.tools.match("binance_us_create_listen_key")
-    assert rule is not None
+    entry = policy.tools.match("binance_us_create_listen_key")
+    assert entry is not None
+    (rule,) = entry.rules
     assert rule.action is Action.ALLOW
-    assert rule.limits == (Limit("binance_us_create_listen_key_rate", 60, 30, Scope.GRANT),)
+    assert rule.counts == (Counting(Limit("binance_us_create_listen_key_rate", 60, 30, Scope.GRANT)),)
     assert policy.version.startswith("sha256:")
 
 
@@ -107,7 +108,7 @@ tools:
                     "t": {"action": "deny", "limits": [{"counter": "c", "window": 1, "max": 1}]}
                 },
             },
-            "$.tools.t.limits: a denied tool is never counted",
+            "$.tools.t: a denied tool is never counted or checked",
         ),
         (
             {
@@ -169,9 +170,9 @@ def test_named_and_numeric_windows() -> None:
         for i, w in enumerate(["second", "minute", "hour", "day", 90])
     ]
     doc = {"version": "1", "tools": {"t": {"limits": limits}}}
-    rule = parse_policy(json.dumps(doc).encode(), "p.json").tools.match("t")
-    assert rule is not None
-    assert [lim.window for lim in rule.limits] == [1, 60, 3600, 86400, 90]
+    entry = parse_policy(json.dumps(doc).encode(), "p.json").tools.match("t")
+    assert entry is not None
+    assert [c.limit.window for c in entry.rules[0].counts] == [1, 60, 3600, 86400, 90]
 
 
 def test_version_is_a_hash_of_the_content() -> None:

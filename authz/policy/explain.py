@@ -1,0 +1,68 @@
+"""Why a call is decided as it is: the offline explanation `mcp-authz check` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authz.identity import Caller
+from authz.mcp import McpCall
+from authz.policy.conditions import resolve
+from authz.policy.evaluate import evaluate, hits
+from authz.policy.model import Policy, Rule
+
+
+def explain(policy: Policy, call: McpCall, caller: Caller) -> dict[str, Any]:
+    verdict = evaluate(policy, call, caller)
+    grant = policy.grant_for(caller.identity, caller.claims)
+    entry = grant.tools.match(call.tool) if call.tool is not None else None
+    rules = (entry.rules if entry else ()) + (grant.every_tool if call.tool else ())
+    return {
+        "policy": policy.source,
+        "policy_version": policy.version,
+        "method": call.method,
+        "tool": call.tool,
+        "identity": caller.identity,
+        "grant": verdict.grant,
+        "decision": "allow" if verdict.allowed else "deny",
+        "dry_run_would_deny": verdict.would_deny,
+        "rule": verdict.rule,
+        "reason": verdict.reason,
+        "rules": [_rule(rule, call) for rule in rules],
+        "counters": [_counter(h) for h in hits(verdict.uses, caller, verdict.grant)],
+        "dry_run_counters": [_counter(h) for h in hits(verdict.dry_uses, caller, verdict.grant)],
+    }
+
+
+def _rule(rule: Rule, call: McpCall) -> dict[str, Any]:
+    return {
+        "rule": rule.id,
+        "action": rule.action.value,
+        "mode": rule.mode.value,
+        "conditions": [
+            {
+                "condition": c.text,
+                "value": _value(resolve(call.arguments, c.path)),
+                "holds": c.judge(call.arguments)[0],
+            }
+            for c in rule.conditions
+        ],
+    }
+
+
+def _value(value: Any) -> Any:
+    return (
+        value
+        if isinstance(value, str | int | float | bool | list | dict) or value is None
+        else "(missing)"
+    )
+
+
+def _counter(hit: Any) -> dict[str, Any]:
+    return {
+        "counter": hit.key.counter,
+        "scope": hit.key.scope,
+        "subject": list(hit.key.subject),
+        "max": hit.limit,
+        "window_seconds": hit.window,
+        "cost": hit.cost,
+    }
