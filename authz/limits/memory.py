@@ -49,9 +49,15 @@ class MemoryStore:
         # No await between reading and writing: on one event loop this is atomic.
         now = self._clock()
         logs = [self._log(h, now) for h in hits]
-        states = tuple(_state(h, log, now) for h, log in zip(hits, logs, strict=True))
+        # One key may appear twice (a batch calling one tool twice): later hits see the units
+        # of earlier ones as already counted, or the request could overshoot the limit.
+        ahead: dict[CounterKey, int] = {}
+        states = []
+        for h, log in zip(hits, logs, strict=True):
+            states.append(_state(h, log, now, ahead.get(h.key, 0)))
+            ahead[h.key] = ahead.get(h.key, 0) + h.cost
         if any(s.retry_after != 0 for s in states):
-            return HitResult(allowed=False, states=states)
+            return HitResult(allowed=False, states=tuple(states))
         for h, log in zip(hits, logs, strict=True):
             log.entries.append((now, h.cost))
             log.used += h.cost
@@ -82,15 +88,16 @@ def _idle(log: _Log, now: float) -> bool:
     return not log.entries
 
 
-def _state(h: Hit, log: _Log, now: float) -> LimitState:
-    remaining = max(h.limit - log.used, 0)
-    if h.cost > h.limit:
+def _state(h: Hit, log: _Log, now: float, ahead: int) -> LimitState:
+    used = log.used + ahead
+    remaining = max(h.limit - used, 0)
+    if h.cost + ahead > h.limit:
         retry: float | None = None
     elif h.cost <= remaining:
         retry = 0.0
     else:
-        retry = log.wait_for(log.used + h.cost - h.limit, now)
-    return LimitState(hit=h, used=log.used, remaining=remaining, retry_after=retry)
+        retry = log.wait_for(used + h.cost - h.limit, now)
+    return LimitState(hit=h, used=used, remaining=remaining, retry_after=retry)
 
 
 def _counted(s: LimitState) -> LimitState:

@@ -1,0 +1,238 @@
+"""The shared store: rolling windows kept in Redis, so every replica draws on one budget.
+
+Each request is one EVALSHA of `lua/hit.lua`, which reads the server's clock, checks every
+hit and counts them all or nothing. docs/limits.md describes the key layout, the bounds and
+the failure behaviour; this module turns hits into script arguments, script replies into
+results, and every Redis failure into StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from importlib.resources import files
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisClusterException, RedisError
+
+from authz.limits.base import CounterKey, Hit, HitResult, LimitState, StoreUnavailable
+from authz.limits.breaker import CircuitBreaker
+
+Clock = Callable[[], float]
+Client = Redis | RedisCluster
+
+SCRIPT = files("authz.limits").joinpath("lua/hit.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+# A window is kept in this many quanta: a unit leaves the window at most window/100 late,
+# and a key holds at most about 100 entries whatever the limit (see docs/limits.md).
+QUANTA_PER_WINDOW = 100
+# Longer encoded keys are hashed, so an agent-chosen subject cannot make key names huge.
+MAX_NAME = 200
+_US = 1_000_000
+
+
+class RedisStore:
+    """A CounterStore on Redis (standalone, Sentinel or Cluster) that fails fast when it is down.
+
+    `clock` is for tests only: production leaves it None so that time comes from the Redis
+    server and replicas with skewed clocks agree.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "mcp-authz",
+        timeout: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+        owned: Sequence[Redis] = (),
+    ) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"Redis key prefix {prefix!r} must be non-empty and free of braces")
+        if timeout <= 0:
+            raise ValueError("the Redis timeout must be positive")
+        self._client = client
+        self._prefix = prefix
+        self._timeout = timeout
+        self._breaker = breaker or CircuitBreaker()
+        self._clock = clock
+        self._owned = tuple(owned)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "mcp-authz",
+        timeout: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+    ) -> RedisStore:
+        """Build from redis://, rediss://, unix://, redis[s]+cluster:// or redis[s]+sentinel://.
+
+        Nothing is contacted here (the first hit connects), but a malformed URL fails now.
+        """
+        client, owned = connect(url, timeout)
+        return cls(
+            client, prefix=prefix, timeout=timeout, breaker=breaker, clock=clock, owned=owned
+        )
+
+    def key(self, key: CounterKey) -> str:
+        """The Redis key of a counter; every key shares the `{prefix}` hash tag."""
+        name = json.dumps([key.counter, key.scope, *key.subject], separators=(",", ":"))
+        if len(name) > MAX_NAME:
+            name = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+        return f"{{{self._prefix}}}:v1:{name}"
+
+    async def hit(self, hits: Sequence[Hit]) -> HitResult:
+        if not hits:
+            return HitResult(allowed=True, states=())
+        keys = [self.key(h.key) for h in hits]
+        with self._breaker.guard():
+            reply = await self._run(keys, self._args(hits))
+        return _result(hits, reply)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        for client in self._owned:
+            await client.aclose()
+
+    def _args(self, hits: Sequence[Hit]) -> list[int | str]:
+        now = "" if self._clock is None else str(round(self._clock() * _US))
+        args: list[int | str] = [now]
+        for h in hits:
+            window = h.window * _US
+            args += [h.limit, window, h.cost, max(1, window // QUANTA_PER_WINDOW)]
+        return args
+
+    async def _run(self, keys: list[str], args: list[int | str]) -> list[int]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._script(keys, args)
+        except TimeoutError as e:
+            raise StoreUnavailable(
+                f"Redis did not answer within {self._timeout * 1000:.0f} ms"
+            ) from e
+        except ReadOnlyError as e:
+            await self._drop_connections()
+            raise StoreUnavailable(f"Redis is a read-only replica: {e}") from e
+        except (RedisError, RedisClusterException, OSError) as e:
+            raise StoreUnavailable(f"Redis failed: {type(e).__name__}: {e}") from e
+
+    async def _script(self, keys: list[str], args: list[int | str]) -> list[int]:
+        try:
+            reply = await self._client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
+        except NoScriptError:
+            # A restarted or flushed Redis has forgotten the script; EVAL runs and caches it.
+            reply = await self._client.eval(SCRIPT, len(keys), *keys, *args)
+        return [int(v) for v in reply]
+
+    async def _drop_connections(self) -> None:
+        # A primary demoted behind a stable address (DNS failover) keeps our connections;
+        # reconnecting lets the next call reach the new primary. Cluster and Sentinel
+        # clients rediscover the primary on their own.
+        if isinstance(self._client, Redis):
+            await self._client.connection_pool.disconnect()
+
+
+def _result(hits: Sequence[Hit], reply: list[int]) -> HitResult:
+    states = tuple(
+        _state(h, used, retry)
+        for h, used, retry in zip(hits, reply[1::2], reply[2::2], strict=True)
+    )
+    return HitResult(allowed=reply[0] == 1, states=states)
+
+
+def _state(h: Hit, used: int, retry: int) -> LimitState:
+    wait = None if retry < 0 else retry / _US
+    return LimitState(hit=h, used=used, remaining=max(h.limit - used, 0), retry_after=wait)
+
+
+def connect(url: str, timeout: float) -> tuple[Client, tuple[Redis, ...]]:
+    """A client for `url`, and any helper clients (Sentinels) to close with it."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # One immediate retry replaces a pooled connection that a Redis restart closed;
+        # anything slower would not fit in the timeout anyway.
+        "retry": Retry(NoBackoff(), 1),
+    }
+    scheme = urlsplit(url).scheme
+    if scheme in ("redis", "rediss", "unix"):
+        return Redis.from_url(url, **options), ()
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        return _cluster(url, options), ()
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _sentinel(url, options)
+    raise ValueError(
+        f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix://, "
+        "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
+    )
+
+
+def _cluster(url: str, options: dict[str, Any]) -> RedisCluster:
+    parts = urlsplit(url)
+    if parts.path.strip("/") or parts.query:
+        raise ValueError(f"a cluster URL takes no database or options: {_redact(url)}")
+    auth, nodes = _hosts(parts.netloc, default_port=6379)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        ssl=parts.scheme.startswith("rediss"),
+        **auth,
+        **options,
+    )
+
+
+def _sentinel(url: str, options: dict[str, Any]) -> tuple[Redis, tuple[Redis, ...]]:
+    parts = urlsplit(url)
+    path = [p for p in parts.path.split("/") if p]
+    if len(path) not in (1, 2) or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"a Sentinel URL ends in /SERVICE or /SERVICE/DB: {_redact(url)}")
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"sentinel_password"}
+    if unknown:
+        raise ValueError(f"unknown Sentinel URL options {sorted(unknown)}: {_redact(url)}")
+    auth, nodes = _hosts(parts.netloc, default_port=26379)
+    ssl = parts.scheme.startswith("rediss")
+    sentinel_kwargs = {**options, "ssl": ssl, "password": query.get("sentinel_password", [None])[0]}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        nodes, sentinel_kwargs=sentinel_kwargs, ssl=ssl, **auth, **options
+    )
+    db = int(path[1]) if len(path) == 2 else 0
+    return sentinel.master_for(path[0], db=db), tuple(sentinel.sentinels)
+
+
+def _hosts(netloc: str, default_port: int) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """Credentials and the host:port list of a multi-host URL (IPv6 hosts in brackets)."""
+    userinfo, _, hostlist = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    auth: dict[str, Any] = {
+        k: unquote(v) for k, v in (("username", user), ("password", password)) if v
+    }
+    nodes = [_host_port(h, default_port) for h in hostlist.split(",") if h]
+    if not nodes:
+        raise ValueError("a cluster or Sentinel URL needs at least one host")
+    return auth, nodes
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(f"//{text}")
+    if parts.hostname is None:
+        raise ValueError(f"not a host[:port]: {text!r}")
+    return parts.hostname, parts.port or default_port
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    _, at, hosts = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"***@{hosts}" if at else hosts).geturl()

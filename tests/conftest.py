@@ -1,0 +1,181 @@
+"""Real redis-server processes for the tests, each on a free port of its own.
+
+Never the system Redis on 6379: every server here is started by the fixture, in a temporary
+directory, and stopped when its fixture ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+STARTUP_TIMEOUT = 10.0
+
+
+def free_port(*, with_bus: bool = False) -> int:
+    """A port nobody listens on (and, for cluster nodes, its bus port + 10000 too)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not with_bus or (port + 10000 < 65536 and _bindable(port + 10000)):
+            return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class RedisServer:
+    """One redis-server process that a test may kill, pause and start again on its port."""
+
+    def __init__(self, workdir: Path, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port(with_bus="--cluster-enabled" in args)
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "redis.sock"
+        self._args = args
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> RedisServer:
+        command = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--unixsocket", str(self.socket),
+            "--save", "",
+            "--appendonly", "no",
+            "--logfile", str(self.dir / "redis.log"),
+            *self._args,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        self._wait_ready()
+        return self
+
+    def kill(self) -> None:
+        """Die at once, as a crashed or OOM-killed server does (data and scripts are lost)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def pause(self) -> None:
+        """Keep connections open but answer nothing, as a hung or partitioned server does."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self.resume()
+            self._process.terminate()
+            self._process.wait()
+            self._process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=STARTUP_TIMEOUT)
+
+    def command(self, *args: str | int) -> object:
+        with self.client() as c:
+            return c.execute_command(*args)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                log = (self.dir / "redis.log").read_text(errors="replace")
+                raise RuntimeError(f"redis-server on port {self.port} exited:\n{log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One standalone server shared by the session; tests keep apart by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server for this test alone, free to be killed, paused or misconfigured."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real three-primary Redis Cluster; yields its redis+cluster:// URL."""
+    workdir = tmp_path_factory.mktemp("cluster")
+    nodes = [
+        RedisServer(workdir, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+        for _ in range(3)
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        _wait_cluster_ok(nodes)
+        yield "redis+cluster://" + ",".join(addresses)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def _wait_cluster_ok(nodes: list[RedisServer]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        infos = [str(n.command("CLUSTER", "INFO")) for n in nodes]
+        if all("cluster_state:ok" in info for info in infos):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the test cluster did not reach cluster_state:ok")
