@@ -54,7 +54,7 @@ def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
 def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str) -> Verdict:
     what = f'tool "{tool}"'
     if policy.is_hidden(tool):
-        return _refused(grant.mode, "hide", f"Tool {tool!r} is hidden by policy", grant)
+        return _refused(grant.mode, "hide", f'Tool "{tool}" is hidden by policy', grant)
     entry = grant.tools.match(tool)
     if entry is None and grant.default is Action.DENY:
         reason = f"{what} is not in the policy, which denies by default"

@@ -27,7 +27,9 @@ def test_the_seed_policy_loads_as_it_is() -> None:
     assert entry is not None
     (rule,) = entry.rules
     assert rule.action is Action.ALLOW
-    assert rule.counts == (Counting(Limit("binance_us_create_listen_key_rate", 60, 30, Scope.GRANT)),)
+    assert rule.counts == (
+        Counting(Limit("binance_us_create_listen_key_rate", 60, 30, Scope.GRANT)),
+    )
     assert policy.version.startswith("sha256:")
 
 
