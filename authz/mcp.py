@@ -20,6 +20,10 @@ from authz.request import HttpRequest
 MAX_DEPTH = 64
 # Requests without a body to read: the SSE stream (GET), ending a session (DELETE), CORS.
 BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+# Protocol revisions (dates compare as strings) from which batches are gone, and from which
+# every request repeats its method, and its target, in Mcp-Method / Mcp-Name headers.
+BATCHLESS_SINCE = "2025-06-18"
+ROUTING_HEADERS_SINCE = "2026-07-28"
 # Methods whose target the 2026-07-28 revision repeats in the Mcp-Name header.
 _NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
@@ -171,19 +175,36 @@ def _invalid(where: str, problem: str, request_id: Any) -> RequestRefused:
 
 
 def check_headers(calls: tuple[McpCall, ...], headers: Mapping[str, str]) -> None:
-    """Mcp-Method / Mcp-Name (2026-07-28) must describe the body exactly, or the server may
-    route by header what the gateway judged by body."""
+    """The transport headers must describe the body exactly, or the server may route by header
+    what the gateway judged by body, or refuse after the gateway has counted the call."""
+    version = headers.get("mcp-protocol-version")
+    first = calls[0]
+    # A POST without a version is 2025-03-26, which allowed batches; later revisions do not.
+    if len(calls) != 1 and version is not None and version >= BATCHLESS_SINCE:
+        raise RequestRefused(
+            Refusal.INVALID_REQUEST, f"protocol version {version} does not allow batches"
+        )
     method_header = headers.get("mcp-method")
     name_header = headers.get("mcp-name")
+    if version is not None and version >= ROUTING_HEADERS_SINCE:
+        _require_routing_headers(first, method_header, name_header, version)
     if method_header is None and name_header is None:
         return
-    first = calls[0]
     if len(calls) != 1:
         raise _mismatch("Mcp-Method/Mcp-Name headers on a batch", first.id)
     if method_header is not None and method_header != first.method:
         raise _mismatch(f"Mcp-Method {method_header!r} != body method {first.method!r}", first.id)
     if name_header is not None and _decode_header(name_header) != first.target:
         raise _mismatch(f"Mcp-Name {name_header!r} != body target {first.target!r}", first.id)
+
+
+def _require_routing_headers(
+    call: McpCall, method_header: str | None, name_header: str | None, version: str
+) -> None:
+    if call.method is not None and method_header is None:
+        raise _mismatch(f"protocol version {version} requires the Mcp-Method header", call.id)
+    if call.method in _NAMED_PARAM and name_header is None:
+        raise _mismatch(f"protocol version {version} requires the Mcp-Name header", call.id)
 
 
 def _decode_header(value: str) -> str | None:

@@ -147,13 +147,6 @@ def test_2026_header_naming_another_tool_is_refused(gateway: str) -> None:
     assert message["error"]["code"] == -32020
 
 
-@pytest.mark.xfail(
-    strict=True,
-    # Today the MCP server's own -32020 comes back, without the `data` mcp-authz adds.
-    raises=KeyError,
-    reason="core bug: mcp-authz checks Mcp-Method/Mcp-Name only when present, so a 2026-07-28 "
-    "call without them is allowed and counted, then refused by the MCP server",
-)
 @pytest.mark.parametrize(
     "headers",
     [

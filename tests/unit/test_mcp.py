@@ -222,3 +222,59 @@ def test_no_json_crashes_the_parser_and_tools_come_from_the_body(doc: Any) -> No
 def test_any_tool_name_round_trips_exactly(name: str, rid: int | str) -> None:
     (parsed,) = parse_body(call(name, rid).encode())
     assert (parsed.tool, parsed.id) == (name, rid)
+
+
+@pytest.mark.parametrize(
+    ("headers", "refusal"),
+    [
+        (
+            {"mcp_protocol_version": "2026-07-28", "mcp_method": "tools/call"},
+            Refusal.HEADER_MISMATCH,
+        ),
+        ({"mcp_protocol_version": "2026-07-28"}, Refusal.HEADER_MISMATCH),
+        (
+            {
+                "mcp_protocol_version": "2026-07-28",
+                "mcp_method": "tools/call",
+                "mcp_name": "get_balance",
+            },
+            None,
+        ),
+        # 2025 revisions carry no routing headers.
+        ({"mcp_protocol_version": "2025-11-25"}, None),
+        ({}, None),
+    ],
+)
+def test_2026_requests_must_carry_their_routing_headers(
+    headers: dict[str, str], refusal: Refusal | None
+) -> None:
+    request = post(call("get_balance"), **headers)
+    if refusal is None:
+        assert parse_request(request)[0].tool == "get_balance"
+    else:
+        assert refusal_of(request) is refusal
+
+
+def test_2026_requests_without_a_name_need_only_the_method() -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert parse_request(post(body, mcp_protocol_version="2026-07-28", mcp_method="tools/list"))
+
+
+@pytest.mark.parametrize(
+    ("version", "refusal"),
+    [
+        ("2025-06-18", Refusal.INVALID_REQUEST),
+        ("2025-11-25", Refusal.INVALID_REQUEST),
+        ("2025-03-26", None),
+        (None, None),
+    ],
+)
+def test_batches_only_where_the_protocol_version_allows_them(
+    version: str | None, refusal: Refusal | None
+) -> None:
+    body = f"[{call('a', 1)},{call('b', 2)}]"
+    request = post(body, **({"mcp_protocol_version": version} if version else {}))
+    if refusal is None:
+        assert len(parse_request(request)) == 2
+    else:
+        assert refusal_of(request) is refusal
