@@ -218,7 +218,8 @@ def start_demo_server(ports: Ports, log: Path | None) -> Process:
     return process
 
 
-def start_authz(ports: Ports, policy: Path, log: Path | None) -> Process:
+def start_authz(ports: Ports, policy: Path, log: Path | None, *options: str) -> Process:
+    """mcp-authz serving `policy`; `options` are further `serve` flags (e.g. --redis-url)."""
     argv = [
         executable("mcp-authz"),
         "serve",
@@ -226,6 +227,7 @@ def start_authz(ports: Ports, policy: Path, log: Path | None) -> Process:
         str(policy),
         "--listen",
         f"{HOST}:{ports.authz}",
+        *options,
     ]
     process = launch("mcp-authz", argv, log)
     process.wait_ready(grpc_serving(ports.authz), "serving gRPC health")

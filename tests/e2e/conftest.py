@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,19 +57,35 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Port
         yield ports, process
 
 
+GatewayFactory = Callable[..., AbstractContextManager[str]]
+
+
 @pytest.fixture
-def gateway(
+def gateway_for(
     request: pytest.FixtureRequest, demo_server: tuple[Ports, Process], tmp_path: Path
-) -> Iterator[str]:
-    """A fresh mcp-authz (seed policy) and Envoy in front of the demo server; its MCP URL."""
+) -> GatewayFactory:
+    """Starts a fresh mcp-authz (`policy`, further `serve` flags) and Envoy in front of the
+    demo server, as a context manager yielding the MCP URL."""
     demo_ports, demo_process = demo_server
-    ports = replace(Ports.free(), mcp_server=demo_ports.mcp_server)
-    processes = request.node.stash[PROCESSES] = [demo_process]
-    with start_authz(ports, SEED_POLICY, tmp_path / "mcp-authz.log") as authz:
-        processes.append(authz)
-        with start_envoy(ports, tmp_path, tmp_path / "envoy.log") as envoy:
-            processes.append(envoy)
-            yield ports.mcp_url
+
+    @contextmanager
+    def start(policy: Path, *options: str) -> Iterator[str]:
+        ports = replace(Ports.free(), mcp_server=demo_ports.mcp_server)
+        processes = request.node.stash[PROCESSES] = [demo_process]
+        with start_authz(ports, policy, tmp_path / "mcp-authz.log", *options) as authz:
+            processes.append(authz)
+            with start_envoy(ports, tmp_path, tmp_path / "envoy.log") as envoy:
+                processes.append(envoy)
+                yield ports.mcp_url
+
+    return start
+
+
+@pytest.fixture
+def gateway(gateway_for: GatewayFactory) -> Iterator[str]:
+    """A fresh mcp-authz (seed policy) and Envoy in front of the demo server; its MCP URL."""
+    with gateway_for(SEED_POLICY) as url:
+        yield url
 
 
 @pytest.fixture
