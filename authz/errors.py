@@ -23,6 +23,8 @@ class Refusal(Enum):
     LIMITS_UNAVAILABLE = (-32002, 200, "limits_unavailable")
     UNAUTHENTICATED = (-32003, 401, "unauthenticated")
     BODY_UNREADABLE = (-32004, 400, "unreadable")
+    APPROVAL_REQUIRED = (-32005, 200, "approval_required")
+    APPROVAL_DENIED = (-32006, 200, "approval_denied")
 
     @property
     def code(self) -> int:

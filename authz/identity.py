@@ -72,3 +72,14 @@ class FromPeerPrincipal:
 
 def caller_of(request: HttpRequest, identity: str, payload_key: str = "jwt_payload") -> Caller:
     return Caller(identity, request.header("mcp-session-id"), jwt_claims(request, payload_key))
+
+
+def claims_match(claims: Mapping[str, Any], wanted: Mapping[str, tuple[Any, ...]]) -> bool:
+    """Whether any claim holds one of its wanted values; a list-valued claim (`groups`)
+    matches when any element does."""
+    for claim, values in wanted.items():
+        held = claims.get(claim)
+        for value in held if isinstance(held, list) else [held]:
+            if isinstance(value, str | int) and not isinstance(value, bool) and value in values:
+                return True
+    return False

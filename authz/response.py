@@ -20,6 +20,8 @@ _MESSAGES = {
     Refusal.RATE_LIMITED: "Rate limited: {reason}",
     Refusal.LIMITS_UNAVAILABLE: "Refused: {reason}",
     Refusal.UNAUTHENTICATED: "Unauthenticated: {reason}",
+    Refusal.APPROVAL_REQUIRED: "Approval required: {reason}",
+    Refusal.APPROVAL_DENIED: "Approval denied: {reason}",
 }
 
 
@@ -83,6 +85,10 @@ def _data(outcome: Outcome) -> dict[str, Any]:
         data["method"] = outcome.subject.method
         if outcome.subject.tool is not None:
             data["tool"] = outcome.subject.tool
+    if outcome.approval is not None and outcome.refusal is not None:
+        data["approval_id"] = outcome.approval.id
+        data["approval_status"] = outcome.approval.status.value
+        data["approval_expires_at"] = outcome.approval.expires_at
     blocking = [s for s in outcome.limits if s.retry_after != 0]
     if outcome.refusal is Refusal.RATE_LIMITED and blocking:
         data["counter"] = blocking[0].hit.key.counter

@@ -37,6 +37,8 @@ class Verdict:
     dry_uses: tuple[Use, ...] = ()
     # What a dry-run rule would have refused, when one would have.
     would_deny: str | None = None
+    # The rule that makes this call wait for a person's approval, if one does.
+    approval: Rule | None = None
 
 
 def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
@@ -79,8 +81,14 @@ def _rules(
     uses: list[Use] = []
     dry_uses: list[Use] = []
     would_deny = None
+    approval = None
     for rule in rules:
         failure, costs = _judge(rule, call, what)
+        if failure is None and _needs_approval(rule, call):
+            if rule.mode is Mode.ENFORCE:
+                approval = approval or rule
+            else:
+                failure = "needs a person's approval"
         if failure is not None and rule.mode is Mode.ENFORCE:
             return Verdict(False, rule.id, failure, grant.name)
         if failure is not None:
@@ -92,7 +100,17 @@ def _rules(
     reason = next((r.reason for r in rules if r.reason), None) or f"{what} is allowed by {rule_id}"
     if would_deny:
         reason = f"would deny: {would_deny}"
-    return Verdict(True, rule_id, reason, grant.name, tuple(uses), tuple(dry_uses), would_deny)
+    if approval is not None:
+        rule_id = approval.id
+    return Verdict(
+        True, rule_id, reason, grant.name, tuple(uses), tuple(dry_uses), would_deny, approval
+    )
+
+
+def _needs_approval(rule: Rule, call: McpCall) -> bool:
+    if rule.approval is None:
+        return False
+    return all(c.judge(call.arguments)[0] for c in rule.approval.when)
 
 
 def _judge(rule: Rule, call: McpCall, what: str) -> tuple[str | None, list[int]]:

@@ -17,6 +17,7 @@ from authz.policy.conditions import Op, is_number
 from authz.policy.load import Pairs, Reader, child, get
 from authz.policy.model import (
     NAMED_WINDOWS,
+    POSTURES,
     Action,
     Counting,
     Entry,
@@ -63,7 +64,7 @@ class InterceptReader(Reader):
         top = self.fields(raw, "$", _TOP_KEYS)
         self.version(top, raw)
         # Intercept's posture is allow unless the file says deny.
-        default = self.choice(top.get("default", "allow"), "$.default", Action, Action)
+        default = self.choice(top.get("default", "allow"), "$.default", Action, POSTURES)
         entries: dict[str, Entry] = {}
         for name, item, where in self.entries(top.get("tools", Pairs()), "$.tools"):
             entries[name] = self.entry(name, item, where)
@@ -227,7 +228,8 @@ class InterceptReader(Reader):
                 f"matching state block found for {scope}",
             )
             return None
-        op, bound = spec.get("op"), spec.get("value")
+        op = spec.get("op")
+        bound: Any = spec.get("value")
         # A cap is what a counter can enforce atomically: "after this call, at most N".
         if op not in (Op.LT.value, Op.LTE.value) or not is_number(bound):
             self.fail(
@@ -236,7 +238,7 @@ class InterceptReader(Reader):
                 f'"lte" and a number; {op!r} cannot be enforced before the call',
             )
             return None
-        cap = math.ceil(float(bound)) - 1 if op == Op.LT.value else math.floor(float(bound))
+        cap = math.ceil(bound) - 1 if op == Op.LT.value else math.floor(bound)
         if cap < 1:
             self.fail(child(path, "value"), "the cap admits no call at all: use action deny")
             return None

@@ -170,12 +170,16 @@ class Reader:
         return [(item, child(path, i)) for i, item in enumerate(value)]
 
     def choice(self, value: Any, path: str, enum: Callable[[Any], Any], options: Any) -> Any:
+        """`value` as a member of `enum`, which must be one of `options`."""
         try:
-            return enum(value)
+            member = enum(value)
         except ValueError:
+            member = None
+        if member is None or member not in list(options):
             names = " or ".join(f'"{o.value}"' for o in options)
             self.fail(path, f"expected {names}, got {json.dumps(value, default=str)}")
             return None
+        return member
 
     def text(self, value: Any, path: str) -> str | None:
         if isinstance(value, str) and value.strip():

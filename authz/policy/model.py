@@ -12,12 +12,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from authz.identity import claims_match
 from authz.policy.conditions import Condition
 
 
 class Action(StrEnum):
     ALLOW = "allow"
     DENY = "deny"
+    # Allow only once a person has approved this exact call.
+    APPROVE = "approve"
+
+
+# What may happen to a tool no rule lists: asking a person about every unknown tool is not
+# a posture, so `approve` is for rules only.
+POSTURES = (Action.ALLOW, Action.DENY)
 
 
 class Mode(StrEnum):
@@ -62,6 +70,18 @@ class Counting:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRule:
+    """When an `approve` rule asks a person, for how long, and who may answer."""
+
+    # All must hold for approval to be needed; none means every call needs it.
+    when: tuple[Condition, ...] = ()
+    # Seconds a request (and an approval of it) stays valid.
+    lifetime: int = 900
+    approvers: tuple[str, ...] = ()
+    approver_claims: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     # Where the rule stands in the policy, e.g. 'tools.get_balance' or
     # 'tools.create_charge.rules[1]': shown to agents and operators alike.
@@ -72,6 +92,7 @@ class Rule:
     conditions: tuple[Condition, ...] = ()
     counts: tuple[Counting, ...] = ()
     mode: Mode = Mode.ENFORCE
+    approval: ApprovalRule | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +168,7 @@ class Grant:
     mode: Mode = Mode.ENFORCE
 
     def admits(self, identity: str, claims: Mapping[str, Any]) -> bool:
-        if self.identities.match(identity) is not None:
-            return True
-        return any(_claim_matches(claims.get(k), wanted) for k, wanted in self.claims.items())
-
-
-def _claim_matches(value: Any, wanted: tuple[Any, ...]) -> bool:
-    values = value if isinstance(value, list) else [value]
-    return any(v in wanted for v in values if isinstance(v, str | int) and not isinstance(v, bool))
+        return self.identities.match(identity) is not None or claims_match(claims, self.claims)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,9 @@ from typing import Any
 
 from authz.policy.load import Pairs, Reader, child, kind
 from authz.policy.model import (
+    POSTURES,
     Action,
+    ApprovalRule,
     Counting,
     Entry,
     Grant,
@@ -20,7 +22,9 @@ from authz.policy.model import (
 from authz.policy.warnings import shadow_warnings
 
 _TOP_KEYS = ("version", "description", "default", "mode", "tools", "methods", "grants", "hide")
-_RULE_KEYS = ("action", "reason", "conditions", "limits", "mode")
+_RULE_KEYS = ("action", "reason", "conditions", "limits", "mode", "approval")
+_APPROVAL_KEYS = ("when", "lifetime", "approvers", "approver_claims")
+_MAX_LIFETIME = 7 * 86400
 _LIMIT_KEYS = ("counter", "window", "max", "scope", "increment", "increment_from")
 _GRANT_KEYS = ("identities", "claims", "default", "mode", "tools")
 
@@ -30,7 +34,7 @@ class NativeReader(Reader):
         top = self.fields(raw, "$", _TOP_KEYS)
         self.version(top, raw)
         mode = self.mode(top, "$", Mode.ENFORCE)
-        default = self.choice(top.get("default", "deny"), "$.default", Action, Action)
+        default = self.choice(top.get("default", "deny"), "$.default", Action, POSTURES)
         everyone = Grant(
             "default",
             default or Action.DENY,
@@ -94,8 +98,33 @@ class NativeReader(Reader):
                 "a denied tool is never counted or checked: remove its limits and "
                 "conditions, or allow it",
             )
+        if "approval" in spec and action is not Action.APPROVE:
+            self.fail(child(path, "approval"), 'only an "approve" rule asks for approval')
+        approval = (
+            self.approval(spec.get("approval", Pairs()), child(path, "approval"))
+            if action is Action.APPROVE
+            else None
+        )
         mode = self.mode(spec, path, inherited)
-        return Rule(rule_id, action or Action.DENY, reason, conditions, counts, mode)
+        return Rule(rule_id, action or Action.DENY, reason, conditions, counts, mode, approval)
+
+    def approval(self, value: Any, path: str) -> ApprovalRule:
+        spec = self.fields(value, path, _APPROVAL_KEYS)
+        when = tuple(
+            c
+            for item, where in self.items(spec.get("when", []), child(path, "when"), "conditions")
+            if (c := self.condition(item, where)) is not None
+        )
+        lifetime = self.count(spec.get("lifetime", 900), child(path, "lifetime"), _MAX_LIFETIME)
+        approvers = tuple(
+            a
+            for item, where in self.items(
+                spec.get("approvers", []), child(path, "approvers"), "identities"
+            )
+            if (a := self.text(item, where))
+        )
+        claims = self.claims(spec.get("approver_claims", Pairs()), child(path, "approver_claims"))
+        return ApprovalRule(when, lifetime or 900, approvers, claims)
 
     def limit(self, value: Any, path: str) -> Counting | None:
         spec = self.fields(value, path, _LIMIT_KEYS)
@@ -134,7 +163,7 @@ class NativeReader(Reader):
             if (n := self.text(item, where))
         }
         mode = self.mode(spec, path, inherited)
-        default = self.choice(spec.get("default", "deny"), child(path, "default"), Action, Action)
+        default = self.choice(spec.get("default", "deny"), child(path, "default"), Action, POSTURES)
         tools = self.rules(spec.get("tools", Pairs()), child(path, "tools"), mode)
         return Grant(
             name,

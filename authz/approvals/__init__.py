@@ -1,0 +1,1 @@
+"""Human approval of risky tool calls: the store contract and its backends."""

@@ -1,0 +1,221 @@
+"""Require approval: the flow through the decision core with the in-process approval store."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from authz.approvals.base import Approval, ApprovalError, Status, may_approve
+from authz.approvals.memory import MemoryApprovals
+from authz.decision import Decider, Outcome
+from authz.errors import Refusal
+from authz.identity import FromHeader
+from authz.limits.memory import MemoryStore
+from authz.policy.load import PolicyError, parse_policy
+from authz.request import HttpRequest
+from authz.response import reply_for
+
+POLICY = {
+    "version": "1",
+    "tools": {
+        "withdraw": {
+            "action": "approve",
+            "reason": "Withdrawals over 500 need a person",
+            "approval": {
+                "when": [{"path": "args.amount", "op": "gt", "value": 500}],
+                "lifetime": 600,
+                "approvers": ["alice"],
+                "approver_claims": {"groups": "treasury"},
+            },
+            "limits": [{"counter": "w", "window": 60, "max": 3}],
+        },
+        "delete_account": {"action": "approve"},
+        "trial": {"action": "approve", "mode": "dry_run"},
+    },
+}
+
+
+class Flow:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+        self.requested: list[Approval] = []
+        self.approvals = MemoryApprovals(lambda: self.now)
+        policy = parse_policy(yaml.safe_dump(POLICY).encode(), "p.yaml")
+        self.decider = Decider(
+            lambda: policy,
+            FromHeader("x-agent-id"),
+            MemoryStore(lambda: self.now),
+            approvals=self.approvals,
+            on_approval_requested=self.requested.append,
+        )
+
+    async def call(self, tool: str, who: str = "bot", **args: Any) -> Outcome:
+        body = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": tool, "arguments": args},
+        }
+        headers = {"content-type": "application/json", "x-agent-id": who}
+        return await self.decider.decide(
+            HttpRequest("POST", "/mcp", headers, json.dumps(body).encode())
+        )
+
+
+@pytest.fixture
+def flow() -> Flow:
+    return Flow()
+
+
+async def test_refused_with_an_id_then_approved_passes_exactly_once(flow: Flow) -> None:
+    first = await flow.call("withdraw", amount=900)
+    assert first.refusal is Refusal.APPROVAL_REQUIRED
+    assert first.approval is not None
+    approval_id = first.approval.id
+    error = json.loads(reply_for(first).body)["error"]
+    assert error["code"] == -32005
+    assert approval_id in error["message"]
+    assert error["data"]["approval_id"] == approval_id
+    assert error["data"]["approval_expires_at"] == flow.now + 600
+    assert [a.id for a in flow.requested] == [approval_id]
+
+    # Asking again while pending neither creates a request nor notifies again.
+    again = await flow.call("withdraw", amount=900)
+    assert again.approval is not None
+    assert again.approval.id == approval_id
+    assert len(flow.requested) == 1
+
+    await flow.approvals.decide(approval_id, approve=True, by="alice")
+    passed = await flow.call("withdraw", amount=900)
+    assert passed.allowed
+    assert passed.approval is not None
+    assert passed.approval.id == approval_id
+
+    replay = await flow.call("withdraw", amount=900)
+    assert replay.refusal is Refusal.APPROVAL_REQUIRED
+    assert replay.approval is not None
+    assert replay.approval.id != approval_id
+
+
+async def test_an_approval_covers_only_the_exact_call(flow: Flow) -> None:
+    asked = await flow.call("withdraw", amount=900)
+    assert asked.approval is not None
+    await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
+    other_amount = await flow.call("withdraw", amount=901)
+    assert other_amount.refusal is Refusal.APPROVAL_REQUIRED
+    other_agent = await flow.call("withdraw", who="bot-2", amount=900)
+    assert other_agent.refusal is Refusal.APPROVAL_REQUIRED
+    assert (await flow.call("withdraw", amount=900)).allowed
+
+
+async def test_small_amounts_need_no_approval(flow: Flow) -> None:
+    assert (await flow.call("withdraw", amount=500)).allowed
+    assert flow.requested == []
+
+
+async def test_denied_refuses_with_its_state(flow: Flow) -> None:
+    asked = await flow.call("delete_account", id="a1")
+    assert asked.approval is not None
+    await flow.approvals.decide(asked.approval.id, approve=False, by="alice")
+    denied = await flow.call("delete_account", id="a1")
+    assert denied.refusal is Refusal.APPROVAL_DENIED
+    assert "was denied by alice" in denied.reason
+    assert json.loads(reply_for(denied).body)["error"]["code"] == -32006
+
+
+async def test_an_expired_approval_refuses_and_asks_anew(flow: Flow) -> None:
+    asked = await flow.call("delete_account", id="a1")
+    assert asked.approval is not None
+    await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
+    flow.now += 900  # the default lifetime
+    late = await flow.call("delete_account", id="a1")
+    assert late.refusal is Refusal.APPROVAL_REQUIRED
+    assert late.approval is not None
+    assert late.approval.id != asked.approval.id
+    with pytest.raises(ApprovalError):
+        await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
+
+
+async def test_a_rate_limited_call_keeps_its_approval(flow: Flow) -> None:
+    for _ in range(3):
+        assert (await flow.call("withdraw", amount=10)).allowed
+    asked = await flow.call("withdraw", amount=900)
+    assert asked.approval is not None
+    await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
+    assert (await flow.call("withdraw", amount=900)).refusal is Refusal.RATE_LIMITED
+    flow.now += 60
+    assert (await flow.call("withdraw", amount=900)).allowed
+
+
+async def test_a_dry_run_approval_rule_only_reports(flow: Flow) -> None:
+    outcome = await flow.call("trial")
+    assert outcome.allowed
+    assert outcome.would_deny == "tools.trial: needs a person's approval"
+    assert flow.requested == []
+
+
+async def test_decisions_are_final(flow: Flow) -> None:
+    asked = await flow.call("delete_account", id="a1")
+    assert asked.approval is not None
+    await flow.approvals.decide(asked.approval.id, approve=False, by="alice")
+    with pytest.raises(ApprovalError, match="already denied"):
+        await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
+    with pytest.raises(ApprovalError, match="no live approval"):
+        await flow.approvals.decide("apr_unknown", approve=True, by="alice")
+
+
+async def test_who_may_approve(flow: Flow) -> None:
+    asked = await flow.call("withdraw", amount=900)
+    gated = asked.approval
+    assert gated is not None
+    assert may_approve(gated, "alice", {})
+    assert may_approve(gated, "carol", {"groups": ["eng", "treasury"]})
+    assert not may_approve(gated, "carol", {"groups": ["eng"]})
+    assert not may_approve(gated, "mallory", {})
+    open_ = await flow.call("delete_account", id="x")
+    assert open_.approval is not None
+    assert may_approve(open_.approval, "anyone", {})
+    # Never the agent that asked.
+    assert not may_approve(open_.approval, "bot", {})
+    assert gated.status is Status.PENDING
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        (
+            {"approval": {"lifetime": 60}},
+            '$.tools.t.approval: only an "approve" rule asks for approval',
+        ),
+        (
+            {"action": "approve", "approval": {"lifetime": 0}},
+            "$.tools.t.approval.lifetime: expected a whole number",
+        ),
+        (
+            {"action": "approve", "approval": {"approvers": "alice"}},
+            "$.tools.t.approval.approvers: expected a list",
+        ),
+        (
+            {
+                "action": "approve",
+                "approval": {"when": [{"path": "args.a", "op": "gt", "value": "x"}]},
+            },
+            '$.tools.t.approval.when[0].value: operator "gt" needs a number',
+        ),
+        ({"action": "approve", "approval": {"after": 1}}, "$.tools.t.approval.after: unknown key"),
+    ],
+)
+def test_approval_policy_errors(rule: dict[str, Any], problem: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(json.dumps({"version": "1", "tools": {"t": rule}}).encode(), "p.json")
+    assert any(f"{p.path}: {p.message}".startswith(problem) for p in info.value.problems), (
+        info.value
+    )
+
+
+def test_approve_is_not_a_default_posture() -> None:
+    with pytest.raises(PolicyError, match=r'\$.default: expected "allow" or "deny"'):
+        parse_policy(b'{"version": "1", "default": "approve"}', "p.json")
