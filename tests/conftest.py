@@ -42,12 +42,15 @@ def _bindable(port: int) -> bool:
 class RedisServer:
     """One redis-server process that a test may kill, pause and start again on its port."""
 
-    def __init__(self, workdir: Path, *args: str, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *args: str, port: int | None = None, config: Path | None = None
+    ) -> None:
         self.port = port or free_port(with_bus="--cluster-enabled" in args)
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "redis.sock"
         self._args = args
+        self._config = [str(config)] if config else []
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,6 +64,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         command = [
             "redis-server",
+            *self._config,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.dir),
@@ -140,10 +144,20 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real three-primary Redis Cluster; yields its redis+cluster:// URL."""
-    workdir = tmp_path_factory.mktemp("cluster")
+    """A real three-primary Redis Cluster shared by the session; yields its URL."""
+    nodes, url = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield url
+    for node in nodes:
+        node.stop()
+
+
+def start_cluster(workdir: Path, node_timeout_ms: int = 2000) -> tuple[list[RedisServer], str]:
+    """Three cluster-mode servers joined into one cluster; returns them and its
+    redis+cluster:// URL. The caller stops the nodes."""
     nodes = [
-        RedisServer(workdir, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+        RedisServer(
+            workdir, "--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)
+        )
         for _ in range(3)
     ]
     try:
@@ -151,31 +165,29 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             node.start()
         addresses = [f"127.0.0.1:{n.port}" for n in nodes]
         subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *addresses,
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+            ["redis-cli", "--cluster", "create", *addresses,
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
         _wait_cluster_ok(nodes)
-        yield "redis+cluster://" + ",".join(addresses)
-    finally:
+    except BaseException:
         for node in nodes:
             node.stop()
+        raise
+    return nodes, "redis+cluster://" + ",".join(addresses)
 
 
 def _wait_cluster_ok(nodes: list[RedisServer]) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
-        infos = [str(n.command("CLUSTER", "INFO")) for n in nodes]
-        if all("cluster_state:ok" in info for info in infos):
+        infos = [n.command("CLUSTER", "INFO") for n in nodes]
+        if all(_cluster_ok(info) for info in infos):
             return
         time.sleep(0.05)
     raise RuntimeError("the test cluster did not reach cluster_state:ok")
+
+
+def _cluster_ok(info: object) -> bool:
+    if isinstance(info, dict):
+        return info.get("cluster_state") == "ok"
+    return b"cluster_state:ok" in info if isinstance(info, bytes) else False
