@@ -1,54 +1,182 @@
-"""The audit log: one JSON line per decision, never the call's arguments."""
+"""The audit log: one JSON line per decision, for Loki or any other log pipeline.
+
+A line answers who called what, when, and why it was refused, and names the trace it
+belongs to. Arguments never appear in clear unless allow-listed: each call's arguments are
+reduced to a keyed hash (HMAC-SHA256 of their canonical JSON), which shows that two calls
+carried the same arguments without saying what they were. The key comes from a file, so
+hashes match across replicas and restarts, or is made per process.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
+import secrets
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
 from authz.decision import Outcome
+from authz.mcp import McpCall
+
+log = logging.getLogger("mcp_authz.audit")
+
+# Below this a key could be guessed, and with it every hashed argument.
+MIN_KEY_BYTES: Final = 16
+_ABSENT: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentPath:
+    """An argument logged in clear: `path.to.key` for any tool or prompt, `NAME:path.to.key`
+    for the one so named."""
+
+    tool: str | None
+    keys: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> ArgumentPath:
+        tool, sep, path = spec.strip().partition(":")
+        if not sep:
+            tool, path = "", tool
+        keys = tuple(path.split("."))
+        if (sep and not tool) or not all(keys):
+            raise ValueError(f"audit argument path {spec!r} is not PATH or TOOL:PATH (a.b.c)")
+        return cls(tool or None, keys)
+
+    def applies_to(self, target: str | None) -> bool:
+        return self.tool is None or self.tool == target
+
+    def value_in(self, arguments: Mapping[str, Any]) -> Any:
+        node: Any = arguments
+        for key in self.keys:
+            if not isinstance(node, Mapping) or key not in node:
+                return _ABSENT
+            node = node[key]
+        return node
+
+    def __str__(self) -> str:
+        return ".".join(self.keys)
+
+
+class ArgumentAudit:
+    """What of a call's arguments reaches the log: a keyed hash, and allow-listed values."""
+
+    def __init__(self, key: bytes, allowed: Sequence[ArgumentPath] = ()) -> None:
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"the audit hash key must be at least {MIN_KEY_BYTES} bytes")
+        self._key = key
+        self._allowed = tuple(allowed)
+        # Names the key without revealing it, so a reader knows which hashes can match.
+        self.key_id = hashlib.sha256(key).hexdigest()[:12]
+
+    @classmethod
+    def configure(cls, allowed: Sequence[str], key_file: Path | None) -> ArgumentAudit:
+        paths = [ArgumentPath.parse(spec) for spec in allowed]
+        if key_file is None:
+            log.info(
+                "no --audit-hash-key-file: argument hashes use a key made for this process "
+                "and match only within it"
+            )
+            return cls(secrets.token_bytes(32), paths)
+        return cls(_read_key(key_file), paths)
+
+    def describe(self, call: McpCall) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": call.id, "target": call.target, "hmac": self.digest(call)}
+        clear = self.clear(call)
+        if clear:
+            entry["clear"] = clear
+        return entry
+
+    def digest(self, call: McpCall) -> str:
+        canonical = json.dumps(
+            call.arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hmac.new(self._key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def clear(self, call: McpCall) -> dict[str, Any]:
+        paths = (p for p in self._allowed if p.applies_to(call.target))
+        found = ((str(p), p.value_in(call.arguments)) for p in paths)
+        return {path: value for path, value in found if value is not _ABSENT}
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        # Trailing whitespace is the newline `openssl rand -hex 32 > key` leaves, not key.
+        return path.read_bytes().rstrip()
+    except OSError as e:
+        raise ValueError(f"cannot read the audit hash key {path}: {e.strerror}") from None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class AuditLog:
-    def __init__(self, stream: TextIO | None, *, owned: bool = False) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None,
+        arguments: ArgumentAudit,
+        *,
+        owned: bool = False,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
         self._stream = stream
+        self._arguments = arguments
         self._owned = owned
+        self._clock = clock
 
     @classmethod
-    def open(cls, target: str) -> AuditLog:
+    def open(cls, target: str, arguments: ArgumentAudit) -> AuditLog:
         """`-` for stdout, `off` for none, anything else is a file appended to."""
         if target == "off":
-            return cls(None)
+            return cls(None, arguments)
         if target == "-":
-            return cls(sys.stdout)
-        return cls(open(target, "a", encoding="utf-8", buffering=1), owned=True)
+            return cls(sys.stdout, arguments)
+        return cls(open(target, "a", encoding="utf-8", buffering=1), arguments, owned=True)
 
-    def record(self, outcome: Outcome, latency: float) -> None:
+    def record(self, outcome: Outcome, latency: float, span: SpanContext) -> None:
         if self._stream is None:
             return
-        self._stream.write(json.dumps(audit_record(outcome, latency), ensure_ascii=False) + "\n")
+        line = self.line(outcome, latency, span)
+        self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def line(self, outcome: Outcome, latency: float, span: SpanContext) -> dict[str, Any]:
+        caller = outcome.caller
+        call = outcome.subject or next(iter(outcome.calls), None)
+        return {
+            "time": self._clock().isoformat(timespec="milliseconds"),
+            "decision_id": outcome.decision_id,
+            "trace_id": format_trace_id(span.trace_id) if span.is_valid else None,
+            "span_id": format_span_id(span.span_id) if span.is_valid else None,
+            "decision": outcome.label,
+            "identity": caller.identity if caller else None,
+            "grant": outcome.grant,
+            "session": caller.session if caller else None,
+            "method": call.method if call else None,
+            "tool": call.tool if call else None,
+            "request_id": call.id if call else next(iter(outcome.request_ids), None),
+            "rule": outcome.rule,
+            "reason": outcome.reason,
+            "policy_version": outcome.policy_version,
+            "fail_open": outcome.fail_open,
+            "would_deny": outcome.would_deny,
+            "retry_after": outcome.retry_after,
+            "methods": [c.method for c in outcome.calls],
+            "tools": [c.tool for c in outcome.calls if c.tool is not None],
+            # Tools and prompts take arguments; other calls have none to hash.
+            "arguments": [self._arguments.describe(c) for c in outcome.calls if c.target],
+            "hmac_key": self._arguments.key_id,
+            "latency_ms": round(latency * 1000, 3),
+        }
 
     def close(self) -> None:
         if self._owned and self._stream is not None:
             self._stream.close()
-
-
-def audit_record(outcome: Outcome, latency: float) -> dict[str, Any]:
-    caller = outcome.caller
-    return {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "decision_id": outcome.decision_id,
-        "decision": outcome.label,
-        "identity": caller.identity if caller else None,
-        "grant": outcome.grant,
-        "session": caller.session if caller else None,
-        "methods": [c.method for c in outcome.calls],
-        "tools": [c.tool for c in outcome.calls if c.tool is not None],
-        "rule": outcome.rule,
-        "reason": outcome.reason,
-        "policy_version": outcome.policy_version,
-        "fail_open": outcome.fail_open,
-        "would_deny": outcome.would_deny,
-        "latency_ms": round(latency * 1000, 3),
-    }

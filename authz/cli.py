@@ -92,6 +92,17 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     )
     opt("--audit-log", "audit log: - for stdout, off, or a file", default=_D.audit_log)
     opt(
+        "--audit-args",
+        "comma-separated argument paths logged in clear: PATH or NAME:PATH (a.b.c)",
+        default="",
+    )
+    opt(
+        "--audit-hash-key-file",
+        "key of the audit log's argument hashes (default: one per process)",
+        type=Path,
+    )
+    opt("--metrics-listen", "host:port of a Prometheus /metrics endpoint (default: none)")
+    opt(
         "--reload-interval",
         "seconds between looks at the policy file; 0 = never reload",
         default=_D.reload_interval,
@@ -123,6 +134,9 @@ def _serve(args: argparse.Namespace) -> int:
             identity_claim=args.identity_claim,
             jwt_payload_key=args.jwt_payload_key,
             audit_log=args.audit_log,
+            audit_args=tuple(a.strip() for a in args.audit_args.split(",") if a.strip()),
+            audit_hash_key_file=args.audit_hash_key_file,
+            metrics_listen=args.metrics_listen or None,
             reload_interval=float(args.reload_interval),
             grace=float(args.grace),
             log_level=args.log_level,

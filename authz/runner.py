@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
-from authz.audit import AuditLog
+from authz.audit import ArgumentAudit, AuditLog
 from authz.decision import Decider
 from authz.identity import Anonymous, FromHeader, FromJwtClaim, FromPeerPrincipal, IdentitySource
 from authz.limits.base import CounterStore
 from authz.limits.memory import MemoryStore
+from authz.metrics import PolicyTools
 from authz.policy.load import load_policy
 from authz.policy.reload import PolicyHolder, PolicyWatcher
 from authz.server import create_server
 from authz.settings import IdentitySourceKind, Settings
+from authz.telemetry import OtelSettings, Telemetry
 
 log = logging.getLogger("mcp_authz")
 
@@ -51,12 +54,19 @@ class Gateway:
     policy: PolicyHolder
     store: CounterStore
     audit: AuditLog
+    telemetry: Telemetry
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
         # Load first: a bad policy must stop start-up before anything else is opened.
         policy = PolicyHolder(load_policy(settings.policy))
-        return cls(settings, policy, build_store(settings), AuditLog.open(settings.audit_log))
+        arguments = ArgumentAudit.configure(settings.audit_args, settings.audit_hash_key_file)
+        # The only read of the OTEL_* variables (the SDK reads the rest inside start()).
+        otel = OtelSettings.from_env(os.environ)
+        telemetry = Telemetry.start(otel, PolicyTools(policy), settings.metrics_listen)
+        backend = "memory" if settings.redis_url is None else "redis"
+        store = telemetry.observe(build_store(settings), backend)
+        return cls(settings, policy, store, AuditLog.open(settings.audit_log, arguments), telemetry)
 
     def decider(self) -> Decider:
         return Decider(
@@ -68,7 +78,9 @@ class Gateway:
         )
 
     async def serve(self) -> None:
-        server, port, health = await create_server(self.settings.listen, self.decider(), self.audit)
+        server, port, health = await create_server(
+            self.settings.listen, self.decider(), self.audit, self.telemetry
+        )
         log.info(
             "serving ext_authz on port %d; policy %s (%s); fail mode %s; identity from %s",
             port,
@@ -77,7 +89,9 @@ class Gateway:
             self.settings.fail_mode.value,
             self.settings.identity_source.value,
         )
-        watcher = PolicyWatcher(self.settings.policy, self.policy)
+        watcher = PolicyWatcher(
+            self.settings.policy, self.policy, self.telemetry.metrics.record_reload
+        )
         reloading = (
             asyncio.create_task(watcher.run(self.settings.reload_interval))
             if self.settings.reload_interval > 0
@@ -96,3 +110,4 @@ class Gateway:
         await server.stop(self.settings.grace)
         await self.store.close()
         self.audit.close()
+        self.telemetry.shutdown()

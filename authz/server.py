@@ -13,29 +13,35 @@ from authz import envoy
 from authz.audit import AuditLog
 from authz.decision import Decider
 from authz.response import reply_for
+from authz.telemetry import Telemetry
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
-    def __init__(self, decider: Decider, audit: AuditLog) -> None:
+    def __init__(self, decider: Decider, audit: AuditLog, telemetry: Telemetry) -> None:
         self._decider = decider
         self._audit = audit
+        self._telemetry = telemetry
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802 - gRPC method name
         started = time.perf_counter()
-        outcome = await self._decider.decide(envoy.to_http_request(request))
-        self._audit.record(outcome, time.perf_counter() - started)
+        http = envoy.to_http_request(request)
+        with self._telemetry.check(http.headers, context.invocation_metadata() or ()) as span:
+            outcome = await self._decider.decide(http)
+            latency = time.perf_counter() - started
+            self._telemetry.finish(span, outcome, latency)
+            self._audit.record(outcome, latency, span.get_span_context())
         return envoy.to_check_response(outcome, reply_for(outcome))
 
 
 async def create_server(
-    listen: str, decider: Decider, audit: AuditLog
+    listen: str, decider: Decider, audit: AuditLog, telemetry: Telemetry | None = None
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started server bound to `listen` (port 0 picks a free one) and the bound port."""
     server = grpc.aio.server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        AuthorizationServicer(decider, audit), server
+        AuthorizationServicer(decider, audit, telemetry or Telemetry.off()), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

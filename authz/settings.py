@@ -30,6 +30,12 @@ class Settings:
     identity_claim: str = "sub"
     jwt_payload_key: str = "jwt_payload"
     audit_log: str = "-"
+    # Argument paths logged in clear (PATH or NAME:PATH); all others only as a keyed hash.
+    audit_args: tuple[str, ...] = ()
+    # The hash key; without one a key is made per process and hashes match only within it.
+    audit_hash_key_file: Path | None = None
+    # host:port of the Prometheus scrape endpoint; None serves none.
+    metrics_listen: str | None = None
     # Seconds between looks at the policy file for a new version; 0 turns reloading off.
     reload_interval: float = 2.0
     grace: float = 5.0
