@@ -8,15 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from authz.approvals.base import Approval, ApprovalError, Status, may_approve
-from authz.approvals.memory import MemoryApprovals
-from authz.decision import Decider, Outcome
+from authz.approvals.base import ApprovalError, Status, may_approve
 from authz.errors import Refusal
-from authz.identity import FromHeader
-from authz.limits.memory import MemoryStore
 from authz.policy.load import PolicyError, parse_policy
-from authz.request import HttpRequest
 from authz.response import reply_for
+from tests.unit.support import Gate
 
 POLICY = {
     "version": "1",
@@ -38,40 +34,13 @@ POLICY = {
 }
 
 
-class Flow:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-        self.requested: list[Approval] = []
-        self.approvals = MemoryApprovals(lambda: self.now)
-        policy = parse_policy(yaml.safe_dump(POLICY).encode(), "p.yaml")
-        self.decider = Decider(
-            lambda: policy,
-            FromHeader("x-agent-id"),
-            MemoryStore(lambda: self.now),
-            approvals=self.approvals,
-            on_approval_requested=self.requested.append,
-        )
-
-    async def call(self, tool: str, who: str = "bot", **args: Any) -> Outcome:
-        body = {
-            "jsonrpc": "2.0",
-            "id": 7,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": args},
-        }
-        headers = {"content-type": "application/json", "x-agent-id": who}
-        return await self.decider.decide(
-            HttpRequest("POST", "/mcp", headers, json.dumps(body).encode())
-        )
-
-
 @pytest.fixture
-def flow() -> Flow:
-    return Flow()
+def flow() -> Gate:
+    return Gate(parse_policy(yaml.safe_dump(POLICY).encode(), "p.yaml"), now=1_800_000_000.0)
 
 
-async def test_refused_with_an_id_then_approved_passes_exactly_once(flow: Flow) -> None:
-    first = await flow.call("withdraw", amount=900)
+async def test_refused_with_an_id_then_approved_passes_exactly_once(flow: Gate) -> None:
+    first = await flow("withdraw", amount=900)
     assert first.refusal is Refusal.APPROVAL_REQUIRED
     assert first.approval is not None
     approval_id = first.approval.id
@@ -83,55 +52,55 @@ async def test_refused_with_an_id_then_approved_passes_exactly_once(flow: Flow) 
     assert [a.id for a in flow.requested] == [approval_id]
 
     # Asking again while pending neither creates a request nor notifies again.
-    again = await flow.call("withdraw", amount=900)
+    again = await flow("withdraw", amount=900)
     assert again.approval is not None
     assert again.approval.id == approval_id
     assert len(flow.requested) == 1
 
     await flow.approvals.decide(approval_id, approve=True, by="alice")
-    passed = await flow.call("withdraw", amount=900)
+    passed = await flow("withdraw", amount=900)
     assert passed.allowed
     assert passed.approval is not None
     assert passed.approval.id == approval_id
 
-    replay = await flow.call("withdraw", amount=900)
+    replay = await flow("withdraw", amount=900)
     assert replay.refusal is Refusal.APPROVAL_REQUIRED
     assert replay.approval is not None
     assert replay.approval.id != approval_id
 
 
-async def test_an_approval_covers_only_the_exact_call(flow: Flow) -> None:
-    asked = await flow.call("withdraw", amount=900)
+async def test_an_approval_covers_only_the_exact_call(flow: Gate) -> None:
+    asked = await flow("withdraw", amount=900)
     assert asked.approval is not None
     await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
-    other_amount = await flow.call("withdraw", amount=901)
+    other_amount = await flow("withdraw", amount=901)
     assert other_amount.refusal is Refusal.APPROVAL_REQUIRED
-    other_agent = await flow.call("withdraw", who="bot-2", amount=900)
+    other_agent = await flow("withdraw", who="bot-2", amount=900)
     assert other_agent.refusal is Refusal.APPROVAL_REQUIRED
-    assert (await flow.call("withdraw", amount=900)).allowed
+    assert (await flow("withdraw", amount=900)).allowed
 
 
-async def test_small_amounts_need_no_approval(flow: Flow) -> None:
-    assert (await flow.call("withdraw", amount=500)).allowed
+async def test_small_amounts_need_no_approval(flow: Gate) -> None:
+    assert (await flow("withdraw", amount=500)).allowed
     assert flow.requested == []
 
 
-async def test_denied_refuses_with_its_state(flow: Flow) -> None:
-    asked = await flow.call("delete_account", id="a1")
+async def test_denied_refuses_with_its_state(flow: Gate) -> None:
+    asked = await flow("delete_account", id="a1")
     assert asked.approval is not None
     await flow.approvals.decide(asked.approval.id, approve=False, by="alice")
-    denied = await flow.call("delete_account", id="a1")
+    denied = await flow("delete_account", id="a1")
     assert denied.refusal is Refusal.APPROVAL_DENIED
     assert "was denied by alice" in denied.reason
     assert json.loads(reply_for(denied).body)["error"]["code"] == -32006
 
 
-async def test_an_expired_approval_refuses_and_asks_anew(flow: Flow) -> None:
-    asked = await flow.call("delete_account", id="a1")
+async def test_an_expired_approval_refuses_and_asks_anew(flow: Gate) -> None:
+    asked = await flow("delete_account", id="a1")
     assert asked.approval is not None
     await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
     flow.now += 900  # the default lifetime
-    late = await flow.call("delete_account", id="a1")
+    late = await flow("delete_account", id="a1")
     assert late.refusal is Refusal.APPROVAL_REQUIRED
     assert late.approval is not None
     assert late.approval.id != asked.approval.id
@@ -139,26 +108,26 @@ async def test_an_expired_approval_refuses_and_asks_anew(flow: Flow) -> None:
         await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
 
 
-async def test_a_rate_limited_call_keeps_its_approval(flow: Flow) -> None:
+async def test_a_rate_limited_call_keeps_its_approval(flow: Gate) -> None:
     for _ in range(3):
-        assert (await flow.call("withdraw", amount=10)).allowed
-    asked = await flow.call("withdraw", amount=900)
+        assert (await flow("withdraw", amount=10)).allowed
+    asked = await flow("withdraw", amount=900)
     assert asked.approval is not None
     await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
-    assert (await flow.call("withdraw", amount=900)).refusal is Refusal.RATE_LIMITED
+    assert (await flow("withdraw", amount=900)).refusal is Refusal.RATE_LIMITED
     flow.now += 60
-    assert (await flow.call("withdraw", amount=900)).allowed
+    assert (await flow("withdraw", amount=900)).allowed
 
 
-async def test_a_dry_run_approval_rule_only_reports(flow: Flow) -> None:
-    outcome = await flow.call("trial")
+async def test_a_dry_run_approval_rule_only_reports(flow: Gate) -> None:
+    outcome = await flow("trial")
     assert outcome.allowed
     assert outcome.would_deny == "tools.trial: needs a person's approval"
     assert flow.requested == []
 
 
-async def test_decisions_are_final(flow: Flow) -> None:
-    asked = await flow.call("delete_account", id="a1")
+async def test_decisions_are_final(flow: Gate) -> None:
+    asked = await flow("delete_account", id="a1")
     assert asked.approval is not None
     await flow.approvals.decide(asked.approval.id, approve=False, by="alice")
     with pytest.raises(ApprovalError, match="already denied"):
@@ -167,19 +136,19 @@ async def test_decisions_are_final(flow: Flow) -> None:
         await flow.approvals.decide("apr_unknown", approve=True, by="alice")
 
 
-async def test_who_may_approve(flow: Flow) -> None:
-    asked = await flow.call("withdraw", amount=900)
+async def test_who_may_approve(flow: Gate) -> None:
+    asked = await flow("withdraw", amount=900)
     gated = asked.approval
     assert gated is not None
     assert may_approve(gated, "alice", {})
     assert may_approve(gated, "carol", {"groups": ["eng", "treasury"]})
     assert not may_approve(gated, "carol", {"groups": ["eng"]})
     assert not may_approve(gated, "mallory", {})
-    open_ = await flow.call("delete_account", id="x")
+    open_ = await flow("delete_account", id="x")
     assert open_.approval is not None
     assert may_approve(open_.approval, "anyone", {})
     # Never the agent that asked.
-    assert not may_approve(open_.approval, "bot", {})
+    assert not may_approve(open_.approval, "agent", {})
     assert gated.status is Status.PENDING
 
 

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from authz.decision import Decider, Outcome
 from authz.errors import Refusal
-from authz.identity import Anonymous
-from authz.limits.memory import MemoryStore
 from authz.policy.load import PolicyError, load_policy, parse_policy
 from authz.policy.model import Policy
-from authz.request import HttpRequest
+from tests.unit.support import Gate
 
 FULL = Path(__file__).parent / "policies" / "intercept_full.yaml"
-
-
-class Gate:
-    def __init__(self, policy: Policy) -> None:
-        self.now = 0.0
-        self.decider = Decider(lambda: policy, Anonymous(), MemoryStore(lambda: self.now))
-
-    async def __call__(self, tool: str, **args: Any) -> Outcome:
-        body = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": args},
-        }
-        headers = {"content-type": "application/json"}
-        return await self.decider.decide(
-            HttpRequest("POST", "/mcp", headers, json.dumps(body).encode())
-        )
 
 
 def intercept(doc: dict[str, Any]) -> Policy:

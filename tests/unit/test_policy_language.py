@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from authz.decision import Decider, Outcome
 from authz.errors import Refusal
-from authz.identity import Caller, FromHeader
-from authz.limits.memory import MemoryStore
+from authz.identity import Caller
 from authz.mcp import McpCall
 from authz.policy.evaluate import evaluate
 from authz.policy.load import PolicyError, load_policy, parse_policy
 from authz.policy.model import Policy
-from authz.request import HttpRequest
+from tests.unit.support import Gate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policies"
 JWT = "envoy.filters.http.jwt_authn"
@@ -29,31 +26,6 @@ def policy_of(doc: dict[str, Any]) -> Policy:
 
 def call(tool: str, **arguments: Any) -> McpCall:
     return McpCall("tools/call", 1, tool, arguments)
-
-
-class Gate:
-    """The decision core with an in-process store, driven by identity and arguments."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.now = 0.0
-        self.decider = Decider(
-            lambda: policy, FromHeader("x-agent-id"), MemoryStore(lambda: self.now)
-        )
-
-    async def __call__(
-        self, tool: str, who: str = "agent", claims: Any = None, **args: Any
-    ) -> Outcome:
-        body = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": tool, "arguments": args},
-        }
-        metadata = {JWT: {"jwt_payload": claims}} if claims else {}
-        headers = {"content-type": "application/json", "x-agent-id": who}
-        return await self.decider.decide(
-            HttpRequest("POST", "/mcp", headers, json.dumps(body).encode(), metadata=metadata)
-        )
 
 
 GRANTED = {
