@@ -1,0 +1,194 @@
+"""Audit lines: JSON, tied to their trace, and never an argument value unless allow-listed."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags
+
+from authz.audit import ArgumentAudit, ArgumentPath, AuditLog
+from authz.decision import Outcome
+from authz.errors import Refusal
+from authz.identity import Caller
+from authz.mcp import McpCall
+
+KEY = b"0123456789abcdef0123456789abcdef"
+SPAN = SpanContext(
+    trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+    span_id=0x00F067AA0BA902B7,
+    is_remote=False,
+    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+)
+MARKER = "S3CR3T"
+
+# Argument documents whose every string, key and value alike, carries the marker.
+marked_text = st.text(max_size=8).map(lambda t: MARKER + t)
+documents = st.recursive(
+    marked_text | st.integers(min_value=10**12, max_value=10**15),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(marked_text, inner, max_size=3),
+    max_leaves=10,
+)
+arguments = st.dictionaries(marked_text, documents, max_size=4)
+
+
+def outcome(*calls: McpCall, refusal: Refusal | None = Refusal.DENIED) -> Outcome:
+    return Outcome(
+        decision_id="d-1",
+        policy_version="sha256:abc",
+        refusal=refusal,
+        rule="tools.transfer",
+        reason="transfers need approval",
+        calls=calls,
+        subject=calls[0] if calls else None,
+        caller=Caller("agent-7", "session-1"),
+        grant="default",
+        request_ids=tuple(c.id for c in calls),
+    )
+
+
+def transfer(arguments: dict[str, Any], tool: str = "transfer", rid: int = 1) -> McpCall:
+    return McpCall("tools/call", rid, tool, arguments)
+
+
+def log(*allowed: str, key: bytes = KEY) -> tuple[AuditLog, io.StringIO]:
+    stream = io.StringIO()
+    clock = lambda: datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)  # noqa: E731
+    paths = [ArgumentPath.parse(a) for a in allowed]
+    return AuditLog(stream, ArgumentAudit(key, paths), clock=clock), stream
+
+
+def written(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_line_answers_who_what_when_why_and_which_trace() -> None:
+    audit, stream = log()
+    audit.record(outcome(transfer({"amount": 5})), 0.0012345, SPAN)
+    (line,) = written(stream)
+    assert line | {"arguments": None, "hmac_key": None} == {
+        "time": "2026-01-02T03:04:05.678+00:00",
+        "decision_id": "d-1",
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "span_id": "00f067aa0ba902b7",
+        "decision": "denied",
+        "identity": "agent-7",
+        "grant": "default",
+        "session": "session-1",
+        "method": "tools/call",
+        "tool": "transfer",
+        "request_id": 1,
+        "rule": "tools.transfer",
+        "reason": "transfers need approval",
+        "policy_version": "sha256:abc",
+        "fail_open": False,
+        "would_deny": None,
+        "retry_after": None,
+        "methods": ["tools/call"],
+        "tools": ["transfer"],
+        "arguments": None,
+        "hmac_key": None,
+        "latency_ms": 1.234,
+    }
+    (entry,) = line["arguments"]
+    assert set(entry) == {"id", "target", "hmac"}
+    assert len(entry["hmac"]) == 64
+
+
+def test_without_a_trace_the_ids_are_null() -> None:
+    audit, stream = log()
+    audit.record(outcome(), 0.001, INVALID_SPAN_CONTEXT)
+    (line,) = written(stream)
+    assert (line["trace_id"], line["span_id"], line["method"], line["arguments"]) == (
+        None,
+        None,
+        None,
+        [],
+    )
+
+
+@given(arguments, arguments)
+def test_argument_values_and_keys_never_appear_in_clear(first: Any, second: Any) -> None:
+    audit, stream = log("other_tool:" + MARKER, "missing.path")
+    batch = outcome(transfer(first), transfer(second, "pay", 2), McpCall("tools/list", 3))
+    audit.record(batch, 0.001, SPAN)
+    assert MARKER not in stream.getvalue()
+    (line,) = written(stream)
+    assert [a["target"] for a in line["arguments"]] == ["transfer", "pay"]
+
+
+def test_allow_listed_paths_are_logged_in_clear_for_the_tools_they_name() -> None:
+    audit, stream = log("currency", "transfer:order.symbol", "pay:order.symbol")
+    args = {"currency": "USD", "order": {"symbol": "BTC", "account": "ACC-9"}, "amount": 10}
+    audit.record(outcome(transfer(args), transfer(args, "quote", 2)), 0.001, SPAN)
+    text = stream.getvalue()
+    assert "ACC-9" not in text
+    first, second = written(stream)[0]["arguments"]
+    assert first["clear"] == {"currency": "USD", "order.symbol": "BTC"}
+    assert second["clear"] == {"currency": "USD"}
+
+
+def test_hash_correlates_equal_arguments_whatever_their_key_order() -> None:
+    audit = ArgumentAudit(KEY)
+    same = audit.digest(transfer({"a": 1, "b": [1, 2]}))
+    assert audit.digest(transfer({"b": [1, 2], "a": 1})) == same
+    assert audit.digest(transfer({"a": 2, "b": [1, 2]})) != same
+    assert ArgumentAudit(b"another key that is long enough").digest(transfer({"a": 1})) != (
+        audit.digest(transfer({"a": 1}))
+    )
+
+
+def test_key_from_a_file_matches_across_processes_and_drops_the_trailing_newline(
+    tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "audit.key"
+    key_file.write_bytes(KEY + b"\n")
+    loaded = ArgumentAudit.configure([], key_file)
+    assert loaded.digest(transfer({"a": 1})) == ArgumentAudit(KEY).digest(transfer({"a": 1}))
+    assert loaded.key_id == ArgumentAudit(KEY).key_id
+
+
+def test_per_process_keys_differ() -> None:
+    first, second = ArgumentAudit.configure([], None), ArgumentAudit.configure([], None)
+    assert first.key_id != second.key_id
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"), [(b"short\n", "at least 16 bytes"), (None, "cannot read")]
+)
+def test_a_bad_key_file_fails_start_up(tmp_path: Path, key: bytes | None, problem: str) -> None:
+    key_file = tmp_path / "audit.key"
+    if key is not None:
+        key_file.write_bytes(key)
+    with pytest.raises(ValueError, match=problem):
+        ArgumentAudit.configure([], key_file)
+
+
+@pytest.mark.parametrize("spec", ["", "a..b", ":a", "tool:", "tool:a."])
+def test_malformed_argument_paths_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="not PATH or TOOL:PATH"):
+        ArgumentPath.parse(spec)
+
+
+def test_argument_paths_parse_with_and_without_a_tool() -> None:
+    assert ArgumentPath.parse(" order.symbol ") == ArgumentPath(None, ("order", "symbol"))
+    assert ArgumentPath.parse("pay:amount") == ArgumentPath("pay", ("amount",))
+
+
+def test_off_writes_nothing_and_a_file_is_appended_to(tmp_path: Path) -> None:
+    audit = ArgumentAudit(KEY)
+    AuditLog.open("off", audit).record(outcome(), 0.001, SPAN)
+    target = tmp_path / "audit.jsonl"
+    target.write_text('{"earlier": true}\n')
+    appended = AuditLog.open(str(target), audit)
+    appended.record(outcome(), 0.001, SPAN)
+    appended.close()
+    lines = target.read_text().splitlines()
+    assert len(lines) == 2
+    assert json.loads(lines[1])["decision_id"] == "d-1"
