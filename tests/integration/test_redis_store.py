@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -12,7 +13,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from authz.limits.base import CounterKey, Hit
-from authz.limits.redis import MAX_NAME, QUANTA_PER_WINDOW, RedisStore
+from authz.limits.redis import MAX_BATCH, MAX_NAME, QUANTA_PER_WINDOW, RedisStore
 from tests.conftest import RedisServer, free_port
 
 KEY = CounterKey("calls", "grant", ("alice",))
@@ -198,3 +199,27 @@ async def test_sentinel_urls_find_the_primary(
         assert own_redis.command("DBSIZE") == 1
     finally:
         sentinel.stop()
+
+
+async def test_concurrent_requests_share_script_calls_but_count_in_turn(
+    own_redis: RedisServer,
+) -> None:
+    store = RedisStore.from_url(own_redis.url, prefix="batch", clock=Clock(), timeout=1.0)
+    small = Hit(KEY, limit=5, window=10)
+    big = Hit(CounterKey("big", "global", ()), limit=1_000, window=10, cost=2)
+    try:
+        # Connect and load the script first, so only the batches themselves are counted.
+        await store.hit([Hit(CounterKey("warm-up", "global", ()), limit=1, window=10)])
+        own_redis.command("CONFIG", "RESETSTAT")
+        results = await asyncio.gather(
+            *(store.hit([small, big] if i % 2 else [big]) for i in range(300))
+        )
+    finally:
+        await store.close()
+    stats = own_redis.command("INFO", "commandstats")
+    assert isinstance(stats, dict)
+    assert stats["cmdstat_evalsha"]["calls"] == -(-300 // MAX_BATCH)
+    allowed_small = [r for i, r in enumerate(results) if i % 2 and r.allowed]
+    assert [r.states[0].used for r in allowed_small] == [1, 2, 3, 4, 5]
+    # Refused requests charged nothing on `big`: 150 + 5 admitted, 2 units each.
+    assert sorted(r.states[-1].used for r in results if r.allowed) == list(range(2, 312, 2))
