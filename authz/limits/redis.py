@@ -36,6 +36,8 @@ SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
 # A window is kept in this many quanta: a unit leaves the window at most window/100 late,
 # and a key holds at most about 100 entries whatever the limit (see docs/limits.md).
 QUANTA_PER_WINDOW = 100
+# Query options of cluster and Sentinel URLs (plain URLs take all of redis-py's).
+TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
 # Requests per script call: bounds how long one call holds Redis (about 10 us each).
 MAX_BATCH = 128
 # Longer encoded keys are hashed, so an agent-chosen subject cannot make key names huge.
@@ -237,12 +239,14 @@ def connect(url: str, timeout: float) -> tuple[Client, tuple[Redis, ...]]:
 
 def _cluster(url: str, options: dict[str, Any]) -> RedisCluster:
     parts = urlsplit(url)
-    if parts.path.strip("/") or parts.query:
-        raise ValueError(f"a cluster URL takes no database or options: {_redact(url)}")
+    if parts.path.strip("/"):
+        raise ValueError(f"a cluster URL takes no database: {_redact(url)}")
+    tls = _query(url, TLS_OPTIONS)
     auth, nodes = _hosts(parts.netloc, default_port=6379)
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
         ssl=parts.scheme.startswith("rediss"),
+        **tls,
         **auth,
         **options,
     )
@@ -253,18 +257,29 @@ def _sentinel(url: str, options: dict[str, Any]) -> tuple[Redis, tuple[Redis, ..
     path = [p for p in parts.path.split("/") if p]
     if len(path) not in (1, 2) or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(f"a Sentinel URL ends in /SERVICE or /SERVICE/DB: {_redact(url)}")
-    query = parse_qs(parts.query)
-    unknown = set(query) - {"sentinel_password"}
-    if unknown:
-        raise ValueError(f"unknown Sentinel URL options {sorted(unknown)}: {_redact(url)}")
+    tls = _query(url, TLS_OPTIONS | {"sentinel_password"})
+    sentinel_password = tls.pop("sentinel_password", None)
     auth, nodes = _hosts(parts.netloc, default_port=26379)
-    ssl = parts.scheme.startswith("rediss")
-    sentinel_kwargs = {**options, "ssl": ssl, "password": query.get("sentinel_password", [None])[0]}
+    tls["ssl"] = parts.scheme.startswith("rediss")
     sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-        nodes, sentinel_kwargs=sentinel_kwargs, ssl=ssl, **auth, **options
+        nodes,
+        sentinel_kwargs={**options, **tls, "password": sentinel_password},
+        **tls,
+        **auth,
+        **options,
     )
     db = int(path[1]) if len(path) == 2 else 0
     return sentinel.master_for(path[0], db=db), tuple(sentinel.sentinels)
+
+
+def _query(url: str, allowed: set[str]) -> dict[str, Any]:
+    query = {name: values[-1] for name, values in parse_qs(urlsplit(url).query).items()}
+    unknown = set(query) - allowed
+    if unknown:
+        raise ValueError(
+            f"unknown URL options {sorted(unknown)} (known: {sorted(allowed)}): {_redact(url)}"
+        )
+    return query
 
 
 def _hosts(netloc: str, default_port: int) -> tuple[dict[str, Any], list[tuple[str, int]]]:

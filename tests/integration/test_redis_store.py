@@ -88,10 +88,11 @@ def test_prefixes_that_would_break_the_hash_tag_are_refused(prefix: str) -> None
     [
         ("http://localhost:6379", "unsupported Redis URL scheme"),
         ("redis+cluster://u:secret@h1:7000/3", "takes no database"),
+        ("redis+cluster://u:secret@h1:7000?db=1", "unknown URL options"),
         ("redis+cluster://", "at least one host"),
         ("redis+sentinel://u:secret@h1:26379", "SERVICE"),
         ("redis+sentinel://h1:26379/mymaster/x", "SERVICE"),
-        ("redis+sentinel://h1:26379/mymaster?db=2", "unknown Sentinel URL options"),
+        ("redis+sentinel://u:secret@h1:26379/mymaster?db=2", "unknown URL options"),
     ],
 )
 def test_malformed_urls_fail_at_construction(url: str, message: str) -> None:
