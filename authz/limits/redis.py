@@ -1,9 +1,10 @@
 """The shared store: rolling windows kept in Redis, so every replica draws on one budget.
 
-Each request is one EVALSHA of `lua/hit.lua`, which reads the server's clock, checks every
-hit and counts them all or nothing. docs/limits.md describes the key layout, the bounds and
-the failure behaviour; this module turns hits into script arguments, script replies into
-results, and every Redis failure into StoreUnavailable.
+Each request is counted by one run of `lua/hit.lua` (called by EVALSHA), which reads the
+server's clock, checks every hit and counts them all or nothing; requests made at the same
+moment share one call. docs/limits.md describes the key layout, the bounds and the failure
+behaviour; this module turns hits into script arguments, script replies into results, and
+every Redis failure into StoreUnavailable.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class RedisStore:
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
         owned: Sequence[Redis] = (),
+        name: str = "Redis",
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"Redis key prefix {prefix!r} must be non-empty and free of braces")
@@ -72,6 +74,7 @@ class RedisStore:
         self._breaker = breaker or CircuitBreaker()
         self._clock = clock
         self._owned = tuple(owned)
+        self._name = name
         self._batcher = _Batcher(client, timeout)
 
     @classmethod
@@ -90,7 +93,13 @@ class RedisStore:
         """
         client, owned = connect(url, timeout)
         return cls(
-            client, prefix=prefix, timeout=timeout, breaker=breaker, clock=clock, owned=owned
+            client,
+            prefix=prefix,
+            timeout=timeout,
+            breaker=breaker,
+            clock=clock,
+            owned=owned,
+            name=f"Redis at {_redact(url)}",
         )
 
     def key(self, key: CounterKey) -> str:
@@ -128,13 +137,13 @@ class RedisStore:
             return await self._batcher.submit(keys, args)
         except TimeoutError as e:
             raise StoreUnavailable(
-                f"Redis did not answer within {self._timeout * 1000:.0f} ms"
+                f"{self._name} did not answer within {self._timeout * 1000:.0f} ms"
             ) from e
         except ReadOnlyError as e:
             await self._drop_connections()
-            raise StoreUnavailable(f"Redis is a read-only replica: {e}") from e
+            raise StoreUnavailable(f"{self._name} is a read-only replica: {e}") from e
         except (RedisError, RedisClusterException, OSError) as e:
-            raise StoreUnavailable(f"Redis failed: {type(e).__name__}: {e}") from e
+            raise StoreUnavailable(f"{self._name} failed: {type(e).__name__}: {e}") from e
 
     async def _drop_connections(self) -> None:
         # A primary demoted behind a stable address (DNS failover) keeps our connections;
@@ -303,6 +312,7 @@ def _host_port(text: str, default_port: int) -> tuple[str, int]:
 
 
 def _redact(url: str) -> str:
+    """The URL without credentials or options (which may hold a Sentinel password)."""
     parts = urlsplit(url)
     _, at, hosts = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"***@{hosts}" if at else hosts).geturl()
+    return parts._replace(netloc=f"***@{hosts}" if at else hosts, query="").geturl()

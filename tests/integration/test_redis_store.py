@@ -93,6 +93,7 @@ def test_prefixes_that_would_break_the_hash_tag_are_refused(prefix: str) -> None
         ("redis+sentinel://u:secret@h1:26379", "SERVICE"),
         ("redis+sentinel://h1:26379/mymaster/x", "SERVICE"),
         ("redis+sentinel://u:secret@h1:26379/mymaster?db=2", "unknown URL options"),
+        ("redis+sentinel://h1:26379/a/b?sentinel_password=secret", "SERVICE"),
     ],
 )
 def test_malformed_urls_fail_at_construction(url: str, message: str) -> None:
