@@ -107,6 +107,14 @@ class ArgumentAudit:
         return {path: value for path, value in found if value is not _ABSENT}
 
 
+def _approval(outcome: Outcome) -> dict[str, Any] | None:
+    # Its id, state and approver only: the approval's own record holds the call's arguments.
+    approval = outcome.approval
+    if approval is None:
+        return None
+    return {"id": approval.id, "status": approval.status.value, "decided_by": approval.decided_by}
+
+
 def _read_key(path: Path) -> bytes:
     try:
         # Trailing whitespace is the newline `openssl rand -hex 32 > key` leaves, not key.
@@ -169,6 +177,7 @@ class AuditLog:
             "fail_open": outcome.fail_open,
             "would_deny": outcome.would_deny,
             "retry_after": outcome.retry_after,
+            "approval": _approval(outcome),
             "methods": [c.method for c in outcome.calls],
             "tools": [c.tool for c in outcome.calls if c.tool is not None],
             # Tools and prompts take arguments; other calls have none to hash.

@@ -276,6 +276,9 @@ def _decision_attributes(outcome: Outcome) -> dict[str, AttributeValue]:
         attributes["mcp_authz.remaining"] = min(s.remaining for s in outcome.limits)
     if outcome.retry_after is not None:
         attributes["mcp_authz.retry_after"] = outcome.retry_after
+    if outcome.approval is not None:
+        attributes["mcp_authz.approval.id"] = outcome.approval.id
+        attributes["mcp_authz.approval.status"] = outcome.approval.status.value
     return attributes
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags
 
+from authz.approvals.base import Approval, Request, Status
 from authz.audit import ArgumentAudit, ArgumentPath, AuditLog
 from authz.decision import Outcome
 from authz.errors import Refusal
@@ -90,6 +92,7 @@ def test_a_line_answers_who_what_when_why_and_which_trace() -> None:
         "fail_open": False,
         "would_deny": None,
         "retry_after": None,
+        "approval": None,
         "methods": ["tools/call"],
         "tools": ["transfer"],
         "arguments": None,
@@ -121,6 +124,17 @@ def test_argument_values_and_keys_never_appear_in_clear(first: Any, second: Any)
     assert MARKER not in stream.getvalue()
     (line,) = written(stream)
     assert [a["target"] for a in line["arguments"]] == ["transfer", "pay"]
+
+
+def test_an_approval_is_named_without_the_arguments_it_holds() -> None:
+    args = {"amount": MARKER}
+    request = Request("agent-7", "default", "transfer", args, "tools.transfer", "big")
+    approval = Approval("a-1", Status.APPROVED, request, 1.0, 2.0, decided_by="alice")
+    audit, stream = log()
+    audit.record(replace(outcome(transfer(args)), refusal=None, approval=approval), 0.001, SPAN)
+    assert MARKER not in stream.getvalue()
+    (line,) = written(stream)
+    assert line["approval"] == {"id": "a-1", "status": "approved", "decided_by": "alice"}
 
 
 def test_allow_listed_paths_are_logged_in_clear_for_the_tools_they_name() -> None:

@@ -23,7 +23,7 @@ from authz.decision import Decider, FailMode
 from authz.identity import FromHeader
 from authz.limits.base import Hit, HitResult, StoreUnavailable
 from authz.limits.memory import MemoryStore
-from authz.metrics import Metrics
+from authz.metrics import Metrics, PolicyTools
 from authz.policy.load import parse_policy
 from authz.server import AuthorizationServicer
 from authz.telemetry import (
@@ -46,6 +46,7 @@ POLICY = {
     "tools": {
         "echo": {"limits": [{"counter": "echo", "window": "minute", "max": 1}]},
         "shadow": {"action": "deny", "reason": "not yet", "mode": "dry_run"},
+        "wire": {"action": "approve"},
     },
 }
 
@@ -129,12 +130,10 @@ def harness(
     spans = InMemorySpanExporter()
     tracers = TracerProvider()
     tracers.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    metrics = Metrics(
-        MeterProvider([reader]).get_meter("test"), lambda: frozenset({"echo", "shadow"})
-    )
-    telemetry = Telemetry(tracers.get_tracer("test") if tracing else None, metrics)
     policy = parse_policy(json.dumps(POLICY).encode(), "policy.json")
+    reader = InMemoryMetricReader()
+    metrics = Metrics(MeterProvider([reader]).get_meter("test"), PolicyTools(lambda: policy))
+    telemetry = Telemetry(tracers.get_tracer("test") if tracing else None, metrics)
     chosen = telemetry.observe(store or MemoryStore(), "memory")
     decider = Decider(lambda: policy, FromHeader("x-agent-id"), chosen, fail_mode)
     audit = io.StringIO()
@@ -265,6 +264,17 @@ async def test_dry_run_rule_is_flagged_on_an_allowed_span() -> None:
     assert attributes["mcp_authz.decision"] == "allowed"
     assert attributes["mcp_authz.dry_run"] is True
     assert "not yet" in str(attributes["mcp_authz.would_deny"])
+
+
+async def test_a_call_waiting_for_approval_names_the_approval() -> None:
+    h = harness()
+    await h.check(call("wire", amount=5))
+    span = h.only(CHECK_SPAN)
+    attributes = dict(span.attributes or {})
+    assert attributes["mcp_authz.decision"] == "approval_required"
+    assert attributes["mcp_authz.approval.status"] == "pending"
+    assert attributes["mcp_authz.approval.id"] == h.audit_lines()[0]["approval"]["id"]
+    assert span.status.status_code is StatusCode.ERROR
 
 
 async def test_decisions_metric_buckets_unknown_tools() -> None:
