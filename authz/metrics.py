@@ -30,7 +30,7 @@ NO_TOOL: Final = "none"
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 # The names Prometheus sees, after the OTLP-to-Prometheus translation every path applies
-# (our scrape endpoint, the Collector's prometheus exporter, Mimir's OTLP ingest): dots
+# (our scrape endpoint, Prometheus's and Mimir's OTLP ingest, the Collector's exporters): dots
 # become underscores, counters gain `_total`, histograms in seconds gain `_seconds`.
 # The dashboard test checks that every query in deploy/grafana names one of these.
 PROMETHEUS_NAMES: Final = frozenset(
