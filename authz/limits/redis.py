@@ -316,3 +316,8 @@ def _redact(url: str) -> str:
     parts = urlsplit(url)
     _, at, hosts = parts.netloc.rpartition("@")
     return parts._replace(netloc=f"***@{hosts}" if at else hosts, query="").geturl()
+
+
+def describe(url: str) -> str:
+    """How messages name a Redis: its URL without credentials or options."""
+    return f"Redis at {_redact(url)}"

@@ -1,0 +1,210 @@
+"""Approvals kept in Redis, so every replica sees one request per call and one use per approval.
+
+Every transition is one run of `lua/approvals.lua` (called by EVALSHA), so two replicas
+can never both create a request for one call, nor both use one approval. Records expire with
+their request's lifetime (PX), time comes from the Redis server, and every Redis failure is
+raised as StoreUnavailable: the decision core then refuses approval-gated calls (they always
+fail closed). The connection comes from the counter store's `connect`, one URL syntax for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisClusterException, RedisError
+
+from authz.approvals.base import Approval, ApprovalError, Request
+from authz.approvals.memory import new_approval_id
+from authz.limits.base import StoreUnavailable
+from authz.limits.breaker import CircuitBreaker
+from authz.limits.redis import Client, connect, describe
+
+Clock = Callable[[], float]
+
+SCRIPT = files("authz.approvals").joinpath("lua/approvals.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+# What `new_approval_id` makes; anything else cannot name a record and is never looked up.
+_ID = re.compile(r"apr_[A-Za-z0-9_-]{1,64}")
+_US = 1_000_000
+
+
+class RedisApprovals:
+    """An ApprovalStore on Redis (standalone, Sentinel or Cluster).
+
+    `clock` is for tests only: production leaves it None so that time comes from the Redis
+    server and replicas with skewed clocks agree on when a request expires.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "mcp-authz",
+        timeout: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+        owned: Sequence[Redis] = (),
+        name: str = "Redis",
+    ) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"Redis key prefix {prefix!r} must be non-empty and free of braces")
+        if timeout <= 0:
+            raise ValueError("the Redis timeout must be positive")
+        self._client = client
+        # One hash tag for every approval key (apart from the counters' one), so each
+        # operation's keys, declared or found through each other, sit on one cluster slot.
+        self._keys = f"{{{prefix}:approvals}}:v1:"
+        self._timeout = timeout
+        self._breaker = breaker or CircuitBreaker()
+        self._clock = clock
+        self._owned = tuple(owned)
+        self._name = name
+        # redis-py's cluster client fails when its very first commands run concurrently
+        # (each starts discovering the cluster): the first command goes alone.
+        self._connected = False
+        self._connecting = asyncio.Lock()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "mcp-authz",
+        timeout: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+    ) -> RedisApprovals:
+        """Any URL the counter store takes; nothing is contacted until the first call."""
+        client, owned = connect(url, timeout)
+        return cls(
+            client,
+            prefix=prefix,
+            timeout=timeout,
+            breaker=breaker,
+            clock=clock,
+            owned=owned,
+            name=describe(url),
+        )
+
+    async def request(self, request: Request, lifetime: int) -> tuple[Approval, bool]:
+        approval_id = new_approval_id()
+        digest = request.key
+        keys = [self._call(digest), self._record(approval_id), self._pending]
+        body = json.dumps(_request_dict(request), separators=(",", ":"), ensure_ascii=False)
+        created, fields = await self._run(
+            "request", keys, approval_id, lifetime * _US, digest, body
+        )
+        return _approval(fields), int(created) == 1
+
+    async def consume(self, approval_id: str) -> bool:
+        if not _ID.fullmatch(approval_id):
+            return False
+        used = await self._run("consume", [self._record(approval_id), self._pending])
+        return int(used) == 1
+
+    async def decide(self, approval_id: str, approve: bool, by: str) -> Approval:
+        if not _ID.fullmatch(approval_id):
+            raise ApprovalError(f"no live approval {approval_id} (unknown, used or expired)")
+        keys = [self._record(approval_id), self._pending]
+        reply = await self._run("decide", keys, "1" if approve else "0", by)
+        outcome = _text(reply[0])
+        if outcome == "gone":
+            raise ApprovalError(f"no live approval {approval_id} (unknown, used or expired)")
+        if outcome == "decided":
+            raise ApprovalError(f"approval {approval_id} is already {_text(reply[1])}")
+        return _approval(reply[1])
+
+    async def get(self, approval_id: str) -> Approval | None:
+        if not _ID.fullmatch(approval_id):
+            return None
+        fields = await self._run("get", [self._record(approval_id), self._pending])
+        return None if fields is None else _approval(fields)
+
+    async def pending(self) -> Sequence[Approval]:
+        records = await self._run("list", [self._pending])
+        return [_approval(fields) for fields in records]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        for client in self._owned:
+            await client.aclose()
+
+    @property
+    def _pending(self) -> str:
+        return self._keys + "pending"
+
+    def _call(self, digest: str) -> str:
+        return f"{self._keys}call:{digest}"
+
+    def _record(self, approval_id: str) -> str:
+        return f"{self._keys}id:{approval_id}"
+
+    async def _run(self, op: str, keys: list[str], *args: int | str) -> Any:
+        now = "" if self._clock is None else round(self._clock() * _US)
+        argv = [op, now, self._keys, *args]
+        with self._breaker.guard():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    return await self._eval(keys, argv)
+            except TimeoutError as e:
+                raise StoreUnavailable(
+                    f"{self._name} did not answer within {self._timeout * 1000:.0f} ms"
+                ) from e
+            except ReadOnlyError as e:
+                raise StoreUnavailable(f"{self._name} is a read-only replica: {e}") from e
+            except (RedisError, RedisClusterException, OSError) as e:
+                raise StoreUnavailable(f"{self._name} failed: {type(e).__name__}: {e}") from e
+
+    async def _eval(self, keys: list[str], argv: list[int | str]) -> Any:
+        if self._connected:
+            return await self._evalsha(keys, argv)
+        async with self._connecting:
+            reply = await self._evalsha(keys, argv)
+            self._connected = True
+            return reply
+
+    async def _evalsha(self, keys: list[str], argv: list[int | str]) -> Any:
+        try:
+            return await self._client.evalsha(SCRIPT_SHA, len(keys), *keys, *argv)
+        except NoScriptError:
+            # A restarted or flushed Redis has forgotten the script; EVAL runs and caches it.
+            return await self._client.eval(SCRIPT, len(keys), *keys, *argv)
+
+
+def _request_dict(request: Request) -> dict[str, Any]:
+    return {
+        "identity": request.identity,
+        "grant": request.grant,
+        "tool": request.tool,
+        "arguments": dict(request.arguments),
+        "rule": request.rule,
+        "reason": request.reason,
+        "approvers": list(request.approvers),
+        "approver_claims": {k: list(v) for k, v in request.approver_claims.items()},
+    }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _approval(flat: Sequence[bytes | str]) -> Approval:
+    """An Approval from the script's flat field, value array."""
+    fields = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    record: dict[str, Any] = json.loads(fields["request"])
+    record.update(
+        id=fields["id"],
+        status=fields["status"],
+        requested_at=int(fields["requested_at"]) / _US,
+        expires_at=int(fields["expires_at"]) / _US,
+        decided_by=fields["decided_by"] or None,
+    )
+    return Approval.from_dict(record)
