@@ -46,7 +46,7 @@ from opentelemetry.util.types import AttributeValue
 
 from authz import __version__
 from authz.decision import Outcome
-from authz.limits.base import CounterStore, Hit, HitResult
+from authz.limits.base import CounterKey, CounterStore, Hit, HitResult, LimitState
 from authz.metrics import Metrics, PrometheusEndpoint
 
 log = logging.getLogger("mcp_authz.telemetry")
@@ -215,6 +215,12 @@ class ObservedStore:
             raise
         self._metrics.record_store(self._backend, perf_counter() - started, failed=False)
         return result
+
+    async def usage(self, hit: Hit) -> LimitState:
+        return await self._store.usage(hit)
+
+    async def reset(self, key: CounterKey) -> None:
+        await self._store.reset(key)
 
     async def close(self) -> None:
         await self._store.close()

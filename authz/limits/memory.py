@@ -63,6 +63,16 @@ class MemoryStore:
             log.used += h.cost
         return HitResult(allowed=True, states=tuple(_counted(s) for s in states))
 
+    async def usage(self, hit: Hit) -> LimitState:
+        now = self._clock()
+        log = self._logs.get(hit.key) or _Log()
+        log.window = hit.window
+        log.expire(now)
+        return _state(hit, log, now, 0)
+
+    async def reset(self, key: CounterKey) -> None:
+        self._logs.pop(key, None)
+
     async def close(self) -> None:
         self._logs.clear()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -33,6 +33,8 @@ Call = tuple[list[str], list[int | str]]
 
 SCRIPT = files("authz.limits").joinpath("lua/hit.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+USAGE_SCRIPT = files("authz.limits").joinpath("lua/usage.lua").read_text(encoding="utf-8")
+USAGE_SHA = hashlib.sha1(USAGE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
 # A window is kept in this many quanta: a unit leaves the window at most window/100 late,
 # and a key holds at most about 100 entries whatever the limit (see docs/limits.md).
@@ -116,6 +118,34 @@ class RedisStore:
         with self._breaker.guard():
             reply = await self._run(keys, self._args(hits))
         return _result(hits, reply)
+
+    async def usage(self, hit: Hit) -> LimitState:
+        now = "" if self._clock is None else round(self._clock() * _US)
+        args = [now, hit.limit, hit.window * _US, hit.cost]
+        used, retry = await self._direct(self._usage([self.key(hit.key)], args))
+        return _state(hit, int(used), int(retry))
+
+    async def reset(self, key: CounterKey) -> None:
+        await self._direct(self._client.delete(self.key(key)))
+
+    async def _usage(self, keys: list[str], args: list[int | str]) -> list[int]:
+        try:
+            reply = await self._client.evalsha(USAGE_SHA, len(keys), *keys, *args)
+        except NoScriptError:
+            reply = await self._client.eval(USAGE_SCRIPT, len(keys), *keys, *args)
+        return cast(list[int], reply)
+
+    async def _direct(self, call: Awaitable[Any]) -> Any:
+        """An operator's command, outside the breaker and the batches, with their errors."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except TimeoutError as e:
+            raise StoreUnavailable(
+                f"{self._name} did not answer within {self._timeout * 1000:.0f} ms"
+            ) from e
+        except (RedisError, RedisClusterException, OSError) as e:
+            raise StoreUnavailable(f"{self._name} failed: {type(e).__name__}: {e}") from e
 
     async def close(self) -> None:
         await self._batcher.drain()

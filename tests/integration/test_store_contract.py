@@ -199,3 +199,30 @@ async def test_a_request_that_alone_exceeds_a_limit_never_fits(store: CounterSto
     refused = await store.hit([hit(limit=3, cost=2), hit(limit=3, cost=2)])
     assert not refused.allowed
     assert refused.retry_after is None
+
+
+async def test_usage_reads_a_budget_without_counting(store: CounterStore, clock: FakeClock) -> None:
+    fresh = await store.usage(hit(limit=3))
+    assert (fresh.used, fresh.remaining, fresh.retry_after) == (0, 3, 0)
+    for _ in range(3):
+        await store.hit([hit(limit=3)])
+        clock.now += 1
+    spent = await store.usage(hit(limit=3))
+    assert (spent.used, spent.remaining) == (3, 0)
+    # The first unit (t=0) leaves at t=10, 7 s after t=3.
+    assert spent.retry_after == pytest.approx(7)
+    assert (await store.usage(hit(limit=3))).used == 3
+    assert (await store.usage(hit(limit=3, cost=4))).retry_after is None
+    clock.now += 7
+    assert (await store.usage(hit(limit=3))).used == 2
+    assert (await store.usage(hit("other", limit=3))).used == 0
+
+
+async def test_reset_forgets_one_budget(store: CounterStore) -> None:
+    for _ in range(3):
+        await store.hit([hit(limit=3), hit("other", limit=3)])
+    await store.reset(hit().key)
+    await store.reset(hit("never-used").key)
+    assert (await store.usage(hit(limit=3))).used == 0
+    assert (await store.usage(hit("other", limit=3))).used == 3
+    assert (await store.hit([hit(limit=3)])).allowed
