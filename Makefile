@@ -46,16 +46,20 @@ fmt: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Our own gRPC API lives in proto/; generated code goes to authz/_gen with type stubs.
+# Our own gRPC API lives in proto/; generated code goes to authz/_gen with type stubs. The
+# include path maps proto/ onto authz/_gen, so generated modules import one another as
+# authz._gen.mcpauthz...; the __init__.py files there are ours. grpcio-tools is pinned in
+# pyproject.toml: another version writes other code, and proto-check would fail.
 PROTOS := $(wildcard proto/*/*/*/*.proto)
 proto: setup
-	@if [ -n "$(PROTOS)" ]; then \
-	  $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=authz/_gen \
-	    --pyi_out=authz/_gen --grpc_python_out=authz/_gen $(PROTOS); \
-	else echo "no .proto files under proto/ yet: nothing to generate"; fi
+	find authz/_gen -name '*_pb2*.py*' -delete
+	$(BIN)/python -m grpc_tools.protoc -Iauthz/_gen=proto --python_out=. --pyi_out=. \
+	  --grpc_python_out=. $(PROTOS)
 
 proto-check: proto    ## CI: the checked-in generated code must match proto/
 	git diff --exit-code -- authz/_gen
+	@test -z "$$(git status --porcelain -- authz/_gen)" || { \
+	  git status --porcelain -- authz/_gen; echo "authz/_gen: files not checked in"; exit 1; }
 
 bench: setup          ## store benchmark: our Redis store vs the limits library
 	$(BIN)/python bench/bench_store.py
