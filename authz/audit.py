@@ -186,6 +186,32 @@ class AuditLog:
             "latency_ms": round(latency * 1000, 3),
         }
 
+    def record_admin(
+        self,
+        action: str,
+        identity: str | None,
+        target: str,
+        result: str,
+        *,
+        note: str = "",
+        span: SpanContext | None = None,
+    ) -> None:
+        """One admin API call (authz/admin.py): who did what to which target, and its end."""
+        if self._stream is None:
+            return
+        valid = span is not None and span.is_valid
+        line = {
+            "time": self._clock().isoformat(timespec="milliseconds"),
+            "admin_action": action,
+            "trace_id": format_trace_id(span.trace_id) if span and valid else None,
+            "span_id": format_span_id(span.span_id) if span and valid else None,
+            "identity": identity,
+            "target": target,
+            "result": result,
+            "note": note or None,
+        }
+        self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+
     def close(self) -> None:
         if self._owned and self._stream is not None:
             self._stream.close()

@@ -162,6 +162,17 @@ class Telemetry:
         ) as span:
             yield span
 
+    @contextmanager
+    def admin(self, name: str, attributes: Mapping[str, AttributeValue]) -> Iterator[Span]:
+        """The span of one admin API call (authz/admin.py); not recording without tracing."""
+        if self._tracer is None:
+            yield trace.INVALID_SPAN
+            return
+        with self._tracer.start_as_current_span(
+            name, kind=SpanKind.SERVER, attributes=dict(attributes)
+        ) as span:
+            yield span
+
     def finish(self, span: Span, outcome: Outcome, seconds: float) -> None:
         self.metrics.record_check(outcome, seconds)
         if not span.is_recording():
