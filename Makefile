@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TS_DIR := tests/e2e/ts
 
-.PHONY: setup run test unit integration e2e lint fmt proto proto-check bench clean
+.PHONY: setup run test unit integration e2e lint fmt proto proto-check bench bench-store clean
 
 setup: $(STAMP) $(TS_DIR)/node_modules
 
@@ -61,7 +61,10 @@ proto-check: proto    ## CI: the checked-in generated code must match proto/
 	@test -z "$$(git status --porcelain -- authz/_gen)" || { \
 	  git status --porcelain -- authz/_gen; echo "authz/_gen: files not checked in"; exit 1; }
 
-bench: setup          ## store benchmark: our Redis store vs the limits library
+bench: setup          ## Envoy alone / Envoy's MCP+RBAC+local rate limit / mcp-authz (gRPC, HTTP), ~4 min
+	$(BIN)/python bench/run.py
+
+bench-store: setup    ## store benchmark: our Redis store vs the limits library
 	$(BIN)/python bench/bench_store.py
 
 clean:

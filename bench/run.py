@@ -1,0 +1,602 @@
+"""What mcp-authz costs per request, next to Envoy's own C++ filters, in one run.
+
+    .venv/bin/python bench/run.py [--seconds 3] [--runs 3] [--only grpc,http] [--no-check-only]
+
+Starts its own redis-server, Envoys (`--concurrency 1`, configs in bench/envoy/) and
+mcp-authz services on free ports, all on 127.0.0.1, and drives them with wrk (MCP
+`tools/call` POSTs from 1,000 identities in rotation, bench/mcp.lua) and h2load (raw gRPC).
+
+Through Envoy, each at 1 and 16 connections, every route answering itself (no upstream):
+  direct     Envoy alone, no filter: the ceiling
+  native     Envoy's MCP filter + RBAC (tool allow-list) + local rate limit per identity
+  noop-grpc  Envoy + a do-nothing grpc.aio ext_authz server (bench/reference.py)
+  noop-http  Envoy + a do-nothing HTTP ext_authz server on uvloop (bench/reference.py)
+  grpc    Envoy + mcp-authz over gRPC ext_authz (bench/policy.json: a per-identity Redis
+          limit counted on every call, never spent, so every answer must be 2xx)
+  http    Envoy + mcp-authz over HTTP ext_authz (`--transport http`), same policy
+Check-only (no Envoy): h2load sends CheckRequests straight to the gRPC service, wrk sends the
+MCP requests straight to the HTTP service; 1 and 2 workers where `--workers` exists.
+Exactness: 40 identities call `bench_limited` (25 an hour each) far more than 25 times at 16
+connections through each transport; the audit log must show exactly 25 allowed per identity.
+
+Each cell is the median of `--runs` runs; the service's CPU per check comes from
+/proc/PID/stat (utime + stime of the service's process tree, before and after) divided by the
+checks made. The load average is recorded next to every run: other work on the machine shows
+there. Prints a table and writes bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "examples"))
+
+from stack import (  # noqa: E402 - the launcher the demo and the e2e tests use
+    HOST,
+    Process,
+    accepts_tcp,
+    envoy_ready,
+    executable,
+    grpc_serving,
+    launch,
+)
+
+POLICY = BENCH / "policy.json"
+LUA = BENCH / "mcp.lua"
+RESULTS = BENCH / "results" / "latest.json"
+IDENTITIES = 1000
+CONNECTIONS = (1, 16)
+EXACT_IDENTITIES = 40
+EXACT_LIMIT = 25  # bench_limited's max in bench/policy.json
+CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
+TICKS = os.sysconf("SC_CLK_TCK")
+Attr = attribute_context_pb2.AttributeContext
+
+
+# --- tools and processes -------------------------------------------------------------------
+
+
+def need_tools() -> None:
+    """wrk and h2load from Debian; installed with apt-get when we are root, else asked for."""
+    missing = {"wrk": "wrk", "h2load": "nghttp2-client"}
+    packages = [pkg for tool, pkg in missing.items() if shutil.which(tool) is None]
+    if not packages:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"bench: missing {', '.join(packages)}: apt-get install {' '.join(packages)}")
+    print(f"bench: installing {', '.join(packages)} with apt-get", flush=True)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True)
+
+
+def free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and all its descendants, in seconds."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        child = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(child)
+        times[child] = (int(fields[11]) + int(fields[12])) / TICKS
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo += children.get(current, [])
+    return total
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    argv = [
+        shutil.which("redis-server") or "redis-server",
+        "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+        "--dir", str(workdir),
+    ]  # fmt: skip
+    with launch("redis-server", argv, workdir / "redis.log") as process:
+        process.wait_ready(accepts_tcp(port), "accepting connections")
+        yield f"redis://{HOST}:{port}/0"
+
+
+@dataclass
+class Service:
+    process: Process
+    port: int
+    audit: Path
+
+
+@contextmanager
+def authz(
+    workdir: Path, redis_url: str, transport: str, workers: int = 1, tag: str = ""
+) -> Iterator[Service]:
+    port = free_port()
+    audit = workdir / f"audit-{transport}{tag}.jsonl"
+    argv = [
+        executable("mcp-authz"), "serve", "--policy", str(POLICY),
+        "--listen", f"{HOST}:{port}", "--redis-url", redis_url,
+        "--identity-source", "header", "--identity-header", "x-agent-id",
+        "--audit-log", str(audit), "--log-level", "WARNING",
+    ]  # fmt: skip
+    if transport != "grpc":
+        argv += ["--transport", transport]
+    if workers != 1:
+        argv += ["--workers", str(workers)]
+    log = workdir / f"mcp-authz-{transport}{tag}.log"
+    with launch(f"mcp-authz ({transport})", argv, log) as process:
+        ready = grpc_serving(port) if transport == "grpc" else accepts_tcp(port)
+        process.wait_ready(ready, "ready")
+        # Every worker has bound the port once the first answers; give them a moment to
+        # finish importing, so the first run does not measure start-up.
+        time.sleep(0.5 * workers)
+        yield Service(process, port, audit)
+
+
+@contextmanager
+def reference(workdir: Path, transport: str) -> Iterator[Service]:
+    """bench/reference.py: the do-nothing server of `transport`."""
+    port = free_port()
+    argv = [sys.executable, str(BENCH / "reference.py"), transport, str(port)]
+    with launch(f"noop {transport}", argv, workdir / f"noop-{transport}.log") as process:
+        ready = grpc_serving(port) if transport == "grpc" else accepts_tcp(port)
+        process.wait_ready(ready, "ready")
+        yield Service(process, port, workdir / "no-audit")
+
+
+@contextmanager
+def envoy(workdir: Path, config: str, authz_port: int | None = None) -> Iterator[tuple[int, int]]:
+    """Envoy with bench/envoy/`config`.yaml on free ports; yields (listener port, its pid)."""
+    doc: dict[str, Any] = yaml.safe_load((BENCH / "envoy" / f"{config}.yaml").read_text())
+    listen, admin = free_port(), free_port()
+    doc["admin"]["address"]["socket_address"]["port_value"] = admin
+    doc["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = listen
+    for cluster in doc["static_resources"].get("clusters", []):
+        for locality in cluster["load_assignment"]["endpoints"]:
+            for endpoint in locality["lb_endpoints"]:
+                endpoint["endpoint"]["address"]["socket_address"]["port_value"] = authz_port
+    rendered = workdir / f"envoy-{config}.yaml"
+    rendered.write_text(yaml.safe_dump(doc, sort_keys=False))
+    argv = [
+        executable("envoy"), "-c", str(rendered), "--concurrency", "1",
+        "--disable-hot-restart", "--log-level", "warning",
+    ]  # fmt: skip
+    with launch(f"envoy ({config})", argv, workdir / f"envoy-{config}.log") as process:
+        process.wait_ready(envoy_ready(admin), "ready")
+        yield listen, process.popen.pid
+
+
+def supports(flag: str) -> bool:
+    """Whether this mcp-authz has a `serve` flag (the benchmark runs on older trees too)."""
+    out = subprocess.run(
+        [executable("mcp-authz"), "serve", "--help"], capture_output=True, text=True, check=False
+    )
+    return flag in out.stdout
+
+
+# --- load generators -----------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One run: what the load generator saw and what the processes spent."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non2xx: int
+    errors: int
+    service_cpu_us: float | None  # per check
+    envoy_cpu_us: float | None  # per request
+    load: float  # 1-minute load average when the run ended
+
+
+def wrk(url: str, connections: int, seconds: int, *lua_args: str) -> dict[str, Any]:
+    argv = [
+        "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s",
+        "-s", str(LUA), url, "--", *lua_args,
+    ]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("{"))
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+def measured(
+    run: Callable[[], dict[str, Any]], service: int | None, proxy: int | None
+) -> tuple[dict[str, Any], float | None, float | None]:
+    """Runs `run`, and returns its result with the CPU seconds the two process trees spent."""
+    before = [cpu_seconds(p) if p else None for p in (service, proxy)]
+    result = run()
+    after = [cpu_seconds(p) if p else None for p in (service, proxy)]
+    pairs = zip(after, before, strict=True)
+    spent = [a - b if a is not None and b is not None else None for a, b in pairs]
+    return result, spent[0], spent[1]
+
+
+def wrk_sample(
+    url: str, connections: int, seconds: float, service: int | None, proxy: int | None
+) -> Sample:
+    result, service_cpu, envoy_cpu = measured(
+        lambda: wrk(url, connections, seconds, str(IDENTITIES)), service, proxy
+    )
+    n = max(result["requests"], 1)
+    errors = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts"))
+    return Sample(
+        rps=result["requests"] / (result["duration_us"] / 1e6),
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        requests=result["requests"],
+        non2xx=result["non2xx"],
+        errors=errors,
+        service_cpu_us=None if service_cpu is None else service_cpu / n * 1e6,
+        envoy_cpu_us=None if envoy_cpu is None else envoy_cpu / n * 1e6,
+        load=loadavg(),
+    )
+
+
+def check_request_file(workdir: Path) -> Path:
+    """One gRPC-framed CheckRequest as Envoy would send it for a bench_tool call."""
+    body = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"bench_tool",'
+        b'"arguments":{"text":"hello"}}}'
+    )
+    headers = {
+        ":authority": f"{HOST}:10000", ":method": "POST", ":path": "/mcp", ":scheme": "http",
+        "accept": "application/json, text/event-stream", "content-type": "application/json",
+        "content-length": str(len(body)), "mcp-protocol-version": "2025-11-25",
+        "user-agent": "wrk", "x-agent-id": "agent-0001", "x-forwarded-proto": "http",
+        "x-request-id": "5c0ffee0-0000-4000-8000-000000000000",
+    }  # fmt: skip
+    http = Attr.HttpRequest(
+        id="1", method="POST", path="/mcp", host=f"{HOST}:10000", scheme="http",
+        protocol="HTTP/1.1", size=len(body), raw_body=body, headers=headers,
+    )  # fmt: skip
+    request = external_auth_pb2.CheckRequest(attributes=Attr(request=Attr.Request(http=http)))
+    payload = request.SerializeToString()
+    path = workdir / "check.grpc"
+    path.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)
+    return path
+
+
+def h2load_sample(port: int, data: Path, streams: int, seconds: int, service: int) -> Sample:
+    """h2load's raw gRPC calls: `streams` concurrent calls over 2 connections (Envoy keeps one
+    per worker; two let SO_REUSEPORT spread them over service workers)."""
+    argv = [
+        "h2load", "-c2", "-t1", f"-m{max(1, streams // 2)}", "-D", str(seconds),
+        "-d", str(data), "-H", "content-type: application/grpc",
+        "-H", "te: trailers", f"http://{HOST}:{port}{CHECK_PATH}",
+    ]  # fmt: skip
+    result, service_cpu, _ = measured(
+        lambda: {"out": subprocess.run(argv, capture_output=True, text=True, check=True).stdout},
+        service,
+        None,
+    )
+    out = result["out"]
+    done = int(_grab(r"requests: \d+ total, \d+ started, (\d+) done", out))
+    ok = int(_grab(r"status codes: (\d+) 2xx", out))
+    mean = _grab(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    return Sample(
+        rps=float(_grab(r"finished in \S+, ([\d.]+) req/s", out)),
+        p50_ms=_ms(mean),  # h2load reports the mean, not percentiles
+        p99_ms=float("nan"),
+        requests=done,
+        non2xx=done - ok,
+        errors=int(_grab(r"(\d+) errored", out)),
+        service_cpu_us=service_cpu / max(done, 1) * 1e6 if service_cpu is not None else None,
+        envoy_cpu_us=None,
+        load=loadavg(),
+    )
+
+
+def _grab(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"unexpected load generator output (no {pattern!r}):\n{text}")
+    return match.group(1)
+
+
+def _ms(text: str) -> float:
+    """h2load's `1.23ms` / `456us` / `1.2s` in milliseconds."""
+    number, unit = re.fullmatch(r"([\d.]+)([a-z]+)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    scenario: str
+    connections: int
+    samples: list[Sample] = field(default_factory=list)
+    # The exactness check's result, on the 16-connection cell of each transport.
+    exact: dict[str, Any] | None = None
+
+    def median(self, name: str) -> float | None:
+        values = [getattr(s, name) for s in self.samples if getattr(s, name) is not None]
+        return statistics.median(values) if values else None
+
+    def summary(self) -> dict[str, Any]:
+        names = ("rps", "p50_ms", "p99_ms", "service_cpu_us", "envoy_cpu_us", "load")
+        return {
+            "scenario": self.scenario,
+            "connections": self.connections,
+            **{name: self.median(name) for name in names},
+            "non2xx": sum(s.non2xx for s in self.samples),
+            "errors": sum(s.errors for s in self.samples),
+            "requests": sum(s.requests for s in self.samples),
+            "runs": [asdict(s) for s in self.samples],
+        }
+
+
+def repeat(cell: Cell, runs: int, sample: Callable[[], Sample]) -> Cell:
+    for _ in range(runs):
+        cell.samples.append(sample())
+    s = cell.summary()
+    print(
+        f"  {cell.scenario:<16} c={cell.connections:<3} {s['rps']:>8.0f} req/s  "
+        f"p50 {s['p50_ms']:.3f} ms  non-2xx {s['non2xx']}  load {s['load']:.2f}",
+        flush=True,
+    )
+    return cell
+
+
+def through_envoy(
+    workdir: Path, name: str, config: str, args: argparse.Namespace, service: Service | None
+) -> list[Cell]:
+    with envoy(workdir, config, service.port if service else None) as (port, envoy_pid):
+        url = f"http://{HOST}:{port}/mcp"
+        wrk(url, 16, 1, str(IDENTITIES))  # warm-up: connections, caches, JIT-free Python
+        service_pid = service.process.popen.pid if service else None
+        cells = [
+            repeat(
+                Cell(name, c),
+                args.runs,
+                lambda c=c: wrk_sample(url, c, args.seconds, service_pid, envoy_pid),
+            )
+            for c in CONNECTIONS
+        ]
+        if service is not None and service.audit.name != "no-audit":
+            cells[-1].exact = exact(url, service, name)
+            print(f"  {name}: exactness {cells[-1].exact}", flush=True)
+        return cells
+
+
+def exact(url: str, service: Service, name: str) -> dict[str, Any]:
+    """Many more calls than the limit from each of 40 identities, at 16 connections; the
+    audit log must show exactly the limit allowed per identity."""
+    prefix = f"exact-{name}-{time.monotonic_ns()}"
+    result = wrk(url, 16, 2, str(EXACT_IDENTITIES), "bench_limited", "/mcp", prefix)
+    time.sleep(0.3)  # the audit file is line-buffered, but let the last lines land
+    allowed: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
+    for line in service.audit.read_text().splitlines():
+        record = json.loads(line)
+        identity = record.get("identity") or ""
+        if not identity.startswith(prefix):
+            continue
+        (allowed if record["decision"] == "allowed" else refused)[identity] += 1
+    sent = result["requests"]
+    ok = (
+        len(allowed) == EXACT_IDENTITIES
+        and set(allowed.values()) == {EXACT_LIMIT}
+        and all(refused[i] > 0 for i in allowed)
+    )
+    return {
+        "ok": ok,
+        "sent": sent,
+        "identities": len(allowed),
+        "allowed_per_identity": sorted(set(allowed.values())),
+        "refused": sum(refused.values()),
+        "non2xx": result["non2xx"],
+    }
+
+
+def check_only(
+    workdir: Path, redis_url: str, args: argparse.Namespace, transports: list[str]
+) -> list[Cell]:
+    cells: list[Cell] = []
+    workers = [1, 2] if supports("--workers") else [1]
+    data = check_request_file(workdir)
+    for transport in transports:
+        for n in workers:
+            tag = f"-check-{n}w"
+            with authz(workdir, redis_url, transport, n, tag) as service:
+                pid = service.process.popen.pid
+                name = f"check {transport} {n}w"
+                if transport == "grpc":
+                    h2load_sample(service.port, data, 16, 1, pid)  # warm-up
+
+                    def sample(service: Service = service, pid: int = pid) -> Sample:
+                        return h2load_sample(service.port, data, 16, args.seconds, pid)
+
+                else:
+                    url = f"http://{HOST}:{service.port}/check/mcp"
+                    wrk(url, 16, 1, str(IDENTITIES))
+
+                    def sample(url: str = url, pid: int = pid) -> Sample:
+                        return wrk_sample(url, 16, args.seconds, pid, None)
+
+                cells.append(repeat(Cell(name, 16), args.runs, sample))
+    return cells
+
+
+# --- targets -------------------------------------------------------------------------------
+
+
+def targets(table: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    found: list[dict[str, Any]] = []
+    native = table.get(("native", 16), {}).get("rps")
+    direct_p50 = table.get(("direct", 1), {}).get("p50_ms")
+    for t in ("grpc", "http"):
+        if (t, 1) not in table or (t, 16) not in table:
+            continue
+        one, many = table[(t, 1)], table[(t, 16)]
+        ratio = many["rps"] / native if native else None
+        added = one["p50_ms"] - direct_p50 if direct_p50 is not None else None
+        cpu, cpu_goal = many["service_cpu_us"], 200 if t == "grpc" else 100
+        p99 = many["p99_ms"]
+        failed = one["non2xx"] + many["non2xx"] + one["errors"] + many["errors"]
+        found += [
+            _target(f"{t}: req/s at 16 conns / native", ratio, ">= 0.8", _at_least(ratio, 0.8)),
+            _target(f"{t}: added p50 at 1 conn (ms)", added, "<= 0.3", _at_most(added, 0.3)),
+            _target(f"{t}: p99 at 16 conns (ms)", p99, "<= 5", _at_most(p99, 5)),
+            _target(f"{t}: service CPU/check (us)", cpu, f"<= {cpu_goal}", _at_most(cpu, cpu_goal)),
+            _target(f"{t}: non-2xx or errors under load", failed, "= 0", failed == 0),
+        ]  # fmt: skip
+        if many.get("exact") is not None:
+            ok = many["exact"]["ok"]
+            found.append(_target(f"{t}: limits exact under load", ok, "true", ok))
+    return found
+
+
+def _at_least(value: float | None, goal: float) -> bool:
+    return value is not None and value >= goal
+
+
+def _at_most(value: float | None, goal: float) -> bool:
+    return value is not None and value <= goal
+
+
+def _target(name: str, value: Any, goal: str, met: bool) -> dict[str, Any]:
+    return {"target": name, "value": value, "goal": goal, "met": met}
+
+
+def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None:
+    head = (
+        f"{'scenario':<16} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'non-2xx':>7} {'svc us/chk':>10} {'envoy us/rq':>11} {'load':>5}"
+    )
+    print("\n" + head + "\n" + "-" * len(head))
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None or math.isnan(v) else format(v, spec)
+
+    for r in rows:
+        print(
+            f"{r['scenario']:<16} {r['connections']:>5} {fmt(r['rps'], '.0f'):>8} "
+            f"{fmt(r['p50_ms'], '.3f'):>7} {fmt(r['p99_ms'], '.3f'):>7} {r['non2xx']:>7} "
+            f"{fmt(r['service_cpu_us'], '.0f'):>10} {fmt(r['envoy_cpu_us'], '.0f'):>11} "
+            f"{fmt(r['load'], '.2f'):>5}"
+        )
+    print()
+    for g in goals:
+        value = g["value"]
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        print(f"  [{'met' if g['met'] else 'NOT met'}] {g['target']}: {shown} (goal {g['goal']})")
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=3, help="length of one run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per cell (the median is kept)")
+    parser.add_argument("--only", default="", help="comma-separated scenarios to run")
+    parser.add_argument("--no-check-only", action="store_true", help="skip the Check-only tests")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    need_tools()
+    wanted = {s for s in args.only.split(",") if s}
+    transports = ["grpc"] + (["http"] if supports("--transport") else [])
+    started = time.time()
+    load_before = Path("/proc/loadavg").read_text().strip()
+    cells: list[Cell] = []
+    with tempfile.TemporaryDirectory(prefix="mcp-authz-bench-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        redis_url = stack.enter_context(redis_server(workdir))
+        for name in ("direct", "native", "noop-grpc", "noop-http", *transports):
+            if wanted and name not in wanted:
+                continue
+            print(f"{name}:", flush=True)
+            if name in ("direct", "native"):
+                cells += through_envoy(workdir, name, name, args, None)
+                continue
+            transport = name.removeprefix("noop-")
+            with (
+                reference(workdir, transport)
+                if name.startswith("noop-")
+                else authz(workdir, redis_url, name)
+            ) as service:
+                cells += through_envoy(workdir, name, f"authz-{transport}", args, service)
+        if not args.no_check_only:
+            print("check-only:", flush=True)
+            chosen = [t for t in transports if not wanted or t in wanted]
+            cells += check_only(workdir, redis_url, args, chosen)
+    rows = []
+    table: dict[tuple[str, int], dict[str, Any]] = {}
+    for cell in cells:
+        row = cell.summary()
+        row["exact"] = cell.exact
+        rows.append(row)
+        table[(cell.scenario, cell.connections)] = row
+    goals = targets(table)
+    print_table(rows, goals)
+    report = {
+        "command": "make bench (.venv/bin/python bench/run.py " + " ".join(sys.argv[1:]) + ")",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_seconds": round(time.time() - started, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_before": load_before,
+            "loadavg_after": Path("/proc/loadavg").read_text().strip(),
+        },
+        "seconds_per_run": args.seconds,
+        "runs_per_cell": args.runs,
+        "rows": rows,
+        "targets": goals,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
