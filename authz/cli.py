@@ -1,4 +1,4 @@
-"""The `mcp-authz` command: serve, validate, check.
+"""The `mcp-authz` command: serve, validate, check, and the admin API's commands.
 
 Every `serve` flag has an environment twin, MCP_AUTHZ_<FLAG> (e.g. --redis-url and
 MCP_AUTHZ_REDIS_URL); a flag given on the command line wins over the environment.
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from authz.admin_client import add_commands as add_admin_commands
 from authz.decision import FailMode
 from authz.identity import ANONYMOUS, Caller
 from authz.mcp import McpCall
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--claims", default="{}", help="verified JWT claims as a JSON object")
     check.add_argument("--json", action="store_true", help="print the explanation as JSON")
     check.set_defaults(handler=_check)
+    add_admin_commands(commands)
     return parser
 
 
@@ -102,6 +104,13 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         type=Path,
     )
     opt("--metrics-listen", "host:port of a Prometheus /metrics endpoint (default: none)")
+    opt("--admin-listen", "host:port of the admin gRPC API (default: none; needs a tokens file)")
+    opt("--admin-tokens-file", "admin API tokens: lines of TOKEN IDENTITY [claim=value,...]")
+    opt("--admin-tls-cert", "the admin API's TLS certificate (with --admin-tls-key)", type=Path)
+    opt("--admin-tls-key", "the admin API's TLS key", type=Path)
+    opt("--admin-tls-client-ca", "require admin clients' certificates from this CA", type=Path)
+    opt("--approval-webhook", "URL POSTed every new approval request (default: none)")
+    opt("--approval-webhook-secret-file", "key signing the webhook's POSTs (HMAC)", type=Path)
     opt(
         "--reload-interval",
         "seconds between looks at the policy file; 0 = never reload",
@@ -137,6 +146,13 @@ def _serve(args: argparse.Namespace) -> int:
             audit_args=tuple(a.strip() for a in args.audit_args.split(",") if a.strip()),
             audit_hash_key_file=args.audit_hash_key_file,
             metrics_listen=args.metrics_listen or None,
+            admin_listen=args.admin_listen or None,
+            admin_tokens_file=Path(args.admin_tokens_file) if args.admin_tokens_file else None,
+            admin_tls_cert=args.admin_tls_cert,
+            admin_tls_key=args.admin_tls_key,
+            admin_tls_client_ca=args.admin_tls_client_ca,
+            approval_webhook=args.approval_webhook or None,
+            approval_webhook_secret_file=args.approval_webhook_secret_file,
             reload_interval=float(args.reload_interval),
             grace=float(args.grace),
             log_level=args.log_level,

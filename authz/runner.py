@@ -6,8 +6,14 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import grpc
+
+from authz.admin import AdminServicer, AdminTls, AdminTokens, create_admin_server, is_loopback
+from authz.approvals.base import Approval, ApprovalStore
+from authz.approvals.memory import MemoryApprovals
+from authz.approvals.webhook import ApprovalWebhook, read_secret
 from authz.audit import ArgumentAudit, AuditLog
 from authz.decision import Decider
 from authz.identity import Anonymous, FromHeader, FromJwtClaim, FromPeerPrincipal, IdentitySource
@@ -48,6 +54,57 @@ def build_store(settings: Settings) -> CounterStore:
     )
 
 
+def build_approvals(settings: Settings) -> ApprovalStore:
+    """Approvals live with the counters: in Redis when there is one, else in this process."""
+    if settings.redis_url is None:
+        return MemoryApprovals()
+    from authz.approvals.redis import RedisApprovals  # noqa: PLC0415 - only with Redis
+
+    return RedisApprovals.from_url(
+        settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+    )
+
+
+def build_webhook(settings: Settings) -> ApprovalWebhook | None:
+    if settings.approval_webhook is None:
+        return None
+    secret_file = settings.approval_webhook_secret_file
+    secret = read_secret(secret_file) if secret_file else None
+    return ApprovalWebhook(settings.approval_webhook, secret)
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    listen: str
+    tokens: AdminTokens
+    tls: AdminTls | None
+
+
+def build_admin(settings: Settings) -> AdminConfig | None:
+    """The admin API's settings, checked now: it needs a tokens file, and TLS needs both a
+    certificate and its key."""
+    listen = settings.admin_listen
+    if listen is None:
+        return None
+    if settings.admin_tokens_file is None:
+        raise ValueError(
+            f"--admin-listen {listen} needs --admin-tokens-file: the admin API approves "
+            "calls and resets budgets, and never serves anyone it cannot identify"
+        )
+    tokens = AdminTokens.load(settings.admin_tokens_file)
+    cert, key, ca = settings.admin_tls_cert, settings.admin_tls_key, settings.admin_tls_client_ca
+    if (cert is None) != (key is None) or (ca is not None and cert is None):
+        raise ValueError("admin TLS needs --admin-tls-cert and --admin-tls-key together")
+    tls = AdminTls(cert, key, ca) if cert is not None and key is not None else None
+    if tls is None and not is_loopback(listen):
+        log.warning(
+            "the admin API on %s is not loopback and has no TLS: tokens cross the network in "
+            "clear (use --admin-tls-cert/--admin-tls-key, or a mesh that encrypts)",
+            listen,
+        )
+    return AdminConfig(listen, tokens, tls)
+
+
 @dataclass
 class Gateway:
     settings: Settings
@@ -55,18 +112,33 @@ class Gateway:
     store: CounterStore
     audit: AuditLog
     telemetry: Telemetry
+    approvals: ApprovalStore = field(default_factory=MemoryApprovals)
+    webhook: ApprovalWebhook | None = None
+    admin: AdminConfig | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
         # Load first: a bad policy must stop start-up before anything else is opened.
         policy = PolicyHolder(load_policy(settings.policy))
+        admin, webhook = build_admin(settings), build_webhook(settings)
         arguments = ArgumentAudit.configure(settings.audit_args, settings.audit_hash_key_file)
         # The only read of the OTEL_* variables (the SDK reads the rest inside start()).
         otel = OtelSettings.from_env(os.environ)
         telemetry = Telemetry.start(otel, PolicyTools(policy), settings.metrics_listen)
         backend = "memory" if settings.redis_url is None else "redis"
         store = telemetry.observe(build_store(settings), backend)
-        return cls(settings, policy, store, AuditLog.open(settings.audit_log, arguments), telemetry)
+        audit = AuditLog.open(settings.audit_log, arguments)
+        approvals = build_approvals(settings)
+        return cls(
+            settings,
+            policy,
+            store,
+            audit,
+            telemetry,
+            approvals=approvals,
+            webhook=webhook,
+            admin=admin,
+        )
 
     def decider(self) -> Decider:
         return Decider(
@@ -75,7 +147,38 @@ class Gateway:
             self.store,
             self.settings.fail_mode,
             jwt_payload_key=self.settings.jwt_payload_key,
+            approvals=self.approvals,
+            on_approval_requested=self._announce,
         )
+
+    def _announce(self, approval: Approval) -> None:
+        log.info(
+            "approval %s requested: %s by %s (rule %s)",
+            approval.id,
+            approval.request.tool,
+            approval.request.identity,
+            approval.request.rule,
+        )
+        if self.webhook is not None:
+            self.webhook.notify(approval)
+
+    async def serve_admin(self) -> tuple[grpc.aio.Server, int] | None:
+        """The admin API, when configured: on its own port, started."""
+        if self.admin is None:
+            return None
+        servicer = AdminServicer(
+            self.admin.tokens,
+            self.approvals,
+            self.store,
+            self.policy,
+            self.audit,
+            telemetry=self.telemetry,
+        )
+        server, port = await create_admin_server(self.admin.listen, servicer, self.admin.tls)
+        log.info(
+            "serving the admin API on port %d (%s)", port, "TLS" if self.admin.tls else "plaintext"
+        )
+        return server, port
 
     async def serve(self) -> None:
         server, port, health = await create_server(
@@ -89,6 +192,9 @@ class Gateway:
             self.settings.fail_mode.value,
             self.settings.identity_source.value,
         )
+        admin = await self.serve_admin()
+        if self.webhook is not None:
+            self.webhook.start()
         watcher = PolicyWatcher(
             self.settings.policy, self.policy, self.telemetry.metrics.record_reload
         )
@@ -108,6 +214,11 @@ class Gateway:
         # Health goes NOT_SERVING first so probes stop routing new work here while we drain.
         await health.enter_graceful_shutdown()
         await server.stop(self.settings.grace)
+        if admin is not None:
+            await admin[0].stop(self.settings.grace)
+        if self.webhook is not None:
+            await self.webhook.close(grace=self.settings.grace)
         await self.store.close()
+        await self.approvals.close()
         self.audit.close()
         self.telemetry.shutdown()

@@ -36,6 +36,17 @@ class Settings:
     audit_hash_key_file: Path | None = None
     # host:port of the Prometheus scrape endpoint; None serves none.
     metrics_listen: str | None = None
+    # host:port of the admin gRPC API (approvals, counters, policy status); None serves none.
+    admin_listen: str | None = None
+    # Lines of `TOKEN IDENTITY [claim=value,...]`: who may call the admin API, as whom.
+    admin_tokens_file: Path | None = None
+    # TLS for the admin API; with a client CA, clients must present a certificate (mTLS).
+    admin_tls_cert: Path | None = None
+    admin_tls_key: Path | None = None
+    admin_tls_client_ca: Path | None = None
+    # POSTed a JSON body for every new approval request; the secret signs it (HMAC-SHA256).
+    approval_webhook: str | None = None
+    approval_webhook_secret_file: Path | None = None
     # Seconds between looks at the policy file for a new version; 0 turns reloading off.
     reload_interval: float = 2.0
     grace: float = 5.0
