@@ -181,6 +181,8 @@ class Gateway:
         return server, port
 
     async def serve(self) -> None:
+        # The admin API first: once the ext_authz port reports SERVING, both are up.
+        admin = await self.serve_admin()
         server, port, health = await create_server(
             self.settings.listen, self.decider(), self.audit, self.telemetry
         )
@@ -192,7 +194,6 @@ class Gateway:
             self.settings.fail_mode.value,
             self.settings.identity_source.value,
         )
-        admin = await self.serve_admin()
         if self.webhook is not None:
             self.webhook.start()
         watcher = PolicyWatcher(
