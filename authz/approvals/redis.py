@@ -10,26 +10,22 @@ fail closed). The connection comes from the counter store's `connect`, one URL s
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
-from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisClusterException, RedisError
 
 from authz.approvals.base import Approval, ApprovalError, Request
 from authz.approvals.memory import new_approval_id
-from authz.limits.base import StoreUnavailable
 from authz.limits.breaker import CircuitBreaker
-from authz.limits.redis import Client, connect, describe
+from authz.limits.redis import connect, describe
+from authz.limits.scripts import REDIS_FAILURES, Client, FirstCallAlone, Script, unavailable
 
 Clock = Callable[[], float]
 
-SCRIPT = files("authz.approvals").joinpath("lua/approvals.lua").read_text(encoding="utf-8")
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+SCRIPT = Script("authz.approvals", "approvals.lua")
 
 # What `new_approval_id` makes; anything else cannot name a record and is never looked up.
 _ID = re.compile(r"apr_[A-Za-z0-9_-]{1,64}")
@@ -67,10 +63,7 @@ class RedisApprovals:
         self._clock = clock
         self._owned = tuple(owned)
         self._name = name
-        # redis-py's cluster client fails when its very first commands run concurrently
-        # (each starts discovering the cluster): the first command goes alone.
-        self._connected = False
-        self._connecting = asyncio.Lock()
+        self._first = FirstCallAlone()
 
     @classmethod
     def from_url(
@@ -153,30 +146,9 @@ class RedisApprovals:
         with self._breaker.guard():
             try:
                 async with asyncio.timeout(self._timeout):
-                    return await self._eval(keys, argv)
-            except TimeoutError as e:
-                raise StoreUnavailable(
-                    f"{self._name} did not answer within {self._timeout * 1000:.0f} ms"
-                ) from e
-            except ReadOnlyError as e:
-                raise StoreUnavailable(f"{self._name} is a read-only replica: {e}") from e
-            except (RedisError, RedisClusterException, OSError) as e:
-                raise StoreUnavailable(f"{self._name} failed: {type(e).__name__}: {e}") from e
-
-    async def _eval(self, keys: list[str], argv: list[int | str]) -> Any:
-        if self._connected:
-            return await self._evalsha(keys, argv)
-        async with self._connecting:
-            reply = await self._evalsha(keys, argv)
-            self._connected = True
-            return reply
-
-    async def _evalsha(self, keys: list[str], argv: list[int | str]) -> Any:
-        try:
-            return await self._client.evalsha(SCRIPT_SHA, len(keys), *keys, *argv)
-        except NoScriptError:
-            # A restarted or flushed Redis has forgotten the script; EVAL runs and caches it.
-            return await self._client.eval(SCRIPT, len(keys), *keys, *argv)
+                    return await self._first.run(SCRIPT, self._client, keys, argv)
+            except REDIS_FAILURES as e:
+                raise unavailable(self._name, self._timeout, e) from e
 
 
 def _request_dict(request: Request) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from importlib.resources import files
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -22,19 +21,18 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisClusterException, RedisError
+from redis.exceptions import ReadOnlyError
 
-from authz.limits.base import CounterKey, Hit, HitResult, LimitState, StoreUnavailable
+from authz.limits.base import CounterKey, Hit, HitResult, LimitState
 from authz.limits.breaker import CircuitBreaker
+from authz.limits.scripts import REDIS_FAILURES, Client, FirstCallAlone, Script, unavailable
 
 Clock = Callable[[], float]
-Client = Redis | RedisCluster
+
 Call = tuple[list[str], list[int | str]]
 
-SCRIPT = files("authz.limits").joinpath("lua/hit.lua").read_text(encoding="utf-8")
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
-USAGE_SCRIPT = files("authz.limits").joinpath("lua/usage.lua").read_text(encoding="utf-8")
-USAGE_SHA = hashlib.sha1(USAGE_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+HIT = Script("authz.limits", "hit.lua")
+USAGE = Script("authz.limits", "usage.lua")
 
 # A window is kept in this many quanta: a unit leaves the window at most window/100 late,
 # and a key holds at most about 100 entries whatever the limit (see docs/limits.md).
@@ -129,23 +127,15 @@ class RedisStore:
         await self._direct(self._client.delete(self.key(key)))
 
     async def _usage(self, keys: list[str], args: list[int | str]) -> list[int]:
-        try:
-            reply = await self._client.evalsha(USAGE_SHA, len(keys), *keys, *args)
-        except NoScriptError:
-            reply = await self._client.eval(USAGE_SCRIPT, len(keys), *keys, *args)
-        return cast(list[int], reply)
+        return cast(list[int], await USAGE.run(self._client, keys, args))
 
     async def _direct(self, call: Awaitable[Any]) -> Any:
         """An operator's command, outside the breaker and the batches, with their errors."""
         try:
             async with asyncio.timeout(self._timeout):
                 return await call
-        except TimeoutError as e:
-            raise StoreUnavailable(
-                f"{self._name} did not answer within {self._timeout * 1000:.0f} ms"
-            ) from e
-        except (RedisError, RedisClusterException, OSError) as e:
-            raise StoreUnavailable(f"{self._name} failed: {type(e).__name__}: {e}") from e
+        except REDIS_FAILURES as e:
+            raise unavailable(self._name, self._timeout, e) from e
 
     async def close(self) -> None:
         await self._batcher.drain()
@@ -165,15 +155,10 @@ class RedisStore:
         # The batch that carries this request gives up after the timeout, so no timer here.
         try:
             return await self._batcher.submit(keys, args)
-        except TimeoutError as e:
-            raise StoreUnavailable(
-                f"{self._name} did not answer within {self._timeout * 1000:.0f} ms"
-            ) from e
-        except ReadOnlyError as e:
-            await self._drop_connections()
-            raise StoreUnavailable(f"{self._name} is a read-only replica: {e}") from e
-        except (RedisError, RedisClusterException, OSError) as e:
-            raise StoreUnavailable(f"{self._name} failed: {type(e).__name__}: {e}") from e
+        except REDIS_FAILURES as e:
+            if isinstance(e, ReadOnlyError):
+                await self._drop_connections()
+            raise unavailable(self._name, self._timeout, e) from e
 
     async def _drop_connections(self) -> None:
         # A primary demoted behind a stable address (DNS failover) keeps our connections;
@@ -196,6 +181,7 @@ class _Batcher:
     def __init__(self, client: Client, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
+        self._first = FirstCallAlone()
         self._queue: list[tuple[Call, asyncio.Future[list[int]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -233,12 +219,7 @@ class _Batcher:
                 future.set_result([int(v) for v in reply])
 
     async def _call(self, keys: list[str], args: list[int | str]) -> list[list[int]]:
-        try:
-            replies = await self._client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)
-        except NoScriptError:
-            # A restarted or flushed Redis has forgotten the script; EVAL runs and caches it.
-            replies = await self._client.eval(SCRIPT, len(keys), *keys, *args)
-        return cast(list[list[int]], replies)
+        return cast(list[list[int]], await self._first.run(HIT, self._client, keys, args))
 
 
 def _result(hits: Sequence[Hit], reply: list[int]) -> HitResult:
