@@ -4,7 +4,7 @@ Every transition is one run of `lua/approvals.lua` (called by EVALSHA), so two r
 can never both create a request for one call, nor both use one approval. Records expire with
 their request's lifetime (PX), time comes from the Redis server, and every Redis failure is
 raised as StoreUnavailable: the decision core then refuses approval-gated calls (they always
-fail closed). The connection comes from the counter store's `connect`, one URL syntax for both.
+fail closed). Connections, scripts and failures are handled as for the counters (`redis_client`).
 """
 
 from __future__ import annotations
@@ -12,80 +12,39 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
-
-from redis.asyncio import Redis
 
 from authz.approvals.base import Approval, ApprovalError, Request
 from authz.approvals.memory import new_approval_id
-from authz.limits.breaker import CircuitBreaker
-from authz.limits.redis import connect, describe
-from authz.limits.scripts import REDIS_FAILURES, Client, FirstCallAlone, Script, unavailable
-
-Clock = Callable[[], float]
+from authz.limits.redis_client import (
+    _US,
+    REDIS_FAILURES,
+    FirstCallAlone,
+    RedisBacked,
+    Script,
+    unavailable,
+)
 
 SCRIPT = Script("authz.approvals", "approvals.lua")
 
 # What `new_approval_id` makes; anything else cannot name a record and is never looked up.
 _ID = re.compile(r"apr_[A-Za-z0-9_-]{1,64}")
-_US = 1_000_000
 
 
-class RedisApprovals:
-    """An ApprovalStore on Redis (standalone, Sentinel or Cluster).
+class RedisApprovals(RedisBacked):
+    """An ApprovalStore on Redis (standalone, Sentinel or Cluster)."""
 
-    `clock` is for tests only: production leaves it None so that time comes from the Redis
-    server and replicas with skewed clocks agree on when a request expires.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        *,
-        prefix: str = "mcp-authz",
-        timeout: float = 0.05,
-        breaker: CircuitBreaker | None = None,
-        clock: Clock | None = None,
-        owned: Sequence[Redis] = (),
-        name: str = "Redis",
-    ) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"Redis key prefix {prefix!r} must be non-empty and free of braces")
-        if timeout <= 0:
-            raise ValueError("the Redis timeout must be positive")
-        self._client = client
+    @property
+    def _keys(self) -> str:
         # One hash tag for every approval key (apart from the counters' one), so each
         # operation's keys, declared or found through each other, sit on one cluster slot.
-        self._keys = f"{{{prefix}:approvals}}:v1:"
-        self._timeout = timeout
-        self._breaker = breaker or CircuitBreaker()
-        self._clock = clock
-        self._owned = tuple(owned)
-        self._name = name
-        self._first = FirstCallAlone()
+        return f"{{{self._prefix}:approvals}}:v1:"
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        prefix: str = "mcp-authz",
-        timeout: float = 0.05,
-        breaker: CircuitBreaker | None = None,
-        clock: Clock | None = None,
-    ) -> RedisApprovals:
-        """Any URL the counter store takes; nothing is contacted until the first call."""
-        client, owned = connect(url, timeout)
-        return cls(
-            client,
-            prefix=prefix,
-            timeout=timeout,
-            breaker=breaker,
-            clock=clock,
-            owned=owned,
-            name=describe(url),
-        )
+    @cached_property
+    def _first(self) -> FirstCallAlone:
+        return FirstCallAlone()
 
     async def request(self, request: Request, lifetime: int) -> tuple[Approval, bool]:
         approval_id = new_approval_id()
@@ -126,9 +85,7 @@ class RedisApprovals:
         return [_approval(fields) for fields in records]
 
     async def close(self) -> None:
-        await self._client.aclose()
-        for client in self._owned:
-            await client.aclose()
+        await self._close_clients()
 
     @property
     def _pending(self) -> str:
@@ -141,8 +98,7 @@ class RedisApprovals:
         return f"{self._keys}id:{approval_id}"
 
     async def _run(self, op: str, keys: list[str], *args: int | str) -> Any:
-        now = "" if self._clock is None else round(self._clock() * _US)
-        argv = [op, now, self._keys, *args]
+        argv = [op, self._now(), self._keys, *args]
         with self._breaker.guard():
             try:
                 async with asyncio.timeout(self._timeout):

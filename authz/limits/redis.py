@@ -12,22 +12,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
+from functools import cached_property
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import ReadOnlyError
 
 from authz.limits.base import CounterKey, Hit, HitResult, LimitState
-from authz.limits.breaker import CircuitBreaker
-from authz.limits.scripts import REDIS_FAILURES, Client, FirstCallAlone, Script, unavailable
-
-Clock = Callable[[], float]
+from authz.limits.redis_client import (
+    _US,
+    REDIS_FAILURES,
+    Client,
+    FirstCallAlone,
+    RedisBacked,
+    Script,
+    unavailable,
+)
 
 Call = tuple[list[str], list[int | str]]
 
@@ -37,70 +38,18 @@ USAGE = Script("authz.limits", "usage.lua")
 # A window is kept in this many quanta: a unit leaves the window at most window/100 late,
 # and a key holds at most about 100 entries whatever the limit (see docs/limits.md).
 QUANTA_PER_WINDOW = 100
-# Query options of cluster and Sentinel URLs (plain URLs take all of redis-py's).
-TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
 # Requests per script call: bounds how long one call holds Redis (about 10 us each).
 MAX_BATCH = 128
 # Longer encoded keys are hashed, so an agent-chosen subject cannot make key names huge.
 MAX_NAME = 200
-_US = 1_000_000
 
 
-class RedisStore:
-    """A CounterStore on Redis (standalone, Sentinel or Cluster) that fails fast when it is down.
+class RedisStore(RedisBacked):
+    """A CounterStore on Redis (standalone, Sentinel or Cluster) that fails fast when it is down."""
 
-    `clock` is for tests only: production leaves it None so that time comes from the Redis
-    server and replicas with skewed clocks agree.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        *,
-        prefix: str = "mcp-authz",
-        timeout: float = 0.05,
-        breaker: CircuitBreaker | None = None,
-        clock: Clock | None = None,
-        owned: Sequence[Redis] = (),
-        name: str = "Redis",
-    ) -> None:
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"Redis key prefix {prefix!r} must be non-empty and free of braces")
-        if timeout <= 0:
-            raise ValueError("the Redis timeout must be positive")
-        self._client = client
-        self._prefix = prefix
-        self._timeout = timeout
-        self._breaker = breaker or CircuitBreaker()
-        self._clock = clock
-        self._owned = tuple(owned)
-        self._name = name
-        self._batcher = _Batcher(client, timeout)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        prefix: str = "mcp-authz",
-        timeout: float = 0.05,
-        breaker: CircuitBreaker | None = None,
-        clock: Clock | None = None,
-    ) -> RedisStore:
-        """Build from redis://, rediss://, unix://, redis[s]+cluster:// or redis[s]+sentinel://.
-
-        Nothing is contacted here (the first hit connects), but a malformed URL fails now.
-        """
-        client, owned = connect(url, timeout)
-        return cls(
-            client,
-            prefix=prefix,
-            timeout=timeout,
-            breaker=breaker,
-            clock=clock,
-            owned=owned,
-            name=f"Redis at {_redact(url)}",
-        )
+    @cached_property
+    def _batcher(self) -> _Batcher:
+        return _Batcher(self._client, self._timeout)
 
     def key(self, key: CounterKey) -> str:
         """The Redis key of a counter; every key shares the `{prefix}` hash tag."""
@@ -118,8 +67,7 @@ class RedisStore:
         return _result(hits, reply)
 
     async def usage(self, hit: Hit) -> LimitState:
-        now = "" if self._clock is None else round(self._clock() * _US)
-        args = [now, hit.limit, hit.window * _US, hit.cost]
+        args = [self._now(), hit.limit, hit.window * _US, hit.cost]
         used, retry = await self._direct(self._usage([self.key(hit.key)], args))
         return _state(hit, int(used), int(retry))
 
@@ -139,13 +87,10 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._batcher.drain()
-        await self._client.aclose()
-        for client in self._owned:
-            await client.aclose()
+        await self._close_clients()
 
     def _args(self, hits: Sequence[Hit]) -> list[int | str]:
-        now = "" if self._clock is None else round(self._clock() * _US)
-        args: list[int | str] = [now, len(hits)]
+        args: list[int | str] = [self._now(), len(hits)]
         for h in hits:
             window = h.window * _US
             args += [h.limit, window, h.cost, max(1, window // QUANTA_PER_WINDOW)]
@@ -233,102 +178,3 @@ def _result(hits: Sequence[Hit], reply: list[int]) -> HitResult:
 def _state(h: Hit, used: int, retry: int) -> LimitState:
     wait = None if retry < 0 else retry / _US
     return LimitState(hit=h, used=used, remaining=max(h.limit - used, 0), retry_after=wait)
-
-
-def connect(url: str, timeout: float) -> tuple[Client, tuple[Redis, ...]]:
-    """A client for `url`, and any helper clients (Sentinels) to close with it."""
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        # One immediate retry replaces a pooled connection that a Redis restart closed;
-        # anything slower would not fit in the timeout anyway.
-        "retry": Retry(NoBackoff(), 1),
-    }
-    scheme = urlsplit(url).scheme
-    if scheme in ("redis", "rediss", "unix"):
-        return Redis.from_url(url, **options), ()
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        return _cluster(url, options), ()
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        return _sentinel(url, options)
-    raise ValueError(
-        f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix://, "
-        "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
-    )
-
-
-def _cluster(url: str, options: dict[str, Any]) -> RedisCluster:
-    parts = urlsplit(url)
-    if parts.path.strip("/"):
-        raise ValueError(f"a cluster URL takes no database: {_redact(url)}")
-    tls = _query(url, TLS_OPTIONS)
-    auth, nodes = _hosts(parts.netloc, default_port=6379)
-    return RedisCluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-        ssl=parts.scheme.startswith("rediss"),
-        **tls,
-        **auth,
-        **options,
-    )
-
-
-def _sentinel(url: str, options: dict[str, Any]) -> tuple[Redis, tuple[Redis, ...]]:
-    parts = urlsplit(url)
-    path = [p for p in parts.path.split("/") if p]
-    if len(path) not in (1, 2) or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError(f"a Sentinel URL ends in /SERVICE or /SERVICE/DB: {_redact(url)}")
-    tls = _query(url, TLS_OPTIONS | {"sentinel_password"})
-    sentinel_password = tls.pop("sentinel_password", None)
-    auth, nodes = _hosts(parts.netloc, default_port=26379)
-    tls["ssl"] = parts.scheme.startswith("rediss")
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-        nodes,
-        sentinel_kwargs={**options, **tls, "password": sentinel_password},
-        **tls,
-        **auth,
-        **options,
-    )
-    db = int(path[1]) if len(path) == 2 else 0
-    return sentinel.master_for(path[0], db=db), tuple(sentinel.sentinels)
-
-
-def _query(url: str, allowed: set[str]) -> dict[str, Any]:
-    query = {name: values[-1] for name, values in parse_qs(urlsplit(url).query).items()}
-    unknown = set(query) - allowed
-    if unknown:
-        raise ValueError(
-            f"unknown URL options {sorted(unknown)} (known: {sorted(allowed)}): {_redact(url)}"
-        )
-    return query
-
-
-def _hosts(netloc: str, default_port: int) -> tuple[dict[str, Any], list[tuple[str, int]]]:
-    """Credentials and the host:port list of a multi-host URL (IPv6 hosts in brackets)."""
-    userinfo, _, hostlist = netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    auth: dict[str, Any] = {
-        k: unquote(v) for k, v in (("username", user), ("password", password)) if v
-    }
-    nodes = [_host_port(h, default_port) for h in hostlist.split(",") if h]
-    if not nodes:
-        raise ValueError("a cluster or Sentinel URL needs at least one host")
-    return auth, nodes
-
-
-def _host_port(text: str, default_port: int) -> tuple[str, int]:
-    parts = urlsplit(f"//{text}")
-    if parts.hostname is None:
-        raise ValueError(f"not a host[:port]: {text!r}")
-    return parts.hostname, parts.port or default_port
-
-
-def _redact(url: str) -> str:
-    """The URL without credentials or options (which may hold a Sentinel password)."""
-    parts = urlsplit(url)
-    _, at, hosts = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"***@{hosts}" if at else hosts, query="").geturl()
-
-
-def describe(url: str) -> str:
-    """How messages name a Redis: its URL without credentials or options."""
-    return f"Redis at {_redact(url)}"
