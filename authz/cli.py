@@ -7,7 +7,6 @@ MCP_AUTHZ_REDIS_URL); a flag given on the command line wins over the environment
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from authz.identity import ANONYMOUS, Caller
 from authz.mcp import McpCall
 from authz.policy.explain import explain
 from authz.policy.load import PolicyError, load_policy
-from authz.settings import IdentitySourceKind, Settings
+from authz.settings import IdentitySourceKind, Settings, Transport
 
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
@@ -65,7 +64,14 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, default=default, help=f"{help_} [env {env}]", **kw)
 
     opt("--policy", "policy file (JSON or YAML)", required="MCP_AUTHZ_POLICY" not in os.environ)
-    opt("--listen", "gRPC address", default=_D.listen)
+    opt("--listen", "ext_authz address", default=_D.listen)
+    opt(
+        "--transport",
+        "ext_authz protocol Envoy speaks: grpc (grpc_service) or http (http_service)",
+        default=_D.transport.value,
+        choices=[t.value for t in Transport],
+    )
+    opt("--workers", "processes sharing the port (more than 1 needs --redis-url)", default=1)
     opt("--redis-url", "Redis URL; without one the in-process store is used")
     opt("--redis-prefix", "prefix of every Redis key", default=_D.redis_prefix)
     opt("--redis-timeout", "seconds per Redis call", default=_D.redis_timeout, type=float)
@@ -124,6 +130,7 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from authz.runner import Gateway  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
+    from authz.workers import run_loop, run_workers  # noqa: PLC0415 - likewise
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -156,7 +163,11 @@ def _serve(args: argparse.Namespace) -> int:
             reload_interval=float(args.reload_interval),
             grace=float(args.grace),
             log_level=args.log_level,
+            transport=Transport(args.transport),
+            workers=int(args.workers),
         )
+        if settings.workers != 1:
+            return run_workers(settings)
         gateway = Gateway.build(settings)
     except PolicyError as e:
         print(f"mcp-authz: refusing to start, the policy is invalid:\n{e}", file=sys.stderr)
@@ -164,7 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"mcp-authz: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    asyncio.run(gateway.serve())
+    run_loop(gateway.serve(), settings.transport)
     return 0
 
 

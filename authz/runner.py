@@ -9,6 +9,7 @@ import signal
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health as grpc_health
 
 from authz.admin import AdminServicer, AdminTls, AdminTokens, create_admin_server, is_loopback
 from authz.approvals.base import Approval, ApprovalStore
@@ -16,6 +17,7 @@ from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
 from authz.audit import ArgumentAudit, AuditLog
 from authz.decision import Decider
+from authz.http_transport import HttpCheck, HttpServer, create_http_server, require_http_identity
 from authz.identity import Anonymous, FromHeader, FromJwtClaim, FromPeerPrincipal, IdentitySource
 from authz.limits.base import CounterStore
 from authz.limits.memory import MemoryStore
@@ -23,7 +25,7 @@ from authz.metrics import PolicyTools
 from authz.policy.load import load_policy
 from authz.policy.reload import PolicyHolder, PolicyWatcher
 from authz.server import create_server
-from authz.settings import IdentitySourceKind, Settings
+from authz.settings import IdentitySourceKind, Settings, Transport
 from authz.telemetry import OtelSettings, Telemetry
 
 log = logging.getLogger("mcp_authz")
@@ -120,6 +122,8 @@ class Gateway:
     def build(cls, settings: Settings) -> Gateway:
         # Load first: a bad policy must stop start-up before anything else is opened.
         policy = PolicyHolder(load_policy(settings.policy))
+        if settings.transport is Transport.HTTP:
+            require_http_identity(settings.identity_source)
         admin, webhook = build_admin(settings), build_webhook(settings)
         arguments = ArgumentAudit.configure(settings.audit_args, settings.audit_hash_key_file)
         # The only read of the OTEL_* variables (the SDK reads the rest inside start()).
@@ -180,15 +184,29 @@ class Gateway:
         )
         return server, port
 
+    async def _serve_checks(
+        self,
+    ) -> tuple[grpc.aio.Server | HttpServer, int, grpc_health.aio.HealthServicer | None]:
+        """The ext_authz server of the configured transport, started; gRPC's has health."""
+        if self.settings.transport is Transport.HTTP:
+            check = HttpCheck(
+                self.decider(), self.audit, self.telemetry, self.settings.identity_source
+            )
+            server, port = await create_http_server(
+                self.settings.listen, check, reuse_port=self.settings.workers > 1
+            )
+            return server, port, None
+        return await create_server(self.settings.listen, self.decider(), self.audit, self.telemetry)
+
     async def serve(self) -> None:
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
-        server, port, health = await create_server(
-            self.settings.listen, self.decider(), self.audit, self.telemetry
-        )
+        server, port, health = await self._serve_checks()
         log.info(
-            "serving ext_authz on port %d; policy %s (%s); fail mode %s; identity from %s",
+            "serving ext_authz on port %d; transport %s; policy %s (%s); fail mode %s; "
+            "identity from %s",
             port,
+            self.settings.transport.value,
             self.settings.policy,
             self.policy.current.version,
             self.settings.fail_mode.value,
@@ -213,7 +231,8 @@ class Gateway:
         if reloading is not None:
             reloading.cancel()
         # Health goes NOT_SERVING first so probes stop routing new work here while we drain.
-        await health.enter_graceful_shutdown()
+        if health is not None:
+            await health.enter_graceful_shutdown()
         await server.stop(self.settings.grace)
         if admin is not None:
             await admin[0].stop(self.settings.grace)

@@ -16,6 +16,13 @@ class IdentitySourceKind(StrEnum):
     MTLS = "mtls"
 
 
+class Transport(StrEnum):
+    """How Envoy asks: ext_authz `grpc_service` or `http_service` (docs/performance.md)."""
+
+    GRPC = "grpc"
+    HTTP = "http"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     policy: Path
@@ -51,3 +58,6 @@ class Settings:
     reload_interval: float = 2.0
     grace: float = 5.0
     log_level: str = "INFO"
+    transport: Transport = Transport.GRPC
+    # Processes sharing the listen port (SO_REUSEPORT); more than one needs Redis.
+    workers: int = 1

@@ -26,6 +26,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 ENVOY_CONFIG = REPO / "deploy" / "envoy" / "envoy.yaml"
+# The shipped config for each ext_authz transport (`mcp-authz serve --transport`).
+ENVOY_CONFIGS = {"grpc": ENVOY_CONFIG, "http": REPO / "deploy" / "envoy" / "envoy-http.yaml"}
 SEED_POLICY = REPO / "examples" / "policies" / "seed.json"
 DEMO_SERVER = REPO / "examples" / "demo_server.py"
 
@@ -195,9 +197,9 @@ def envoy_ready(admin_port: int) -> Callable[[], bool]:
     return probe
 
 
-def render_envoy_config(ports: Ports, dest: Path) -> Path:
-    """Write the shipped Envoy config to `dest` with only its ports changed."""
-    config: dict[str, Any] = yaml.safe_load(ENVOY_CONFIG.read_text())
+def render_envoy_config(ports: Ports, dest: Path, *, transport: str = "grpc") -> Path:
+    """Write the shipped Envoy config (of `transport`) to `dest` with only its ports changed."""
+    config: dict[str, Any] = yaml.safe_load(ENVOY_CONFIGS[transport].read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = ports.admin
     (listener,) = config["static_resources"]["listeners"]
     listener["address"]["socket_address"]["port_value"] = ports.envoy
@@ -218,8 +220,12 @@ def start_demo_server(ports: Ports, log: Path | None) -> Process:
     return process
 
 
-def start_authz(ports: Ports, policy: Path, log: Path | None, *options: str) -> Process:
+def start_authz(
+    ports: Ports, policy: Path, log: Path | None, *options: str, transport: str = "grpc"
+) -> Process:
     """mcp-authz serving `policy`; `options` are further `serve` flags (e.g. --redis-url)."""
+    if transport != "grpc":
+        options = ("--transport", transport, *options)
     argv = [
         executable("mcp-authz"),
         "serve",
@@ -230,12 +236,17 @@ def start_authz(ports: Ports, policy: Path, log: Path | None, *options: str) -> 
         *options,
     ]
     process = launch("mcp-authz", argv, log)
-    process.wait_ready(grpc_serving(ports.authz), "serving gRPC health")
+    if transport == "grpc":
+        process.wait_ready(grpc_serving(ports.authz), "serving gRPC health")
+    else:  # the HTTP transport has no health service: it is up once it accepts connections
+        process.wait_ready(accepts_tcp(ports.authz), "accepting connections")
     return process
 
 
-def start_envoy(ports: Ports, workdir: Path, log: Path | None) -> Process:
-    config = render_envoy_config(ports, workdir / "envoy.yaml")
+def start_envoy(
+    ports: Ports, workdir: Path, log: Path | None, *, transport: str = "grpc"
+) -> Process:
+    config = render_envoy_config(ports, workdir / "envoy.yaml", transport=transport)
     # Hot restart shares memory keyed by a base id; without disabling it a second Envoy on
     # the machine (the demo next to a test run) would refuse to start.
     argv = [executable("envoy"), "-c", str(config), "--disable-hot-restart"]

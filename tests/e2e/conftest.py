@@ -58,11 +58,24 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Port
 
 
 GatewayFactory = Callable[..., AbstractContextManager[str]]
+# Envoy asks mcp-authz over gRPC (deploy/envoy/envoy.yaml) or HTTP (envoy-http.yaml).
+TRANSPORTS = ("grpc", "http")
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """The ext_authz transport: every test through a gateway runs over each, with the same
+    assertions. A test that needs one only parametrizes `transport` itself."""
+    value: str = request.param
+    return value
 
 
 @pytest.fixture
 def gateway_for(
-    request: pytest.FixtureRequest, demo_server: tuple[Ports, Process], tmp_path: Path
+    request: pytest.FixtureRequest,
+    demo_server: tuple[Ports, Process],
+    tmp_path: Path,
+    transport: str,
 ) -> GatewayFactory:
     """Starts a fresh mcp-authz (`policy`, further `serve` flags) and Envoy in front of the
     demo server, as a context manager yielding the MCP URL."""
@@ -72,9 +85,10 @@ def gateway_for(
     def start(policy: Path, *options: str) -> Iterator[str]:
         ports = replace(Ports.free(), mcp_server=demo_ports.mcp_server)
         processes = request.node.stash[PROCESSES] = [demo_process]
-        with start_authz(ports, policy, tmp_path / "mcp-authz.log", *options) as authz:
+        log = tmp_path / "mcp-authz.log"
+        with start_authz(ports, policy, log, *options, transport=transport) as authz:
             processes.append(authz)
-            with start_envoy(ports, tmp_path, tmp_path / "envoy.log") as envoy:
+            with start_envoy(ports, tmp_path, tmp_path / "envoy.log", transport=transport) as envoy:
                 processes.append(envoy)
                 yield ports.mcp_url
 
@@ -90,13 +104,16 @@ def gateway(gateway_for: GatewayFactory) -> Iterator[str]:
 
 @pytest.fixture
 def gateway_without_authz(
-    request: pytest.FixtureRequest, demo_server: tuple[Ports, Process], tmp_path: Path
+    request: pytest.FixtureRequest,
+    demo_server: tuple[Ports, Process],
+    tmp_path: Path,
+    transport: str,
 ) -> Iterator[str]:
     """Envoy in front of the demo server, its ext_authz cluster pointing at a closed port."""
     demo_ports, demo_process = demo_server
     ports = replace(Ports.free(), mcp_server=demo_ports.mcp_server)
     processes = request.node.stash[PROCESSES] = [demo_process]
-    with start_envoy(ports, tmp_path, tmp_path / "envoy.log") as envoy:
+    with start_envoy(ports, tmp_path, tmp_path / "envoy.log", transport=transport) as envoy:
         processes.append(envoy)
         yield ports.mcp_url
 
