@@ -23,8 +23,8 @@ from typing import Any, Final, TextIO
 
 from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
-from authz.decision import Outcome
 from authz.mcp import McpCall
+from authz.outcome import Outcome
 
 log = logging.getLogger("mcp_authz.audit")
 

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from enum import StrEnum
 from typing import cast
 
-from authz.approvals.base import Approval, ApprovalStore, Request, Status
+from authz.approvals.base import Approval, ApprovalStore
+from authz.approvals.gate import ApprovalGate
 from authz.approvals.memory import MemoryApprovals
 from authz.errors import Refusal, RequestRefused
 from authz.identity import Caller, IdentitySource, caller_of
-from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
-from authz.mcp import McpCall, RequestId, parse_request
+from authz.limits.base import CounterStore, HitResult, StoreUnavailable, combine
+from authz.mcp import McpCall, parse_request
+from authz.outcome import Outcome, whole_seconds
 from authz.policy.evaluate import Verdict, evaluate, hits
-from authz.policy.model import ApprovalRule, Policy, Rule
+from authz.policy.model import Policy
 from authz.request import HttpRequest
 
 
@@ -29,37 +30,6 @@ class FailMode(StrEnum):
 
     CLOSED = "closed"
     OPEN = "open"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    decision_id: str
-    policy_version: str
-    refusal: Refusal | None
-    rule: str
-    reason: str
-    calls: tuple[McpCall, ...] = ()
-    # The call a refusal is about (the first denied one of a batch).
-    subject: McpCall | None = None
-    caller: Caller | None = None
-    grant: str | None = None
-    limits: tuple[LimitState, ...] = ()
-    retry_after: float | None = None
-    # Allowed only because the store was down and the fail mode is open.
-    fail_open: bool = False
-    # What a dry-run rule would have refused; the call itself went through.
-    would_deny: str | None = None
-    # The approval a refused call waits for, or the one an allowed call used.
-    approval: Approval | None = None
-    request_ids: tuple[RequestId | None, ...] = ()
-
-    @property
-    def allowed(self) -> bool:
-        return self.refusal is None
-
-    @property
-    def label(self) -> str:
-        return "allowed" if self.refusal is None else self.refusal.label
 
 
 class Decider:
@@ -81,8 +51,7 @@ class Decider:
         self._fail_mode = fail_mode
         self._new_id = new_id
         self._payload_key = jwt_payload_key
-        self._approvals = approvals or MemoryApprovals()
-        self._on_approval_requested = on_approval_requested
+        self._approvals = ApprovalGate(approvals or MemoryApprovals(), on_approval_requested)
 
     async def decide(self, request: HttpRequest) -> Outcome:
         # One policy for the whole request, even if a reload lands while it is judged.
@@ -118,7 +87,7 @@ class Decider:
         approved: list[Approval] = []
         for call, verdict in verdicts:
             if verdict.approval is not None:
-                waiting = await self._approval(base, call, verdict, caller)
+                waiting = await self._approvals.hold(base, call, verdict, caller)
                 if waiting.refusal is not None:
                     return waiting
                 approved.append(cast(Approval, waiting.approval))
@@ -134,81 +103,10 @@ class Decider:
                 return _limited(base, counted, result)
             outcome = replace(outcome, limits=result.states)
         if approved:
-            outcome = await self._use(outcome, approved)
+            outcome = await self._approvals.use(outcome, approved)
             if outcome.refusal is not None:
                 return outcome
         return await self._dry_run(outcome, verdicts, caller)
-
-    async def _approval(
-        self, base: Outcome, call: McpCall, verdict: Verdict, caller: Caller
-    ) -> Outcome:
-        """The approved approval for this call (as `outcome.approval`), or the refusal that
-        asks for one. Approval-gated calls fail closed whatever the fail mode."""
-        rule = cast(Rule, verdict.approval)
-        gate = cast(ApprovalRule, rule.approval)
-        tool = call.tool or str(call.method)
-        asked = rule.reason or f'tool "{tool}" needs a person\'s approval'
-        request = Request(
-            caller.identity,
-            verdict.grant,
-            tool,
-            call.arguments,
-            rule.id,
-            asked,
-            gate.approvers,
-            gate.approver_claims,
-        )
-        held = replace(base, subject=call, rule=rule.id, grant=verdict.grant)
-        try:
-            approval, created = await self._approvals.request(request, gate.lifetime)
-        except StoreUnavailable as e:
-            return replace(
-                held,
-                refusal=Refusal.LIMITS_UNAVAILABLE,
-                reason=f"approvals cannot be checked ({e}); approval-gated calls "
-                "always fail closed",
-            )
-        if created:
-            self._on_approval_requested(approval)
-        if approval.status is Status.APPROVED:
-            return replace(held, approval=approval)
-        expires = _iso(approval.expires_at)
-        if approval.status is Status.DENIED:
-            return replace(
-                held,
-                refusal=Refusal.APPROVAL_DENIED,
-                approval=approval,
-                reason=f"{asked}; approval {approval.id} was denied by "
-                f"{approval.decided_by} (until {expires})",
-            )
-        return replace(
-            held,
-            refusal=Refusal.APPROVAL_REQUIRED,
-            approval=approval,
-            reason=f"{asked}; approval {approval.id} was requested and expires at "
-            f"{expires}: retry the same call once a person has approved it",
-        )
-
-    async def _use(self, outcome: Outcome, approved: list[Approval]) -> Outcome:
-        """Spend each approval; one already spent (a concurrent identical call) refuses."""
-        for approval in approved:
-            try:
-                used = await self._approvals.consume(approval.id)
-            except StoreUnavailable as e:
-                return replace(
-                    outcome,
-                    refusal=Refusal.LIMITS_UNAVAILABLE,
-                    reason=f"approvals cannot be checked ({e}); approval-gated "
-                    "calls always fail closed",
-                )
-            if not used:
-                return replace(
-                    outcome,
-                    refusal=Refusal.APPROVAL_REQUIRED,
-                    approval=approval,
-                    reason=f"approval {approval.id} was already used: ask again",
-                )
-        return replace(outcome, approval=approved[0])
 
     async def _dry_run(
         self, outcome: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller
@@ -287,11 +185,11 @@ def _limited(base: Outcome, counted: list[tuple[McpCall, Verdict]], result: HitR
     if wait is None:
         detail = f"the call needs {state.hit.cost}, more than {budget} ever allows"
     elif state.hit.cost == 1:
-        detail = f"{budget} is spent; retry in {_seconds(wait)}s"
+        detail = f"{budget} is spent; retry in {whole_seconds(wait)}s"
     else:
         detail = (
             f"{budget} has {state.remaining} left and the call needs {state.hit.cost}; "
-            f"retry in {_seconds(wait)}s"
+            f"retry in {whole_seconds(wait)}s"
         )
     reason = f"{use.rule.reason} ({detail})" if use.rule.reason else detail
     return replace(
@@ -304,16 +202,3 @@ def _limited(base: Outcome, counted: list[tuple[McpCall, Verdict]], result: HitR
         limits=result.states,
         retry_after=wait,
     )
-
-
-def _iso(stamp: float) -> str:
-    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _seconds(wait: float) -> int:
-    return max(1, int(-(-wait // 1)))
-
-
-def retry_seconds(outcome: Outcome) -> int | None:
-    """Whole seconds to wait before the refused call can fit (rounded up, at least 1)."""
-    return None if outcome.retry_after is None else _seconds(outcome.retry_after)

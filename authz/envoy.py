@@ -11,7 +11,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from authz.decision import Outcome
+from authz.outcome import Outcome
 from authz.request import HttpRequest
 from authz.response import Reply
 

@@ -18,8 +18,8 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import Meter
 from prometheus_client import CollectorRegistry, start_http_server
 
-from authz.decision import Outcome
 from authz.errors import Refusal
+from authz.outcome import Outcome
 from authz.policy.model import Policy
 
 OTHER_TOOL: Final = "other"

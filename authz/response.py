@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from authz.decision import Outcome, retry_seconds
 from authz.errors import Refusal
+from authz.outcome import Outcome, retry_seconds
 
 DECISION_HEADER = "x-mcp-authz-decision-id"
 

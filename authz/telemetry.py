@@ -45,9 +45,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from authz import __version__
-from authz.decision import Outcome
 from authz.limits.base import CounterKey, CounterStore, Hit, HitResult, LimitState
 from authz.metrics import Metrics, PrometheusEndpoint
+from authz.outcome import Outcome
 
 log = logging.getLogger("mcp_authz.telemetry")
 

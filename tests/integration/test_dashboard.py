@@ -23,12 +23,13 @@ import pytest
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from authz.decision import FailMode, Outcome
+from authz.decision import FailMode
 from authz.errors import Refusal
 from authz.identity import Caller
 from authz.limits.base import CounterKey, Hit, LimitState
 from authz.mcp import McpCall
 from authz.metrics import PROMETHEUS_NAMES
+from authz.outcome import Outcome
 from authz.policy.reload import PolicyWatcher
 from authz.runner import Gateway
 from authz.server import create_server

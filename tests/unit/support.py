@@ -7,9 +7,10 @@ from typing import Any
 
 from authz.approvals.base import Approval
 from authz.approvals.memory import MemoryApprovals
-from authz.decision import Decider, Outcome
+from authz.decision import Decider
 from authz.identity import JWT_NAMESPACE, FromHeader
 from authz.limits.memory import MemoryStore
+from authz.outcome import Outcome
 from authz.policy.model import Policy
 from authz.request import HttpRequest
 

@@ -16,10 +16,10 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags
 
 from authz.approvals.base import Approval, Request, Status
 from authz.audit import ArgumentAudit, ArgumentPath, AuditLog
-from authz.decision import Outcome
 from authz.errors import Refusal
 from authz.identity import Caller
 from authz.mcp import McpCall
+from authz.outcome import Outcome
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SPAN = SpanContext(

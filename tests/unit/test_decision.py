@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from authz.decision import Decider, FailMode, Outcome
+from authz.decision import Decider, FailMode
 from authz.errors import Refusal
 from authz.identity import Anonymous, FromHeader, FromJwtClaim, FromPeerPrincipal, IdentitySource
 from authz.limits.base import Hit, HitResult, StoreUnavailable
 from authz.limits.memory import MemoryStore
+from authz.outcome import Outcome
 from authz.policy.load import load_policy, parse_policy
 from authz.policy.model import Policy
 from authz.request import HttpRequest

@@ -9,7 +9,6 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from authz.decision import Outcome
 from authz.errors import Refusal
 from authz.mcp import McpCall
 from authz.metrics import (
@@ -21,6 +20,7 @@ from authz.metrics import (
     policy_tools,
     split_address,
 )
+from authz.outcome import Outcome
 from authz.policy.load import parse_policy
 from authz.policy.model import Policy
 

@@ -1,0 +1,51 @@
+"""What was decided about one request: the value every edge (Envoy, audit, telemetry) reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authz.approvals.base import Approval
+from authz.errors import Refusal
+from authz.identity import Caller
+from authz.limits.base import LimitState
+from authz.mcp import McpCall, RequestId
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision_id: str
+    policy_version: str
+    refusal: Refusal | None
+    rule: str
+    reason: str
+    calls: tuple[McpCall, ...] = ()
+    # The call a refusal is about (the first denied one of a batch).
+    subject: McpCall | None = None
+    caller: Caller | None = None
+    grant: str | None = None
+    limits: tuple[LimitState, ...] = ()
+    retry_after: float | None = None
+    # Allowed only because the store was down and the fail mode is open.
+    fail_open: bool = False
+    # What a dry-run rule would have refused; the call itself went through.
+    would_deny: str | None = None
+    # The approval a refused call waits for, or the one an allowed call used.
+    approval: Approval | None = None
+    request_ids: tuple[RequestId | None, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.refusal is None
+
+    @property
+    def label(self) -> str:
+        return "allowed" if self.refusal is None else self.refusal.label
+
+
+def whole_seconds(wait: float) -> int:
+    return max(1, int(-(-wait // 1)))
+
+
+def retry_seconds(outcome: Outcome) -> int | None:
+    """Whole seconds to wait before the refused call can fit (rounded up, at least 1)."""
+    return None if outcome.retry_after is None else whole_seconds(outcome.retry_after)
