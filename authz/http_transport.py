@@ -157,9 +157,8 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            self._fail(_BAD_REQUEST)
-        except _TooLargeError:
-            self._fail(_TOO_LARGE)
+            # httptools wraps what a callback raises: on_body's refusal included.
+            self._fail(_TOO_LARGE if self._size > MAX_BODY else _BAD_REQUEST)
 
     # httptools callbacks
 
@@ -181,7 +180,7 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > MAX_BODY:
-            raise _TooLargeError
+            raise _TooLargeError(self._size)
         self._body.append(body)
 
     def on_message_complete(self) -> None:
