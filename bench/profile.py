@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/profile.py [--transport grpc|http] [--seconds 10] [--native]
 
-Starts Redis, mcp-authz and Envoy as bench/run.py does, drives them with wrk at 16
-connections and records the service with `py-spy record` (speedscope JSON and a flat
+Starts Redis, mcp-authz and Envoy as bench/run.py does, drives them with wrk (16
+connections by default) and records the service with `py-spy record` (speedscope JSON and a flat
 top-functions summary in bench/results/). `--native` includes the C frames of grpcio/uvloop.
 """
 
@@ -50,6 +50,7 @@ def main() -> int:
     parser.add_argument("--transport", default="grpc", choices=["grpc", "http"])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--native", action="store_true")
+    parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     out = RESULTS.parent / f"profile-{args.transport}.speedscope.json"
@@ -64,7 +65,9 @@ def main() -> int:
             url = f"http://{HOST}:{port}/mcp"
             wrk(url, 16, 1, str(IDENTITIES))
             load = threading.Thread(
-                target=wrk, args=(url, 16, args.seconds + 1, str(IDENTITIES)), daemon=True
+                target=wrk,
+                args=(url, args.connections, args.seconds + 1, str(IDENTITIES)),
+                daemon=True,
             )
             load.start()
             argv = [
