@@ -22,6 +22,10 @@ from pathlib import Path
 from run import HOST, IDENTITIES, RESULTS, authz, envoy, redis_server, wrk
 
 
+def _frame(frame: dict[str, str]) -> str:
+    return f"{frame['name']} ({Path(frame.get('file', '?')).name})"
+
+
 def summarize(speedscope: Path, top: int = 40) -> str:
     """Self and total share of the hottest frames of a speedscope profile."""
     doc = json.loads(speedscope.read_text())
@@ -32,7 +36,7 @@ def summarize(speedscope: Path, top: int = 40) -> str:
     for profile in doc["profiles"]:
         for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
             count += weight
-            names = [f"{frames[i]['name']} ({Path(frames[i].get('file', '?')).name})" for i in stack]
+            names = [_frame(frames[i]) for i in stack]
             if names:
                 own[names[-1]] += weight
             for name in set(names):
