@@ -301,10 +301,11 @@ def check_request_file(workdir: Path) -> Path:
 
 
 def h2load_sample(port: int, data: Path, streams: int, seconds: int, service: int) -> Sample:
-    """h2load's raw gRPC calls: `streams` concurrent calls over 2 connections (Envoy keeps one
-    per worker; two let SO_REUSEPORT spread them over service workers)."""
+    """h2load's raw gRPC calls: `streams` concurrent calls over 4 connections (Envoy keeps one
+    per worker thread; four let SO_REUSEPORT, which hashes connections, spread them over
+    service workers)."""
     argv = [
-        "h2load", "-c2", "-t1", f"-m{max(1, streams // 2)}", "-D", str(seconds),
+        "h2load", "-c4", "-t1", f"-m{max(1, streams // 4)}", "-D", str(seconds),
         "-d", str(data), "-H", "content-type: application/grpc",
         "-H", "te: trailers", f"http://{HOST}:{port}{CHECK_PATH}",
     ]  # fmt: skip
@@ -413,7 +414,11 @@ def refused(audit: Path) -> int:
     """Decisions on the load's calls (identities agent-NNNN) that were not `allowed`."""
     time.sleep(0.3)  # the audit file is line-buffered, but let the last lines land
     lines = [ln for ln in audit.read_text().splitlines() if '"identity": "agent-' in ln]
-    return sum('"decision": "allowed"' not in ln for ln in lines)
+    bad = [json.loads(ln) for ln in lines if '"decision": "allowed"' not in ln]
+    if bad:
+        why = Counter(f"{r['decision']}: {r['reason']}" for r in bad)
+        print(f"  refused under load ({audit.name}): {dict(why.most_common(3))}", flush=True)
+    return len(bad)
 
 
 def exact(url: str, service: Service, name: str) -> dict[str, Any]:
