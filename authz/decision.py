@@ -17,7 +17,7 @@ from authz.approvals.gate import ApprovalGate
 from authz.approvals.memory import MemoryApprovals
 from authz.errors import Refusal, RequestRefused
 from authz.identity import Caller, IdentitySource, caller_of
-from authz.limits.base import CounterStore, HitResult, StoreUnavailable, combine
+from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
 from authz.mcp import McpCall, parse_request
 from authz.outcome import Outcome, whole_seconds
 from authz.policy.evaluate import Verdict, evaluate, hits
@@ -56,28 +56,37 @@ class Decider:
     async def decide(self, request: HttpRequest) -> Outcome:
         # One policy for the whole request, even if a reload lands while it is judged.
         policy = self._policy()
-        base = Outcome(self._new_id(), policy.version, None, "", "")
+        decision_id = self._new_id()
         try:
             calls = parse_request(request)
         except RequestRefused as e:
-            return replace(
-                base,
-                refusal=e.refusal,
-                rule="request",
-                reason=e.message,
+            return Outcome(
+                decision_id,
+                policy.version,
+                e.refusal,
+                "request",
+                e.message,
                 request_ids=(e.request_id,),
             )
-        base = replace(base, calls=calls, request_ids=tuple(c.id for c in calls))
+        ids = tuple(c.id for c in calls)
         identity = self._identity.identify(request)
         if identity is None:
-            return replace(
-                base,
-                refusal=Refusal.UNAUTHENTICATED,
-                rule="identity",
-                reason="the request carries no identity from the configured source",
+            reason = "the request carries no identity from the configured source"
+            return Outcome(
+                decision_id,
+                policy.version,
+                Refusal.UNAUTHENTICATED,
+                "identity",
+                reason,
+                calls=calls,
+                request_ids=ids,
             )
         caller = caller_of(request, identity, self._payload_key)
-        return await self._judge(policy, replace(base, caller=caller), caller)
+        # Built once and replaced once more at the end: this is the per-request hot path.
+        base = Outcome(
+            decision_id, policy.version, None, "", "", calls=calls, caller=caller, request_ids=ids
+        )
+        return await self._judge(policy, base, caller)
 
     async def _judge(self, policy: Policy, base: Outcome, caller: Caller) -> Outcome:
         verdicts = [(call, evaluate(policy, call, caller)) for call in base.calls]
@@ -91,7 +100,7 @@ class Decider:
                 if waiting.refusal is not None:
                     return waiting
                 approved.append(cast(Approval, waiting.approval))
-        outcome = _allowed(base, verdicts)
+        states: tuple[LimitState, ...] = ()
         counted = [(c, v) for c, v in verdicts if v.uses]
         if counted:
             wanted = combine([h for _, v in counted for h in hits(v.uses, caller, v.grant)])
@@ -101,7 +110,8 @@ class Decider:
                 return self._unavailable(base, counted[0], str(e))
             if not result.allowed:
                 return _limited(base, counted, result)
-            outcome = replace(outcome, limits=result.states)
+            states = result.states
+        outcome = _allowed(base, verdicts, states)
         if approved:
             outcome = await self._approvals.use(outcome, approved)
             if outcome.refusal is not None:
@@ -145,7 +155,9 @@ class Decider:
         return _verdict(base, call, refused, Refusal.LIMITS_UNAVAILABLE)
 
 
-def _allowed(base: Outcome, verdicts: list[tuple[McpCall, Verdict]]) -> Outcome:
+def _allowed(
+    base: Outcome, verdicts: list[tuple[McpCall, Verdict]], limits: tuple[LimitState, ...]
+) -> Outcome:
     if not verdicts:
         return replace(base, rule="request", reason="no MCP call in the request")
     call, verdict = verdicts[0]
@@ -157,6 +169,7 @@ def _allowed(base: Outcome, verdicts: list[tuple[McpCall, Verdict]]) -> Outcome:
         reason=verdict.reason,
         grant=verdict.grant,
         would_deny=would_deny,
+        limits=limits,
     )
 
 
