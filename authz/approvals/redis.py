@@ -44,7 +44,7 @@ class RedisApprovals(RedisBacked):
 
     @cached_property
     def _first(self) -> FirstCallAlone:
-        return FirstCallAlone()
+        return FirstCallAlone(self._client)
 
     async def request(self, request: Request, lifetime: int) -> tuple[Approval, bool]:
         approval_id = new_approval_id()
@@ -102,7 +102,7 @@ class RedisApprovals(RedisBacked):
         with self._breaker.guard():
             try:
                 async with asyncio.timeout(self._timeout):
-                    return await self._first.run(SCRIPT, self._client, keys, argv)
+                    return await self._first.run(SCRIPT, keys, argv)
             except REDIS_FAILURES as e:
                 raise unavailable(self._name, self._timeout, e) from e
 

@@ -126,7 +126,7 @@ class _Batcher:
     def __init__(self, client: Client, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
-        self._first = FirstCallAlone()
+        self._first = FirstCallAlone(client)
         self._queue: list[tuple[Call, asyncio.Future[list[int]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -164,7 +164,7 @@ class _Batcher:
                 future.set_result([int(v) for v in reply])
 
     async def _call(self, keys: list[str], args: list[int | str]) -> list[list[int]]:
-        return cast(list[list[int]], await self._first.run(HIT, self._client, keys, args))
+        return cast(list[list[int]], await self._first.run(HIT, keys, args))
 
 
 def _result(hits: Sequence[Hit], reply: list[int]) -> HitResult:

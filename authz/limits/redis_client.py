@@ -48,19 +48,20 @@ class Script:
 
 class FirstCallAlone:
     """redis-py's cluster client fails when its very first commands run concurrently (each
-    starts discovering the cluster), so the first call goes alone and the rest follow."""
+    starts discovering the cluster), so on a cluster the first call goes alone and the rest
+    follow. Other clients connect per pooled connection and need no such wait, which would
+    otherwise count against the first calls' timeout."""
 
-    def __init__(self) -> None:
-        self._done = False
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._done = not isinstance(client, RedisCluster)
         self._lock = asyncio.Lock()
 
-    async def run(
-        self, script: Script, client: Client, keys: list[str], args: list[int | str]
-    ) -> Any:
+    async def run(self, script: Script, keys: list[str], args: list[int | str]) -> Any:
         if self._done:
-            return await script.run(client, keys, args)
+            return await script.run(self._client, keys, args)
         async with self._lock:
-            reply = await script.run(client, keys, args)
+            reply = await script.run(self._client, keys, args)
             self._done = True
             return reply
 
