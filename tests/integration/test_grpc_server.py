@@ -14,32 +14,18 @@ from typing import Any
 import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz.runner import Gateway
 from authz.server import create_server
 from authz.settings import Settings
+from tests.checks import check_request
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "policies" / "seed.json"
 TOOL = "binance_us_create_listen_key"
 Attr = attribute_context_pb2.AttributeContext
-
-
-def check_request(
-    body: bytes, *, method: str = "POST", raw_headers: bool = False, **headers: str
-) -> Any:
-    h = {"content-type": "application/json", ":path": "/mcp"}
-    h.update({k.replace("_", "-"): v for k, v in headers.items()})
-    http = Attr.HttpRequest(method=method, path="/mcp", raw_body=body)
-    if raw_headers:
-        http.header_map.headers.extend(
-            base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in h.items()
-        )
-    else:
-        http.headers.update(h)
-    return external_auth_pb2.CheckRequest(attributes=Attr(request=Attr.Request(http=http)))
 
 
 def tool_call(name: str = TOOL, rid: Any = 1) -> bytes:

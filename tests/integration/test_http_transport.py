@@ -11,14 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 
 from authz.http_transport import (
     MAX_BODY,
@@ -33,6 +33,7 @@ from authz.runner import Gateway
 from authz.server import create_server
 from authz.settings import IdentitySourceKind, Settings
 from authz.telemetry import Telemetry
+from tests.checks import check_request
 from tests.conftest import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,7 +169,7 @@ async def test_refusals_match_the_grpc_path(
     over_http = await client.check(body, **headers)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{servers[1]}") as channel:
         response = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(
-            check_request(body, headers)
+            check_request(body, **{"content-length": str(len(body)), **headers})
         )
     assert response.HasField("denied_response"), response
     denied = response.denied_response
@@ -177,13 +178,6 @@ async def test_refusals_match_the_grpc_path(
     assert status == denied.status.code
     assert without_ids(over_http.headers) == without_ids(grpc_headers)
     assert without_ids(json.loads(over_http.body)) == without_ids(json.loads(denied.body))
-
-
-def check_request(body: bytes, headers: Mapping[str, str]) -> Any:
-    h = {"content-type": "application/json", "content-length": str(len(body))}
-    h.update({k.replace("_", "-"): v for k, v in headers.items()})
-    http = Attr.HttpRequest(method="POST", path="/mcp", raw_body=body, headers=h)
-    return external_auth_pb2.CheckRequest(attributes=Attr(request=Attr.Request(http=http)))
 
 
 def without_ids(value: Any) -> Any:
@@ -365,7 +359,7 @@ async def calls_over_fresh_connections(port: int, transport: str, n: int) -> lis
         else:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 response = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(
-                    check_request(tool_call(rid=i), {})
+                    check_request(tool_call(rid=i), content_length=str(len(tool_call(rid=i))))
                 )
             denied = response.denied_response
             codes.append(

@@ -19,8 +19,9 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 
+from tests.checks import check_request
 from tests.conftest import RedisServer
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "policies" / "seed.json"
@@ -30,16 +31,8 @@ RATE_LIMITED, LIMITS_UNAVAILABLE = -32001, -32002
 
 
 def check(rid: int) -> Any:
-    body = json.dumps(
-        {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": TOOL}}
-    ).encode()
-    http = Attr.HttpRequest(
-        method="POST",
-        path="/mcp",
-        raw_body=body,
-        headers={"content-type": "application/json", ":path": "/mcp"},
-    )
-    return external_auth_pb2.CheckRequest(attributes=Attr(request=Attr.Request(http=http)))
+    body = {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": TOOL}}
+    return check_request(json.dumps(body).encode())
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from envoy.service.auth.v3 import attribute_context_pb2
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -34,6 +34,7 @@ from authz.telemetry import (
     Telemetry,
     _DropCountingProcessor,
 )
+from tests.checks import check_request
 
 Attr = attribute_context_pb2.AttributeContext
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -76,13 +77,6 @@ def call(tool: str, rid: int = 7, **arguments: Any) -> bytes:
     ).encode()
 
 
-def check_request(body: bytes, **headers: str) -> Any:
-    h = {"content-type": "application/json", "x-agent-id": "agent-1"}
-    h.update({k.replace("_", "-"): v for k, v in headers.items()})
-    http = Attr.HttpRequest(method="POST", path="/mcp", raw_body=body, headers=h)
-    return external_auth_pb2.CheckRequest(attributes=Attr(request=Attr.Request(http=http)))
-
-
 @dataclass
 class Harness:
     spans: InMemorySpanExporter
@@ -93,7 +87,9 @@ class Harness:
     async def check(
         self, body: bytes, metadata: Sequence[tuple[str, str]] = (), **headers: str
     ) -> Any:
-        return await self.servicer.Check(check_request(body, **headers), Context(metadata))
+        return await self.servicer.Check(
+            check_request(body, **{"x-agent-id": "agent-1", **headers}), Context(metadata)
+        )
 
     def only(self, name: str) -> ReadableSpan:
         (span,) = [s for s in self.spans.get_finished_spans() if s.name == name]
