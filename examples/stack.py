@@ -197,12 +197,19 @@ def envoy_ready(admin_port: int) -> Callable[[], bool]:
     return probe
 
 
-def render_envoy_config(ports: Ports, dest: Path, *, transport: str = "grpc") -> Path:
-    """Write the shipped Envoy config (of `transport`) to `dest` with only its ports changed."""
+def render_envoy_config(
+    ports: Ports, dest: Path, *, transport: str = "grpc", collector: int | None = None
+) -> Path:
+    """Write the shipped Envoy config (of `transport`) to `dest` with only its ports changed,
+    and, given a `collector` port, its spans sent there."""
     config: dict[str, Any] = yaml.safe_load(ENVOY_CONFIGS[transport].read_text())
     config["admin"]["address"]["socket_address"]["port_value"] = ports.admin
     (listener,) = config["static_resources"]["listeners"]
     listener["address"]["socket_address"]["port_value"] = ports.envoy
+    if collector is not None:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        exporter = manager["tracing"]["provider"]["typed_config"]["grpc_service"]
+        exporter["google_grpc"]["target_uri"] = f"{HOST}:{collector}"
     cluster_ports = {"mcp_server": ports.mcp_server, "mcp_authz": ports.authz}
     for cluster in config["static_resources"]["clusters"]:
         for locality in cluster["load_assignment"]["endpoints"]:
@@ -244,9 +251,16 @@ def start_authz(
 
 
 def start_envoy(
-    ports: Ports, workdir: Path, log: Path | None, *, transport: str = "grpc"
+    ports: Ports,
+    workdir: Path,
+    log: Path | None,
+    *,
+    transport: str = "grpc",
+    collector: int | None = None,
 ) -> Process:
-    config = render_envoy_config(ports, workdir / "envoy.yaml", transport=transport)
+    config = render_envoy_config(
+        ports, workdir / "envoy.yaml", transport=transport, collector=collector
+    )
     # Hot restart shares memory keyed by a base id; without disabling it a second Envoy on
     # the machine (the demo next to a test run) would refuse to start.
     argv = [executable("envoy"), "-c", str(config), "--disable-hot-restart"]

@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.e2e.conftest import PROCESSES
 from tests.e2e.test_http import LISTEN_KEY, modern_call, modern_headers, post
@@ -23,11 +22,8 @@ from stack import (  # isort: skip - on sys.path through tests/e2e/conftest.py
     SEED_POLICY,
     Ports,
     Process,
-    envoy_ready,
-    executable,
-    launch,
-    render_envoy_config,
     start_authz,
+    start_envoy,
 )
 
 pytestmark = pytest.mark.e2e
@@ -39,21 +35,6 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 # Envoy's OpenTelemetry tracer flushes every 5 s (its stats flush interval).
 ENVOY_FLUSH_TIMEOUT = 30.0
-
-
-def start_traced_envoy(ports: Ports, collector: int, workdir: Path, log: Path) -> Process:
-    """Envoy with the shipped config, its ports rewritten and its spans sent to `collector`."""
-    config = render_envoy_config(ports, workdir / "envoy.yaml")
-    document = yaml.safe_load(config.read_text())
-    (listener,) = document["static_resources"]["listeners"]
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    exporter = manager["tracing"]["provider"]["typed_config"]["grpc_service"]["google_grpc"]
-    exporter["target_uri"] = f"127.0.0.1:{collector}"
-    config.write_text(yaml.safe_dump(document, sort_keys=False))
-    argv = [executable("envoy"), "-c", str(config), "--disable-hot-restart"]
-    process = launch("envoy", argv, log)
-    process.wait_ready(envoy_ready(ports.admin), "ready on its admin port")
-    return process
 
 
 @pytest.fixture
@@ -74,7 +55,7 @@ def traced(
         processes = request.node.stash[PROCESSES] = [demo_process]
         with start_authz(ports, SEED_POLICY, tmp_path / "mcp-authz.log") as authz:
             processes.append(authz)
-            with start_traced_envoy(ports, collector, tmp_path, tmp_path / "envoy.log") as envoy:
+            with start_envoy(ports, tmp_path, tmp_path / "envoy.log", collector=collector) as envoy:
                 processes.append(envoy)
                 yield ports.mcp_url, received, authz
 
