@@ -67,8 +67,8 @@ def write_tokens(tmp: Path) -> Path:
     return path
 
 
-@pytest.fixture
-async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
+def admin_of(tmp_path: Path) -> tuple[Gate, AdminServicer]:
+    """The decision core on POLICY and an admin servicer over its stores."""
     policy = parse_policy(yaml.safe_dump(POLICY).encode(), "policy.yaml")
     gate = Gate(policy)
     servicer = AdminServicer(
@@ -78,6 +78,12 @@ async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
         PolicyHolder(policy),
         AuditLog(None, ArgumentAudit(b"k" * 32)),
     )
+    return gate, servicer
+
+
+@pytest.fixture
+async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
+    gate, servicer = admin_of(tmp_path)
     server, port = await create_admin_server("127.0.0.1:0", servicer)
     yield Cli(gate, f"127.0.0.1:{port}", tmp_path)
     await server.stop(None)
@@ -199,15 +205,7 @@ def make_certificates(d: Path) -> None:
 
 async def test_mutual_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_certificates(tmp_path)
-    policy = parse_policy(yaml.safe_dump(POLICY).encode(), "policy.yaml")
-    gate = Gate(policy)
-    servicer = AdminServicer(
-        AdminTokens.load(write_tokens(tmp_path)),
-        gate.approvals,
-        gate.decider._store,
-        PolicyHolder(policy),
-        AuditLog(None, ArgumentAudit(b"k" * 32)),
-    )
+    gate, servicer = admin_of(tmp_path)
     tls = AdminTls(tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem")
     server, port = await create_admin_server("localhost:0", servicer, tls)
     try:
