@@ -43,6 +43,32 @@ class Request:
         """The exact call this request is for; any change in it is another request."""
         return call_digest(self.identity, self.grant, self.tool, self.arguments)
 
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON: what Redis stores and what the webhook tells a person."""
+        return {
+            "identity": self.identity,
+            "grant": self.grant,
+            "tool": self.tool,
+            "arguments": dict(self.arguments),
+            "rule": self.rule,
+            "reason": self.reason,
+            "approvers": list(self.approvers),
+            "approver_claims": {k: list(v) for k, v in self.approver_claims.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Request:
+        return cls(
+            d["identity"],
+            d["grant"],
+            d["tool"],
+            d["arguments"],
+            d["rule"],
+            d["reason"],
+            tuple(d["approvers"]),
+            {k: tuple(v) for k, v in d["approver_claims"].items()},
+        )
+
 
 def call_digest(identity: str, grant: str, tool: str, arguments: Mapping[str, Any]) -> str:
     canonical = json.dumps(
@@ -64,40 +90,12 @@ class Approval:
     expires_at: float
     decided_by: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        r = self.request
-        return {
-            "id": self.id,
-            "status": self.status.value,
-            "identity": r.identity,
-            "grant": r.grant,
-            "tool": r.tool,
-            "arguments": dict(r.arguments),
-            "rule": r.rule,
-            "reason": r.reason,
-            "approvers": list(r.approvers),
-            "approver_claims": {k: list(v) for k, v in r.approver_claims.items()},
-            "requested_at": self.requested_at,
-            "expires_at": self.expires_at,
-            "decided_by": self.decided_by,
-        }
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Approval:
-        request = Request(
-            d["identity"],
-            d["grant"],
-            d["tool"],
-            d["arguments"],
-            d["rule"],
-            d["reason"],
-            tuple(d["approvers"]),
-            {k: tuple(v) for k, v in d["approver_claims"].items()},
-        )
         return cls(
             d["id"],
             Status(d["status"]),
-            request,
+            Request.from_dict(d),
             d["requested_at"],
             d["expires_at"],
             d["decided_by"],

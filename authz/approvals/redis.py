@@ -50,7 +50,7 @@ class RedisApprovals(RedisBacked):
         approval_id = new_approval_id()
         digest = request.key
         keys = [self._call(digest), self._record(approval_id), self._pending]
-        body = json.dumps(_request_dict(request), separators=(",", ":"), ensure_ascii=False)
+        body = json.dumps(request.to_dict(), separators=(",", ":"), ensure_ascii=False)
         created, fields = await self._run(
             "request", keys, approval_id, lifetime * _US, digest, body
         )
@@ -105,19 +105,6 @@ class RedisApprovals(RedisBacked):
                     return await self._first.run(SCRIPT, keys, argv)
             except REDIS_FAILURES as e:
                 raise unavailable(self._name, self._timeout, e) from e
-
-
-def _request_dict(request: Request) -> dict[str, Any]:
-    return {
-        "identity": request.identity,
-        "grant": request.grant,
-        "tool": request.tool,
-        "arguments": dict(request.arguments),
-        "rule": request.rule,
-        "reason": request.reason,
-        "approvers": list(request.approvers),
-        "approver_claims": {k: list(v) for k, v in request.approver_claims.items()},
-    }
 
 
 def _text(value: bytes | str) -> str:

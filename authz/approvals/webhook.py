@@ -39,21 +39,13 @@ Sleep = Callable[[float], Awaitable[None]]
 
 def payload(approval: Approval) -> dict[str, Any]:
     """The JSON body: the exact call to approve, who asked, who may answer, and until when."""
-    request = approval.request
     return {
         "event": EVENT,
         "id": approval.id,
         "status": approval.status.value,
-        "identity": request.identity,
-        "grant": request.grant,
-        "tool": request.tool,
-        "arguments": dict(request.arguments),
-        "rule": request.rule,
-        "reason": request.reason,
+        **approval.request.to_dict(),
         "requested_at": _iso(approval.requested_at),
         "expires_at": _iso(approval.expires_at),
-        "approvers": list(request.approvers),
-        "approver_claims": {k: list(v) for k, v in request.approver_claims.items()},
     }
 
 

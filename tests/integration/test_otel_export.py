@@ -19,13 +19,14 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from tests.checks import check_request
 from tests.integration.otlp_receiver import (
     OtlpReceiver,
     ReceivedSpan,
     grpc_receiver,
     http_receiver,
 )
-from tests.integration.test_grpc_server import check_request, tool_call
+from tests.integration.test_grpc_server import tool_call
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "policies" / "seed.json"
