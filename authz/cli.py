@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from authz.admin_client import add_commands as add_admin_commands
-from authz.decision import FailMode
-from authz.identity import ANONYMOUS, Caller
-from authz.mcp import McpCall
+from authz.admin.client import add_commands as add_admin_commands
+from authz.core.decision import FailMode
 from authz.policy.explain import explain
 from authz.policy.load import PolicyError, load_policy
-from authz.settings import IdentitySourceKind, Settings, Transport
+from authz.protocol.identity import ANONYMOUS, Caller, IdentitySourceKind
+from authz.protocol.mcp import McpCall
+from authz.settings import Settings, Transport
 
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
@@ -129,14 +129,9 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from authz.runner import Gateway  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
-    from authz.workers import run_loop, run_workers  # noqa: PLC0415 - likewise
+    from authz.runner import LOG_FORMAT, run  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
     try:
         settings = Settings(
             policy=Path(args.policy),
@@ -166,17 +161,13 @@ def _serve(args: argparse.Namespace) -> int:
             transport=Transport(args.transport),
             workers=int(args.workers),
         )
-        if settings.workers != 1:
-            return run_workers(settings)
-        gateway = Gateway.build(settings)
+        return run(settings)
     except PolicyError as e:
         print(f"mcp-authz: refusing to start, the policy is invalid:\n{e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ValueError as e:
         print(f"mcp-authz: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    run_loop(gateway.serve(), settings.transport)
-    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:

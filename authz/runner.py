@@ -7,29 +7,46 @@ import logging
 import os
 import secrets
 import signal
+import sys
 from dataclasses import dataclass, field
+from functools import partial
 
 import grpc
 from grpc_health.v1 import health as grpc_health
 
-from authz.admin import AdminServicer, AdminTls, AdminTokens, create_admin_server, is_loopback
+from authz.admin.server import (
+    AdminServicer,
+    AdminTls,
+    AdminTokens,
+    create_admin_server,
+    is_loopback,
+)
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
-from authz.audit import ArgumentAudit, AuditLog
-from authz.decision import Decider
-from authz.http_transport import HttpCheck, HttpServer, create_http_server, require_http_identity
-from authz.identity import Anonymous, FromHeader, FromJwtClaim, FromPeerPrincipal, IdentitySource
+from authz.core.decision import Decider
+from authz.edges.authz_grpc import create_server
+from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
+from authz.edges.workers import run_loop, run_workers
 from authz.limits.base import CounterStore
 from authz.limits.memory import MemoryStore
-from authz.metrics import PolicyTools
+from authz.observe.audit import ArgumentAudit, AuditLog
+from authz.observe.metrics import PolicyTools
+from authz.observe.telemetry import OtelSettings, Telemetry
 from authz.policy.load import load_policy
 from authz.policy.reload import PolicyHolder, PolicyWatcher
-from authz.server import create_server
-from authz.settings import IdentitySourceKind, Settings, Transport
-from authz.telemetry import OtelSettings, Telemetry
+from authz.protocol.identity import (
+    Anonymous,
+    FromHeader,
+    FromJwtClaim,
+    FromPeerPrincipal,
+    IdentitySource,
+    IdentitySourceKind,
+)
+from authz.settings import Settings, Transport
 
 log = logging.getLogger("mcp_authz")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_identity(settings: Settings) -> IdentitySource:
@@ -249,3 +266,50 @@ class Gateway:
         await self.approvals.close()
         self.audit.close()
         self.telemetry.shutdown()
+
+
+def run(settings: Settings) -> int:
+    """Serves until SIGTERM: in this process, or in `settings.workers` processes sharing the
+    listen port. Raises PolicyError or ValueError before anything starts serving."""
+    if settings.workers == 1:
+        gateway = Gateway.build(settings)
+        run_loop(gateway.serve(), uvloop=settings.transport is Transport.HTTP)
+        return 0
+    require_shared_state(settings)
+    # Checked once here, so a bad policy stops start-up before any worker is spawned.
+    load_policy(settings.policy)
+    if settings.transport is Transport.HTTP:
+        require_http_identity(settings.identity_source)
+    log.info(
+        "starting %d workers on %s (%s)", settings.workers, settings.listen, settings.transport
+    )
+    return run_workers(partial(_worker, settings), settings.workers, settings.grace)
+
+
+def require_shared_state(settings: Settings) -> None:
+    """Raises ValueError for settings that several workers cannot share."""
+    if settings.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {settings.workers}")
+    if settings.workers == 1:
+        return
+    if settings.redis_url is None:
+        raise ValueError(
+            f"--workers {settings.workers} needs --redis-url: with the in-process store "
+            "every worker would keep its own counters, and a limit of N would admit up to "
+            f"{settings.workers}xN calls"
+        )
+    if settings.metrics_listen is not None:
+        raise ValueError(
+            f"--metrics-listen serves one process's metrics and --workers {settings.workers} "
+            "starts several: export metrics over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT) instead"
+        )
+    if settings.listen.rpartition(":")[2] == "0":
+        raise ValueError("--workers needs a fixed port in --listen: port 0 differs per worker")
+
+
+def _worker(settings: Settings, index: int) -> None:
+    """One worker process: a whole gateway on the shared port."""
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    gateway = Gateway.build(settings)
+    log.info("worker %d serving", index)
+    run_loop(gateway.serve(), uvloop=settings.transport is Transport.HTTP)

@@ -6,14 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from authz.decision import FailMode
-
-
-class IdentitySourceKind(StrEnum):
-    NONE = "none"
-    HEADER = "header"
-    JWT = "jwt"
-    MTLS = "mtls"
+from authz.core.decision import FailMode
+from authz.protocol.identity import IdentitySourceKind
 
 
 class Transport(StrEnum):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from authz.identity import claims_match
+from authz.protocol.identity import claims_match
 
 
 class Status(StrEnum):

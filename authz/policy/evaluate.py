@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from authz.identity import Caller
 from authz.limits.base import CounterKey, Hit
-from authz.mcp import McpCall
 from authz.policy.conditions import is_number, resolve
 from authz.policy.model import Action, Counting, Entry, Grant, Mode, Policy, Rule, Scope
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
 
 UNLISTED_METHOD_RULE = "methods.default"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from authz.identity import Caller
-from authz.mcp import McpCall
 from authz.policy.conditions import resolve
 from authz.policy.evaluate import evaluate, hits
 from authz.policy.model import Policy, Rule
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
 
 
 def explain(policy: Policy, call: McpCall, caller: Caller) -> dict[str, Any]:

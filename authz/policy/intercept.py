@@ -14,7 +14,6 @@ from enum import StrEnum
 from typing import Any
 
 from authz.policy.conditions import Op, is_number
-from authz.policy.load import Pairs, Reader, child, get
 from authz.policy.model import (
     NAMED_WINDOWS,
     POSTURES,
@@ -28,6 +27,7 @@ from authz.policy.model import (
     RuleSet,
     Scope,
 )
+from authz.policy.reader import Pairs, Reader, child, get
 from authz.policy.warnings import shadow_warnings
 
 _TOP_KEYS = ("version", "description", "default", "hide", "tools")

@@ -10,26 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from authz.policy.conditions import ConditionError, Op, compile_condition
-from authz.policy.conditions import kind as kind_of
-from authz.policy.model import NAMED_WINDOWS, Limit, Policy
-
-MAX_LIMIT = 1_000_000_000_000
-MAX_WINDOW = 366 * 86400
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    path: str
-    message: str
+from authz.policy.intercept import InterceptReader, is_intercept
+from authz.policy.model import Policy
+from authz.policy.native import NativeReader
+from authz.policy.reader import Pairs, Problem, Reader
 
 
 class PolicyError(Exception):
@@ -37,10 +26,6 @@ class PolicyError(Exception):
         self.source = source
         self.problems = problems
         super().__init__("\n".join(f"{source}: {p.path}: {p.message}" for p in problems))
-
-
-class Pairs(list[tuple[Any, Any]]):
-    """A mapping as written, duplicates included, so they can be reported with their path."""
 
 
 def load_policy(path: Path) -> Policy:
@@ -52,10 +37,6 @@ def load_policy(path: Path) -> Policy:
 
 
 def parse_policy(data: bytes, source: str) -> Policy:
-    # Imported here: both front ends build on the Reader below.
-    from authz.policy.intercept import InterceptReader, is_intercept  # noqa: PLC0415
-    from authz.policy.native import NativeReader  # noqa: PLC0415
-
     raw = _parse_text(data, source)
     version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
     reader: Reader = InterceptReader() if is_intercept(raw) else NativeReader()
@@ -93,157 +74,3 @@ def _construct_pairs(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Pairs:
 
 
 _PairsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_pairs)
-
-
-def child(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", key):
-        return f"{path}.{key}"
-    return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
-
-
-def kind(value: Any) -> str:
-    return "an object" if isinstance(value, Pairs) else kind_of(value)
-
-
-def get(value: Any, key: str) -> Any:
-    """A key of a raw object, for format detection before validation."""
-    return dict(value).get(key) if isinstance(value, Pairs) else None
-
-
-@dataclass
-class Reader:
-    """Validation helpers shared by both formats: each records problems and carries on, so
-    one pass reports them all."""
-
-    problems: list[Problem] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    # Where each counter was first defined, so a shared budget means the same everywhere.
-    counters: dict[str, tuple[str, Limit]] = field(default_factory=dict)
-
-    def policy(self, raw: Any, source: str, version: str) -> Policy:
-        raise NotImplementedError
-
-    def fail(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message))
-
-    def warn(self, path: str, message: str) -> None:
-        self.warnings.append(f"{path}: {message}")
-
-    def fields(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        """An object's entries, reporting duplicates, unknown keys and non-objects."""
-        if not isinstance(value, Pairs):
-            self.fail(path, f"expected an object, got {kind(value)}")
-            return {}
-        out: dict[str, Any] = {}
-        for key, item in value:
-            if key in out:
-                self.fail(child(path, str(key)), "duplicate key: keep only one")
-            elif key not in allowed:
-                expected = ", ".join(allowed)
-                self.fail(child(path, str(key)), f"unknown key (expected one of: {expected})")
-            else:
-                out[key] = item
-        return out
-
-    def entries(self, value: Any, path: str) -> Iterator[tuple[str, Any, str]]:
-        """Name → item entries of a free-form map such as `tools`."""
-        if not isinstance(value, Pairs):
-            self.fail(path, f"expected an object, got {kind(value)}")
-            return
-        seen: set[str] = set()
-        for key, item in value:
-            where = child(path, str(key))
-            if not isinstance(key, str) or not key:
-                self.fail(where, "names must be non-empty strings")
-            elif key in seen:
-                self.fail(where, "duplicate key: keep only one")
-            else:
-                seen.add(key)
-                yield key, item, where
-
-    def items(self, value: Any, path: str, what: str) -> list[tuple[Any, str]]:
-        if not isinstance(value, list) or isinstance(value, Pairs):
-            self.fail(path, f"expected a list of {what}, got {kind(value)}")
-            return []
-        return [(item, child(path, i)) for i, item in enumerate(value)]
-
-    def choice(self, value: Any, path: str, enum: Callable[[Any], Any], options: Any) -> Any:
-        """`value` as a member of `enum`, which must be one of `options`."""
-        try:
-            member = enum(value)
-        except ValueError:
-            member = None
-        if member is None or member not in list(options):
-            names = " or ".join(f'"{o.value}"' for o in options)
-            self.fail(path, f"expected {names}, got {json.dumps(value, default=str)}")
-            return None
-        return member
-
-    def text(self, value: Any, path: str) -> str | None:
-        if isinstance(value, str) and value.strip():
-            return value
-        self.fail(path, f"expected a non-empty string, got {kind(value)}")
-        return None
-
-    def version(self, top: dict[str, Any], raw: Any) -> None:
-        if isinstance(raw, Pairs) and "version" not in top:
-            self.fail("$.version", 'missing: add "version": "1"')
-        elif "version" in top and top["version"] not in ("1", 1):
-            self.fail("$.version", f'unsupported version {top["version"]!r}: use "1"')
-
-    def window(self, value: Any, path: str, named_only: bool = False) -> int | None:
-        if isinstance(value, str) and value in NAMED_WINDOWS:
-            return NAMED_WINDOWS[value]
-        seconds_ok = (
-            isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_WINDOW
-        )
-        if seconds_ok and not named_only:
-            return int(value)
-        names = ", ".join(f'"{n}"' for n in NAMED_WINDOWS)
-        seconds = "" if named_only else f" or seconds (1 to {MAX_WINDOW})"
-        self.fail(path, f"expected {names}{seconds}, got {value!r}")
-        return None
-
-    def count(self, value: Any, path: str, ceiling: int = MAX_LIMIT) -> int | None:
-        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= ceiling:
-            return value
-        self.fail(path, f"expected a whole number from 1 to {ceiling}, got {value!r}")
-        return None
-
-    def arg_path(self, value: Any, path: str) -> tuple[str, ...] | None:
-        if isinstance(value, str) and value.startswith("args.") and all(value[5:].split(".")):
-            return tuple(value[5:].split("."))
-        self.fail(path, f'expected a path like "args.amount", got {value!r}')
-        return None
-
-    def condition(
-        self, value: Any, path: str, keys: tuple[str, ...] = ("path", "op", "value")
-    ) -> Any:
-        spec = self.fields(value, path, keys)
-        for key in ("path", "op"):
-            if key not in spec:
-                self.fail(child(path, key), "missing: a condition needs path, op and value")
-        if "value" not in spec and spec.get("op") != Op.EXISTS.value:
-            self.fail(child(path, "value"), "missing: a condition needs path, op and value")
-        op = self.choice(spec.get("op"), child(path, "op"), Op, Op) if "op" in spec else None
-        where = self.arg_path(spec["path"], child(path, "path")) if "path" in spec else None
-        if op is None or where is None:
-            return None
-        try:
-            return compile_condition(where, op, spec.get("value", True))
-        except ConditionError as e:
-            self.fail(child(path, "value"), str(e))
-            return None
-
-    def shared(self, limit: Limit, path: str) -> Limit:
-        first = self.counters.setdefault(limit.counter, (path, limit))
-        if first[1] != limit:
-            self.fail(
-                path,
-                f'counter "{limit.counter}" is one shared budget but is defined differently '
-                f"at {first[0]} ({first[1].describe()} vs {limit.describe()}): make them equal "
-                "or rename one",
-            )
-        return limit

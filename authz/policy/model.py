@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from authz.identity import claims_match
 from authz.policy.conditions import Condition
+from authz.protocol.identity import claims_match
 
 
 class Action(StrEnum):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from authz.policy.load import Pairs, Reader, child, kind
 from authz.policy.model import (
     POSTURES,
     Action,
@@ -19,6 +18,7 @@ from authz.policy.model import (
     RuleSet,
     Scope,
 )
+from authz.policy.reader import Pairs, Reader, child, kind
 from authz.policy.warnings import shadow_warnings
 
 _TOP_KEYS = ("version", "description", "default", "mode", "tools", "methods", "grants", "hide")

@@ -23,13 +23,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from authz._gen.mcpauthz.admin.v1 import admin_pb2 as pb
 from authz._gen.mcpauthz.admin.v1 import admin_pb2_grpc
-from authz.admin import AdminServicer, AdminTokens, create_admin_server
-from authz.audit import ArgumentAudit, AuditLog
+from authz.admin.server import AdminServicer, AdminTokens, create_admin_server
 from authz.limits.base import CounterKey, Hit
-from authz.metrics import Metrics
-from authz.policy.load import PolicyError, Problem, parse_policy
+from authz.observe.audit import ArgumentAudit, AuditLog
+from authz.observe.metrics import Metrics
+from authz.observe.telemetry import Telemetry
+from authz.policy.load import PolicyError, parse_policy
+from authz.policy.reader import Problem
 from authz.policy.reload import PolicyHolder
-from authz.telemetry import Telemetry
 from tests.unit.support import Gate
 
 POLICY = {

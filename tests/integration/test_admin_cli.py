@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from authz.admin import AdminServicer, AdminTls, AdminTokens, create_admin_server
-from authz.audit import ArgumentAudit, AuditLog
+from authz.admin.server import AdminServicer, AdminTls, AdminTokens, create_admin_server
 from authz.cli import main
 from authz.limits.base import CounterKey, Hit
+from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.policy.load import parse_policy
 from authz.policy.reload import PolicyHolder
 from authz.runner import Gateway

@@ -19,10 +19,10 @@ import yaml
 
 from authz.approvals.base import Approval, Request, Status
 from authz.approvals.webhook import ApprovalWebhook, read_secret, signature
-from authz.decision import Decider
-from authz.identity import FromHeader
+from authz.core.decision import Decider
 from authz.limits.memory import MemoryStore
 from authz.policy.load import parse_policy
+from authz.protocol.identity import FromHeader
 from tests.unit.support import Gate
 
 SECRET = b"webhook-secret-0123456789"

@@ -23,18 +23,18 @@ import pytest
 import yaml
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from authz.decision import FailMode
-from authz.errors import Refusal
-from authz.identity import Caller
+from authz.core.decision import FailMode
+from authz.core.outcome import Outcome
+from authz.edges.authz_grpc import create_server
 from authz.limits.base import CounterKey, Hit, LimitState
-from authz.mcp import McpCall
-from authz.metrics import PROMETHEUS_NAMES
-from authz.outcome import Outcome
+from authz.observe.metrics import PROMETHEUS_NAMES
+from authz.observe.telemetry import check_attributes
 from authz.policy.reload import PolicyWatcher
+from authz.protocol.errors import Refusal
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
 from authz.runner import Gateway
-from authz.server import create_server
 from authz.settings import Settings
-from authz.telemetry import check_attributes
 from tests.integration.test_grpc_server import check_request, tool_call
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,9 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 
-from authz.http_transport import (
+from authz.core.reply import Reply
+from authz.edges.authz_grpc import create_server
+from authz.edges.authz_http import (
     MAX_BODY,
     REFUSAL_STATUS,
     HttpCheck,
@@ -28,11 +30,10 @@ from authz.http_transport import (
     create_http_server,
     encode,
 )
-from authz.response import Reply
+from authz.observe.telemetry import Telemetry
+from authz.protocol.identity import IdentitySourceKind
 from authz.runner import Gateway
-from authz.server import create_server
-from authz.settings import IdentitySourceKind, Settings
-from authz.telemetry import Telemetry
+from authz.settings import Settings
 from tests.checks import check_request
 from tests.conftest import RedisServer
 

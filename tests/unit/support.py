@@ -7,12 +7,12 @@ from typing import Any
 
 from authz.approvals.base import Approval
 from authz.approvals.memory import MemoryApprovals
-from authz.decision import Decider
-from authz.identity import JWT_NAMESPACE, FromHeader
+from authz.core.decision import Decider
+from authz.core.outcome import Outcome
 from authz.limits.memory import MemoryStore
-from authz.outcome import Outcome
 from authz.policy.model import Policy
-from authz.request import HttpRequest
+from authz.protocol.identity import JWT_NAMESPACE, FromHeader
+from authz.protocol.request import HttpRequest
 
 IDENTITY_HEADER = "x-agent-id"
 

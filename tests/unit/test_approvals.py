@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from authz.approvals.base import ApprovalError, Status, may_approve
-from authz.errors import Refusal
+from authz.core.reply import reply_for
 from authz.policy.load import PolicyError, parse_policy
-from authz.response import reply_for
+from authz.protocol.errors import Refusal
 from tests.unit.support import Gate
 
 POLICY = {

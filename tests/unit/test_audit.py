@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags
 
 from authz.approvals.base import Approval, Request, Status
-from authz.audit import ArgumentAudit, ArgumentPath, AuditLog
-from authz.errors import Refusal
-from authz.identity import Caller
-from authz.mcp import McpCall
-from authz.outcome import Outcome
+from authz.core.outcome import Outcome
+from authz.observe.audit import ArgumentAudit, ArgumentPath, AuditLog
+from authz.protocol.errors import Refusal
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SPAN = SpanContext(

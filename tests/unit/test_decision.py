@@ -9,16 +9,22 @@ from typing import Any
 
 import pytest
 
-from authz.decision import Decider, FailMode
-from authz.errors import Refusal
-from authz.identity import Anonymous, FromHeader, FromJwtClaim, FromPeerPrincipal, IdentitySource
+from authz.core.decision import Decider, FailMode
+from authz.core.outcome import Outcome
+from authz.core.reply import reply_for
 from authz.limits.base import Hit, HitResult, StoreUnavailable
 from authz.limits.memory import MemoryStore
-from authz.outcome import Outcome
 from authz.policy.load import load_policy, parse_policy
 from authz.policy.model import Policy
-from authz.request import HttpRequest
-from authz.response import reply_for
+from authz.protocol.errors import Refusal
+from authz.protocol.identity import (
+    Anonymous,
+    FromHeader,
+    FromJwtClaim,
+    FromPeerPrincipal,
+    IdentitySource,
+)
+from authz.protocol.request import HttpRequest
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "policies" / "seed.json"
 TOOL = "binance_us_create_listen_key"

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from authz.identity import Caller
 from authz.limits.base import CounterKey
-from authz.mcp import McpCall
 from authz.policy.evaluate import evaluate, hits
 from authz.policy.load import parse_policy
 from authz.policy.model import Policy
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
 
 POLICY: dict[str, Any] = {
     "version": "1",

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from authz.errors import Refusal
 from authz.policy.load import PolicyError, load_policy, parse_policy
 from authz.policy.model import Policy
+from authz.protocol.errors import Refusal
 from tests.unit.support import Gate
 
 FULL = Path(__file__).parent / "policies" / "intercept_full.yaml"

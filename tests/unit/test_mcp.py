@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from authz.errors import Refusal, RequestRefused
-from authz.mcp import McpCall, parse_body, parse_request
-from authz.request import HttpRequest
+from authz.protocol.errors import Refusal, RequestRefused
+from authz.protocol.mcp import McpCall, parse_body, parse_request
+from authz.protocol.request import HttpRequest
 
 
 def post(body: bytes | str, **headers: str) -> HttpRequest:

@@ -9,9 +9,8 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from authz.errors import Refusal
-from authz.mcp import McpCall
-from authz.metrics import (
+from authz.core.outcome import Outcome
+from authz.observe.metrics import (
     NO_TOOL,
     OTHER_TOOL,
     PROMETHEUS_NAMES,
@@ -20,9 +19,10 @@ from authz.metrics import (
     policy_tools,
     split_address,
 )
-from authz.outcome import Outcome
 from authz.policy.load import parse_policy
 from authz.policy.model import Policy
+from authz.protocol.errors import Refusal
+from authz.protocol.mcp import McpCall
 
 POLICY = {
     "version": "1",

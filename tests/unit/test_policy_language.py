@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
-from authz.errors import Refusal
-from authz.identity import Caller
-from authz.mcp import McpCall
 from authz.policy.evaluate import evaluate
 from authz.policy.load import PolicyError, load_policy, parse_policy
 from authz.policy.model import Policy
+from authz.protocol.errors import Refusal
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
 from tests.unit.support import Gate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policies"

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from authz.decision import Decider
-from authz.errors import Refusal
-from authz.identity import Anonymous
+from authz.core.decision import Decider
 from authz.limits.memory import MemoryStore
 from authz.policy.load import load_policy
 from authz.policy.reload import PolicyHolder, PolicyWatcher
-from authz.request import HttpRequest
+from authz.protocol.errors import Refusal
+from authz.protocol.identity import Anonymous
+from authz.protocol.request import HttpRequest
 
 
 def policy(max_calls: int, extra_tool: str | None = None) -> str:

@@ -18,15 +18,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from authz.audit import ArgumentAudit, AuditLog
-from authz.decision import Decider, FailMode
-from authz.identity import FromHeader
+from authz.core.decision import Decider, FailMode
+from authz.edges.authz_grpc import AuthorizationServicer
 from authz.limits.base import Hit, HitResult, StoreUnavailable
 from authz.limits.memory import MemoryStore
-from authz.metrics import Metrics, PolicyTools
-from authz.policy.load import parse_policy
-from authz.server import AuthorizationServicer
-from authz.telemetry import (
+from authz.observe.audit import ArgumentAudit, AuditLog
+from authz.observe.metrics import Metrics, PolicyTools
+from authz.observe.telemetry import (
     CHECK_SPAN,
     STORE_SPAN,
     ExportProtocol,
@@ -34,6 +32,8 @@ from authz.telemetry import (
     Telemetry,
     _DropCountingProcessor,
 )
+from authz.policy.load import parse_policy
+from authz.protocol.identity import FromHeader
 from tests.checks import check_request
 
 Attr = attribute_context_pb2.AttributeContext

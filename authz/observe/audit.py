@@ -23,8 +23,8 @@ from typing import Any, Final, TextIO
 
 from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
-from authz.mcp import McpCall
-from authz.outcome import Outcome
+from authz.core.outcome import Outcome
+from authz.protocol.mcp import McpCall
 
 log = logging.getLogger("mcp_authz.audit")
 
@@ -196,7 +196,7 @@ class AuditLog:
         note: str = "",
         span: SpanContext | None = None,
     ) -> None:
-        """One admin API call (authz/admin.py): who did what to which target, and its end."""
+        """One admin API call (authz/admin/server.py): who did what to which target, and its end."""
         if self._stream is None:
             return
         valid = span is not None and span.is_valid

@@ -9,11 +9,11 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from authz import envoy
-from authz.audit import AuditLog
-from authz.decision import Decider
-from authz.response import reply_for
-from authz.telemetry import Telemetry
+from authz.core.decision import Decider
+from authz.core.reply import reply_for
+from authz.edges import envoy
+from authz.observe.audit import AuditLog
+from authz.observe.telemetry import Telemetry
 
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 

@@ -18,9 +18,9 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import Meter
 from prometheus_client import CollectorRegistry, start_http_server
 
-from authz.errors import Refusal
-from authz.outcome import Outcome
+from authz.core.outcome import Outcome
 from authz.policy.model import Policy
+from authz.protocol.errors import Refusal
 
 OTHER_TOOL: Final = "other"
 # The label of requests that call no tool (initialize, tools/list, malformed bodies).

@@ -45,9 +45,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from authz import __version__
+from authz.core.outcome import Outcome
 from authz.limits.base import CounterKey, CounterStore, Hit, HitResult, LimitState
-from authz.metrics import Metrics, PrometheusEndpoint
-from authz.outcome import Outcome
+from authz.observe.metrics import Metrics, PrometheusEndpoint
 
 log = logging.getLogger("mcp_authz.telemetry")
 
@@ -164,7 +164,7 @@ class Telemetry:
 
     @contextmanager
     def admin(self, name: str, attributes: Mapping[str, AttributeValue]) -> Iterator[Span]:
-        """The span of one admin API call (authz/admin.py); not recording without tracing."""
+        """The span of one admin API call (authz/admin/server.py); not recording without tracing."""
         if self._tracer is None:
             yield trace.INVALID_SPAN
             return

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from authz.errors import Refusal
-from authz.outcome import Outcome, retry_seconds
+from authz.core.outcome import Outcome, retry_seconds
+from authz.protocol.errors import Refusal
 
 DECISION_HEADER = "x-mcp-authz-decision-id"
 

@@ -13,16 +13,16 @@ from enum import StrEnum
 from typing import cast
 
 from authz.approvals.base import Approval, ApprovalStore
-from authz.approvals.gate import ApprovalGate
 from authz.approvals.memory import MemoryApprovals
-from authz.errors import Refusal, RequestRefused
-from authz.identity import Caller, IdentitySource, caller_of
+from authz.core.approval_gate import ApprovalGate
+from authz.core.outcome import Outcome, whole_seconds
 from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
-from authz.mcp import McpCall, parse_request
-from authz.outcome import Outcome, whole_seconds
 from authz.policy.evaluate import Verdict, evaluate, hits
 from authz.policy.model import Policy
-from authz.request import HttpRequest
+from authz.protocol.errors import Refusal, RequestRefused
+from authz.protocol.identity import Caller, IdentitySource, caller_of
+from authz.protocol.mcp import McpCall, parse_request
+from authz.protocol.request import HttpRequest
 
 
 class FailMode(StrEnum):

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from authz.errors import Refusal, RequestRefused
-from authz.request import HttpRequest
+from authz.protocol.errors import Refusal, RequestRefused
+from authz.protocol.request import HttpRequest
 
 MAX_DEPTH = 64
 # Requests without a body to read: the SSE stream (GET), ending a session (DELETE), CORS.

@@ -23,11 +23,11 @@ import grpc
 from authz._gen.mcpauthz.admin.v1 import admin_pb2 as pb
 from authz._gen.mcpauthz.admin.v1 import admin_pb2_grpc
 from authz.approvals.base import Approval, ApprovalError, ApprovalStore, Status, may_approve
-from authz.audit import AuditLog
 from authz.limits.base import CounterKey, CounterStore, Hit, LimitState, StoreUnavailable
+from authz.observe.audit import AuditLog
+from authz.observe.telemetry import Telemetry
 from authz.policy.model import Limit, Policy, Rule, Scope
 from authz.policy.reload import PolicyHolder
-from authz.telemetry import Telemetry
 
 log = logging.getLogger("mcp_authz.admin")
 

@@ -9,7 +9,7 @@ buffered body (`with_request_body`) as the request body. We answer:
   (`allowed_client_headers_on_success`);
 - refused: the gRPC path's status, headers and JSON-RPC body. Envoy takes any status but 200
   as a refusal and passes it on, so a refusal that must reach the agent as 200 (see
-  authz/response.py) goes out as REFUSAL_STATUS, which deploy/envoy/envoy-http.yaml's
+  authz/core/reply.py) goes out as REFUSAL_STATUS, which deploy/envoy/envoy-http.yaml's
   `local_reply_config` turns back into 200.
 
 What http_service cannot carry: Envoy's dynamic metadata (the jwt_authn payload) and the mTLS
@@ -31,16 +31,16 @@ from typing import Final
 
 import httptools
 
-from authz.audit import AuditLog
-from authz.decision import Decider
-from authz.request import HttpRequest
-from authz.response import Reply, reply_for
-from authz.settings import IdentitySourceKind
-from authz.telemetry import Telemetry
+from authz.core.decision import Decider
+from authz.core.reply import Reply, reply_for
+from authz.observe.audit import AuditLog
+from authz.observe.telemetry import Telemetry
+from authz.protocol.identity import IdentitySourceKind
+from authz.protocol.request import HttpRequest
 
 log = logging.getLogger("mcp_authz.http")
 
-# A refusal answered with HTTP 200 (see authz/response.py) leaves here with this status:
+# A refusal answered with HTTP 200 (see authz/core/reply.py) leaves here with this status:
 # to Envoy's http_service only 200 allows. Still 2xx, so a proxy without the mapping that
 # restores 200 delivers it as a JSON-RPC answer the SDK clients read.
 REFUSAL_STATUS: Final = 299

@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 from typing import cast
 
 from authz.approvals.base import Approval, ApprovalStore, Request, Status
-from authz.errors import Refusal
-from authz.identity import Caller
+from authz.core.outcome import Outcome
 from authz.limits.base import StoreUnavailable
-from authz.mcp import McpCall
-from authz.outcome import Outcome
 from authz.policy.evaluate import Verdict
 from authz.policy.model import ApprovalRule, Rule
+from authz.protocol.errors import Refusal
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
 
 
 class ApprovalGate:

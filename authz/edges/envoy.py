@@ -10,9 +10,9 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
-from authz.outcome import Outcome
-from authz.request import HttpRequest
-from authz.response import Reply
+from authz.core.outcome import Outcome
+from authz.core.reply import Reply
+from authz.protocol.request import HttpRequest
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from authz.approvals.base import Approval
-from authz.errors import Refusal
-from authz.identity import Caller
 from authz.limits.base import LimitState
-from authz.mcp import McpCall, RequestId
+from authz.protocol.errors import Refusal
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall, RequestId
 
 
 @dataclass(frozen=True, slots=True)

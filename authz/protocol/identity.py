@@ -10,12 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
-from authz.request import HttpRequest
+from authz.protocol.request import HttpRequest
 
 ANONYMOUS = "anonymous"
 JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
+
+
+class IdentitySourceKind(StrEnum):
+    """Where `--identity-source` says the caller's identity comes from."""
+
+    NONE = "none"
+    HEADER = "header"
+    JWT = "jwt"
+    MTLS = "mtls"
 
 
 @dataclass(frozen=True, slots=True)

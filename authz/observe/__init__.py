@@ -1,0 +1,1 @@
+"""Observability beside the request path: the audit log, traces and metrics."""
