@@ -209,7 +209,7 @@ def _limited(base: Outcome, counted: list[tuple[McpCall, Verdict]], result: HitR
         base,
         refusal=Refusal.RATE_LIMITED,
         subject=call,
-        rule=use.rule.id,
+        rule=use.counting.id or use.rule.id,
         grant=verdict.grant,
         reason=reason,
         limits=result.states,

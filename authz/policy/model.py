@@ -67,6 +67,9 @@ class Counting:
     limit: Limit
     increment: int = 1
     increment_from: tuple[str, ...] | None = None
+    # The rule named when this budget refuses a call, e.g. '/all_tools/limits/calls-per-minute';
+    # empty for the id of the rule that holds it.
+    id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +86,9 @@ class ApprovalRule:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    # Where the rule stands in the policy, e.g. 'tools.get_balance' or
-    # 'tools.create_charge.rules[1]': shown to agents and operators alike.
+    # Where the rule stands in the policy, as a JSON pointer ('/tools/get_balance',
+    # '/tools/create_charge/deny_if/args.amount-gt') or Intercept's 'tools.t.rules[1] (name)':
+    # shown to agents and operators alike.
     id: str
     action: Action
     reason: str | None = None
@@ -93,6 +97,8 @@ class Rule:
     counts: tuple[Counting, ...] = ()
     mode: Mode = Mode.ENFORCE
     approval: ApprovalRule | None = None
+    # The call is refused when any of these holds or cannot be judged (PolicyLayer's deny_if).
+    denies: tuple[Condition, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +183,16 @@ class Policy:
     grants: tuple[Grant, ...] = ()
     # Rules for methods other than tools/call; an unlisted method is allowed.
     methods: RuleSet = field(default_factory=RuleSet)
-    # Tools refused whatever the grant (Intercept's `hide`); "*" hides all.
+    # Tools refused whatever the grant (`hide`): names or globs; "*" hides all.
     hidden: frozenset[str] = frozenset()
     # Identifies the exact file content that made this policy (a hash), for logs and audit.
     version: str = ""
     source: str = ""
     # Things that load but deserve a look (unreachable rules, features only partly honoured).
     warnings: tuple[str, ...] = ()
+    # What the agent is told when the policy itself refuses (hidden, default deny); None for
+    # the gateway's own sentence.
+    on_deny: str | None = None
 
     @property
     def default(self) -> Action:
@@ -197,4 +206,8 @@ class Policy:
         return next((g for g in self.grants if g.admits(identity, claims)), self.everyone)
 
     def is_hidden(self, tool: str) -> bool:
-        return tool in self.hidden or "*" in self.hidden
+        """Whether `hide` names the tool: pure, for the call-time refusal and for whatever
+        filters `tools/list`."""
+        if tool in self.hidden:
+            return True
+        return any(is_glob(h) and glob_regex(h).fullmatch(tool) for h in self.hidden)

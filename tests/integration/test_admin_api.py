@@ -143,7 +143,7 @@ async def test_list_and_show_pending_requests(admin: Admin) -> None:
     assert {a.id for a in listed.approvals} == {first, second}
     shown = await admin.call("GetApproval", pb.GetApprovalRequest(id=first), who="bob")
     assert shown.status == pb.APPROVAL_STATUS_PENDING
-    assert (shown.identity, shown.tool, shown.rule) == ("agent", "withdraw", "tools.withdraw")
+    assert (shown.identity, shown.tool, shown.rule) == ("agent", "withdraw", "/tools/withdraw")
     assert json.loads(shown.arguments_json) == {"amount": 900, "to": "acct-ü"}
     assert list(shown.approvers) == ["alice"]
     assert json.loads(shown.approver_claims_json) == {"groups": ["treasury"]}

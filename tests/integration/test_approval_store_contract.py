@@ -62,7 +62,7 @@ def ask(amount: object = 900, *, who: str = "agent", **extra: object) -> Request
         grant="default",
         tool="withdraw",
         arguments={"amount": amount, **extra},
-        rule="tools.withdraw",
+        rule="/tools/withdraw",
         reason="Withdrawals need a person",
         approvers=("alice",),
         approver_claims={"groups": ("treasury",)},

@@ -45,7 +45,7 @@ def outcome(*calls: McpCall, refusal: Refusal | None = Refusal.DENIED) -> Outcom
         decision_id="d-1",
         policy_version="sha256:abc",
         refusal=refusal,
-        rule="tools.transfer",
+        rule="/tools/transfer",
         reason="transfers need approval",
         calls=calls,
         subject=calls[0] if calls else None,
@@ -86,7 +86,7 @@ def test_a_line_answers_who_what_when_why_and_which_trace() -> None:
         "method": "tools/call",
         "tool": "transfer",
         "request_id": 1,
-        "rule": "tools.transfer",
+        "rule": "/tools/transfer",
         "reason": "transfers need approval",
         "policy_version": "sha256:abc",
         "fail_open": False,
@@ -128,7 +128,7 @@ def test_argument_values_and_keys_never_appear_in_clear(first: Any, second: Any)
 
 def test_an_approval_is_named_without_the_arguments_it_holds() -> None:
     args = {"amount": MARKER}
-    request = Request("agent-7", "default", "transfer", args, "tools.transfer", "big")
+    request = Request("agent-7", "default", "transfer", args, "/tools/transfer", "big")
     approval = Approval("a-1", Status.APPROVED, request, 1.0, 2.0, decided_by="alice")
     audit, stream = log()
     audit.record(replace(outcome(transfer(args)), refusal=None, approval=approval), 0.001, SPAN)
