@@ -54,7 +54,8 @@ def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
     entry = policy.methods.match(call.method)
     if entry is None:
         return Verdict(True, UNLISTED_METHOD_RULE, f"method {call.method} is not governed")
-    return _rules(policy, entry.rules, entry, policy.everyone, call, f"method {call.method}")
+    what = f"method {call.method}"
+    return _rules(entry.rules, entry, policy.everyone, call, what, on_deny=policy.on_deny)
 
 
 def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str) -> Verdict:
@@ -67,7 +68,7 @@ def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str) -> Verdict:
         reason = policy.on_deny or f"{what} is not in the policy, which denies by default"
         return _refused(grant.mode, DEFAULT_DENY_RULE, reason, grant)
     rules = (entry.rules if entry else ()) + grant.every_tool
-    return _rules(policy, rules, entry, grant, call, what)
+    return _rules(rules, entry, grant, call, what, on_deny=policy.on_deny)
 
 
 def _refused(mode: Mode, rule: str, reason: str, grant: Grant) -> Verdict:
@@ -77,19 +78,20 @@ def _refused(mode: Mode, rule: str, reason: str, grant: Grant) -> Verdict:
 
 
 def _rules(
-    policy: Policy,
     rules: tuple[Rule, ...],
     entry: Entry | None,
     grant: Grant,
     call: McpCall,
     what: str,
+    *,
+    on_deny: str | None,
 ) -> Verdict:
     uses: list[Use] = []
     dry_uses: list[Use] = []
     would_deny = None
     approval = None
     for rule in rules:
-        failure, costs = _judge(rule, call, what, rule.reason or policy.on_deny)
+        failure, costs = _judge(rule, call, what, rule.reason or on_deny)
         if failure is None and _needs_approval(rule, call):
             if rule.mode is Mode.ENFORCE:
                 approval = approval or rule
