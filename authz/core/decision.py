@@ -15,6 +15,7 @@ from typing import cast
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.core.approval_gate import ApprovalGate
+from authz.core.grant_identity import GrantIdentity, Identified
 from authz.core.outcome import Outcome, whole_seconds
 from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
 from authz.policy.evaluate import Verdict, evaluate, hits
@@ -44,6 +45,7 @@ class Decider:
         jwt_payload_key: str = "jwt_payload",
         approvals: ApprovalStore | None = None,
         on_approval_requested: Callable[[Approval], None] = lambda approval: None,
+        grants: GrantIdentity | None = None,
     ) -> None:
         self._policy = policy
         self._identity = identity
@@ -52,6 +54,8 @@ class Decider:
         self._new_id = new_id
         self._payload_key = jwt_payload_key
         self._approvals = ApprovalGate(approvals or MemoryApprovals(), on_approval_requested)
+        # With grant tokens the token names the caller (and maybe its policy), not `identity`.
+        self._grants = grants
 
     async def decide(self, request: HttpRequest) -> Outcome:
         # One policy for the whole request, even if a reload lands while it is judged.
@@ -69,24 +73,31 @@ class Decider:
                 request_ids=(e.request_id,),
             )
         ids = tuple(c.id for c in calls)
-        identity = self._identity.identify(request)
-        if identity is None:
-            reason = "the request carries no identity from the configured source"
+        identified = await self._identify(request, policy)
+        if isinstance(identified, str):
             return Outcome(
                 decision_id,
                 policy.version,
                 Refusal.UNAUTHENTICATED,
                 "identity",
-                reason,
+                identified,
                 calls=calls,
                 request_ids=ids,
             )
-        caller = caller_of(request, identity, self._payload_key)
+        caller, policy = identified.caller, identified.policy
         # Built once and replaced once more at the end: this is the per-request hot path.
         base = Outcome(
             decision_id, policy.version, None, "", "", calls=calls, caller=caller, request_ids=ids
         )
         return await self._judge(policy, base, caller)
+
+    async def _identify(self, request: HttpRequest, policy: Policy) -> Identified | str:
+        if self._grants is not None:
+            return await self._grants.identify(request, policy)
+        identity = self._identity.identify(request)
+        if identity is None:
+            return "the request carries no identity from the configured source"
+        return Identified(caller_of(request, identity, self._payload_key), policy)
 
     async def _judge(self, policy: Policy, base: Outcome, caller: Caller) -> Outcome:
         verdicts = [(call, evaluate(policy, call, caller)) for call in base.calls]

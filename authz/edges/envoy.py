@@ -60,6 +60,7 @@ def to_check_response(outcome: Outcome, reply: Reply) -> Any:
     if outcome.allowed:
         response.status.code = code_pb2.OK
         _add(response.ok_response.headers, reply.upstream_headers)
+        response.ok_response.headers_to_remove.extend(reply.upstream_removed)
         _add(response.ok_response.response_headers_to_add, reply.headers)
         return response
     response.status.code = code_pb2.PERMISSION_DENIED

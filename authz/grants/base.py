@@ -29,7 +29,15 @@ MAX_POLICY_BYTES: Final = 1 << 20
 
 
 class GrantError(ValueError):
-    """An operator's request that cannot be done: a taken or unknown label, a bad label."""
+    """An operator's request that cannot be done: a bad label or policy choice."""
+
+
+class GrantExists(GrantError):
+    pass
+
+
+class GrantNotFound(GrantError):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +161,11 @@ def new_token() -> str:
 
 
 def unknown(label: str) -> GrantError:
-    return GrantError(f"no grant labelled {label!r}")
+    return GrantNotFound(f"no grant labelled {label!r}")
 
 
 def taken(label: str) -> GrantError:
-    return GrantError(f"a grant labelled {label!r} exists: rotate or revoke it instead")
+    return GrantExists(f"a grant labelled {label!r} exists: rotate or revoke it instead")
 
 
 def rotated(grant: Grant, digest: str, at: int) -> Grant:

@@ -19,6 +19,7 @@ UNLISTED_METHOD_RULE = "methods.default"
 HIDDEN_RULE = "(hidden)"
 DEFAULT_DENY_RULE = "(default deny)"
 DEFAULT_ALLOW_RULE = "(default allow)"
+NO_POLICY_RULE = "(no policy)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,11 @@ def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
         # A client's answer to a server request (sampling, elicitation): it invokes nothing.
         return Verdict(True, UNLISTED_METHOD_RULE, "responses are not governed")
     if call.method == "tools/call" and call.target is not None:
-        return _tool(policy, policy.grant_for(caller.identity, caller.claims), call, call.target)
+        grant = policy.grant_of(caller)
+        if grant is None:
+            reason = f'the grant token names policy grant "{caller.policy_grant}", which is gone'
+            return Verdict(False, NO_POLICY_RULE, reason)
+        return _tool(policy, grant, call, call.target)
     entry = policy.methods.match(call.method)
     if entry is None:
         return Verdict(True, UNLISTED_METHOD_RULE, f"method {call.method} is not governed")

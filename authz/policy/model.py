@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from authz.policy.conditions import Condition
-from authz.protocol.identity import claims_match
+from authz.protocol.identity import Caller, claims_match
 
 
 class Action(StrEnum):
@@ -204,6 +204,13 @@ class Policy:
 
     def grant_for(self, identity: str, claims: Mapping[str, Any]) -> Grant:
         return next((g for g in self.grants if g.admits(identity, claims)), self.everyone)
+
+    def grant_of(self, caller: Caller) -> Grant | None:
+        """The caller's grant: the one its grant token names (None when the policy has no
+        such grant), else the first that admits it."""
+        if caller.policy_grant is None:
+            return self.grant_for(caller.identity, caller.claims)
+        return next((g for g in self.grants if g.name == caller.policy_grant), None)
 
     def is_hidden(self, tool: str) -> bool:
         """Whether `hide` names the tool: pure, for the call-time refusal and for whatever

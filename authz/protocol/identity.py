@@ -26,6 +26,8 @@ class IdentitySourceKind(StrEnum):
     HEADER = "header"
     JWT = "jwt"
     MTLS = "mtls"
+    # A grant token in `Authorization: Bearer`, looked up in the grant store (authz/grants).
+    TOKEN = "token"  # noqa: S105 - the name of a source, not a secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,10 @@ class Caller:
     session: str | None = None
     # Claims of the JWT Envoy verified, if any: grants may select callers by them.
     claims: Mapping[str, Any] = field(default_factory=dict)
+    # The label of the grant token that identified the caller (identity source `token`),
+    # and the grant of the policy that token names, if it names one.
+    grant_label: str | None = None
+    policy_grant: str | None = None
 
 
 class IdentitySource(Protocol):
@@ -78,6 +84,12 @@ def jwt_claims(request: HttpRequest, payload_key: str = "jwt_payload") -> Mappin
 class FromPeerPrincipal:
     def identify(self, request: HttpRequest) -> str | None:
         return request.peer_principal or None
+
+
+def bearer_token(request: HttpRequest) -> str | None:
+    """The credential of `Authorization: Bearer TOKEN`, or None without one."""
+    scheme, _, token = (request.header("authorization") or "").strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def caller_of(request: HttpRequest, identity: str, payload_key: str = "jwt_payload") -> Caller:
