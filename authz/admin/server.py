@@ -24,7 +24,7 @@ from authz._gen.mcpauthz.admin.v1 import admin_pb2 as pb
 from authz._gen.mcpauthz.admin.v1 import admin_pb2_grpc
 from authz.admin.roles import Permission, may
 from authz.approvals.base import Approval, ApprovalError, ApprovalStore, Status, may_approve
-from authz.grants.base import Grant, GrantError, GrantExists, GrantNotFound, Grants
+from authz.grants.base import Grant, GrantError, GrantExistsError, GrantNotFoundError, Grants
 from authz.limits.base import CounterKey, CounterStore, Hit, LimitState, StoreUnavailable
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
@@ -60,8 +60,8 @@ NEEDS: Final = {
     "list_grants": Permission.MANAGE_GRANTS,
 }
 _GRANT_ERRORS: Final = {
-    GrantExists: grpc.StatusCode.ALREADY_EXISTS,
-    GrantNotFound: grpc.StatusCode.NOT_FOUND,
+    GrantExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    GrantNotFoundError: grpc.StatusCode.NOT_FOUND,
 }
 T = TypeVar("T")
 

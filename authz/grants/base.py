@@ -32,12 +32,12 @@ class GrantError(ValueError):
     """An operator's request that cannot be done: a bad label or policy choice."""
 
 
-class GrantExists(GrantError):
-    pass
+class GrantExistsError(GrantError):
+    """The label is taken."""
 
 
-class GrantNotFound(GrantError):
-    pass
+class GrantNotFoundError(GrantError):
+    """No grant has the label."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +161,11 @@ def new_token() -> str:
 
 
 def unknown(label: str) -> GrantError:
-    return GrantNotFound(f"no grant labelled {label!r}")
+    return GrantNotFoundError(f"no grant labelled {label!r}")
 
 
 def taken(label: str) -> GrantError:
-    return GrantExists(f"a grant labelled {label!r} exists: rotate or revoke it instead")
+    return GrantExistsError(f"a grant labelled {label!r} exists: rotate or revoke it instead")
 
 
 def rotated(grant: Grant, digest: str, at: int) -> Grant:
