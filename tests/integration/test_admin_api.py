@@ -190,7 +190,7 @@ async def test_only_the_rules_approvers_may_decide(admin: Admin) -> None:
     assert await refused(admin, "Approve", request, "agent") == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await admin.call("Approve", request, "bob")
-    assert "rule tools.withdraw names alice, groups=treasury" in str(info.value.details())
+    assert "rule /tools/withdraw names alice, groups=treasury" in str(info.value.details())
     # A claim the rule names qualifies.
     approved = await admin.call("Approve", request, who="carol")
     assert approved.decided_by == "carol"

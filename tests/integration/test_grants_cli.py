@@ -103,7 +103,7 @@ async def test_each_token_has_its_own_seed_budget(world: World, capsys) -> None:
 async def test_revoked_rotated_unknown_and_missing_tokens_get_401(world: World, capsys) -> None:
     alice = token_of((await world.cli(capsys, "grants", "create", "--label", "alice"))[1])
     assert (await world.call(alice)).allowed
-    code, out, _ = await world.cli(capsys, "grants", "rotate", "alice")
+    _, out, _ = await world.cli(capsys, "grants", "rotate", "alice")
     new = token_of(out)
     assert (await world.call(new)).allowed
     await world.cli(capsys, "grants", "revoke", "alice")
