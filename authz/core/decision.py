@@ -58,6 +58,9 @@ class Decider:
         self._grants = grants
 
     async def decide(self, request: HttpRequest) -> Outcome:
+        return replace(await self._decide(request), origin=request.origin())
+
+    async def _decide(self, request: HttpRequest) -> Outcome:
         # One policy for the whole request, even if a reload lands while it is judged.
         policy = self._policy()
         decision_id = self._new_id()

@@ -30,6 +30,7 @@ def to_http_request(check: Any) -> HttpRequest:
         # string in which invalid bytes are already replaced, which can only be a guess.
         body=http.raw_body or http.body.encode("utf-8"),
         peer_principal=attributes.source.principal,
+        client_address=_address(attributes.source.address),
         metadata={
             namespace: json_format.MessageToDict(struct)
             for namespace, struct in filter_metadata.items()
@@ -37,6 +38,11 @@ def to_http_request(check: Any) -> HttpRequest:
         if filter_metadata
         else {},
     )
+
+
+def _address(address: Any) -> str:
+    socket = address.socket_address
+    return f"{socket.address}:{socket.port_value}" if socket.address else ""
 
 
 def _headers(http: Any) -> dict[str, str]:
