@@ -17,6 +17,7 @@ import pytest
 from authz.grants.base import GrantError, GrantKey, Grants, new_token
 from authz.grants.file import FileGrants
 from authz.grants.redis import RedisGrants
+from tests.conftest import redis_url_for
 
 KEY = GrantKey(b"k" * 32)
 Pair = tuple[Grants, Grants]
@@ -28,11 +29,7 @@ async def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         path = tmp_path / "grants.json"
         yield Grants(FileGrants(path), KEY), Grants(FileGrants(path), KEY)
         return
-    url = (
-        str(request.getfixturevalue("redis_cluster"))
-        if request.param == "cluster"
-        else request.getfixturevalue("redis_server").url
-    )
+    url = redis_url_for(request)
     prefix = f"grants-{uuid.uuid4().hex}"
     a, b = (Grants(RedisGrants.from_url(url, prefix=prefix, timeout=2.0), KEY) for _ in "ab")
     yield a, b
