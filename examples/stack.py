@@ -220,8 +220,11 @@ def render_envoy_config(
     return dest
 
 
-def start_demo_server(ports: Ports, log: Path | None) -> Process:
+def start_demo_server(ports: Ports, log: Path | None, header_log: Path | None = None) -> Process:
+    """The demo MCP server; with `header_log`, it records every request's headers there."""
     argv = [sys.executable, str(DEMO_SERVER), "--host", HOST, "--port", str(ports.mcp_server)]
+    if header_log is not None:
+        argv += ["--header-log", str(header_log)]
     process = launch("demo MCP server", argv, log)
     process.wait_ready(accepts_tcp(ports.mcp_server), "accepting connections")
     return process

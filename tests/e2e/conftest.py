@@ -8,6 +8,7 @@ each test starts with the seed policy's full budget. A failing test shows every 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,7 @@ from stack import (  # noqa: E402
     start_envoy,
 )
 
+HEADER_LOG = "upstream-headers.jsonl"
 TS_CLIENT_DIR = Path(__file__).resolve().parent / "ts"
 NPM_INSTALL_TIMEOUT = 300
 
@@ -53,8 +56,29 @@ def pytest_runtest_makereport(
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ports, Process]]:
     ports = Ports.free()
     log = tmp_path_factory.mktemp("demo_server") / "demo_server.log"
-    with start_demo_server(ports, log) as process:
+    with start_demo_server(ports, log, header_log=log.with_name(HEADER_LOG)) as process:
         yield ports, process
+
+
+class UpstreamRequests:
+    """The requests the demo server received since this object was made (its --header-log),
+    each as its method, path and headers (name, value) in the order they arrived."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._start = path.stat().st_size if path.exists() else 0
+
+    def seen(self) -> list[dict[str, Any]]:
+        with self._path.open("rb") as log:
+            log.seek(self._start)
+            return [json.loads(line) for line in log.read().splitlines()]
+
+
+@pytest.fixture
+def upstream_requests(demo_server: tuple[Ports, Process]) -> UpstreamRequests:
+    _, process = demo_server
+    assert process.log is not None
+    return UpstreamRequests(process.log.with_name(HEADER_LOG))
 
 
 GatewayFactory = Callable[..., AbstractContextManager[str]]
