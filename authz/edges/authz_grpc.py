@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.core.decision import Decider
 from authz.core.reply import reply_for
 from authz.edges import envoy
@@ -18,7 +18,7 @@ from authz.observe.telemetry import Telemetry
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
-class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, decider: Decider, audit: AuditLog, telemetry: Telemetry) -> None:
         self._decider = decider
         self._audit = audit
@@ -40,7 +40,7 @@ async def create_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started server bound to `listen` (port 0 picks a free one) and the bound port."""
     server = grpc.aio.server()
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
         AuthorizationServicer(decider, audit, telemetry or Telemetry.off()), server
     )
     health_servicer = health.aio.HealthServicer()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -18,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from authz._gen.envoy.service.auth.v3 import attribute_context_pb2
 from authz.core.decision import Decider, FailMode
 from authz.edges.authz_grpc import AuthorizationServicer
 from authz.limits.base import Hit, HitResult, StoreUnavailable
