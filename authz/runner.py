@@ -47,6 +47,8 @@ from authz.settings import Settings, Transport
 
 log = logging.getLogger("mcp_authz")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Seconds the exporters get to flush at shutdown even when draining took all of --grace.
+EXPORT_FLOOR = 0.5
 
 
 def build_identity(settings: Settings) -> IdentitySource:
@@ -254,18 +256,35 @@ class Gateway:
         log.info("shutting down: draining for up to %.1fs", self.settings.grace)
         if reloading is not None:
             reloading.cancel()
+        await self._stop(server, health, admin[0] if admin is not None else None)
+
+    async def _stop(
+        self,
+        server: grpc.aio.Server | HttpServer,
+        health: grpc_health.aio.HealthServicer | None,
+        admin: grpc.aio.Server | None,
+    ) -> None:
+        """Everything down within --grace, and the exporters within EXPORT_FLOOR after it at
+        worst: each step gets what the earlier ones left of one deadline, never a grace of its
+        own, so the process exits before Kubernetes' SIGKILL whatever the collector does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.grace
+
+        def left() -> float:
+            return max(deadline - loop.time(), 0.0)
+
         # Health goes NOT_SERVING first so probes stop routing new work here while we drain.
         if health is not None:
             await health.enter_graceful_shutdown()
-        await server.stop(self.settings.grace)
+        await server.stop(left())
         if admin is not None:
-            await admin[0].stop(self.settings.grace)
+            await admin.stop(left())
         if self.webhook is not None:
-            await self.webhook.close(grace=self.settings.grace)
+            await self.webhook.close(grace=left())
         await self.store.close()
         await self.approvals.close()
         self.audit.close()
-        self.telemetry.shutdown()
+        self.telemetry.shutdown(max(left(), EXPORT_FLOOR))
 
 
 def run(settings: Settings) -> int:
