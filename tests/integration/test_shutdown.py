@@ -12,8 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import grpc
@@ -49,11 +49,11 @@ def refusing_collector() -> Iterator[int]:
     "collector", [silent_collector, refusing_collector], ids=["silent", "refusing"]
 )
 def test_sigterm_exits_within_the_grace_and_counts_the_spans_dropped(
-    collector: object, protocol: str
+    collector: Callable[[], AbstractContextManager[int]], protocol: str
 ) -> None:
-    with collector() as port:  # type: ignore[operator]
+    with collector() as collector_port:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
             "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             # Spans wait in the queue until shutdown, as between two batches.
             "OTEL_BSP_SCHEDULE_DELAY": "600000",
