@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from authz import __version__
 from authz.admin.client import add_commands as add_admin_commands
 from authz.core.decision import FailMode
 from authz.policy.explain import explain
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-authz", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mcp-authz {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     _serve_parser(commands.add_parser("serve", help="run the ext_authz gRPC service"))
     validate = commands.add_parser("validate", help="check policy files and list every problem")

@@ -14,6 +14,7 @@ from functools import partial
 import grpc
 from grpc_health.v1 import health as grpc_health
 
+from authz import __version__
 from authz.admin.server import (
     AdminServicer,
     AdminTls,
@@ -229,8 +230,9 @@ class Gateway:
         admin = await self.serve_admin()
         server, port, health = await self._serve_checks()
         log.info(
-            "serving ext_authz on port %d; transport %s; policy %s (%s); fail mode %s; "
-            "identity from %s",
+            "mcp-authz %s serving ext_authz on port %d; transport %s; policy %s (%s); "
+            "fail mode %s; identity from %s",
+            __version__,
             port,
             self.settings.transport.value,
             self.settings.policy,

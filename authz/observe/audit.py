@@ -23,6 +23,7 @@ from typing import Any, Final, TextIO
 
 from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
+from authz import __version__
 from authz.core.outcome import Outcome
 from authz.protocol.mcp import McpCall
 
@@ -30,6 +31,8 @@ log = logging.getLogger("mcp_authz.audit")
 
 # Below this a key could be guessed, and with it every hashed argument.
 MIN_KEY_BYTES: Final = 16
+# Names the layout of every audit line; the number grows when a field changes meaning or goes.
+AUDIT_SCHEMA: Final = "mcp-authz.audit/1"
 _ABSENT: Final = object()
 
 
@@ -160,6 +163,8 @@ class AuditLog:
         caller = outcome.caller
         call = outcome.subject or next(iter(outcome.calls), None)
         return {
+            "schema": AUDIT_SCHEMA,
+            "version": __version__,
             "time": self._clock().isoformat(timespec="milliseconds"),
             "decision_id": outcome.decision_id,
             "trace_id": format_trace_id(span.trace_id) if span.is_valid else None,
@@ -201,6 +206,8 @@ class AuditLog:
             return
         valid = span is not None and span.is_valid
         line = {
+            "schema": AUDIT_SCHEMA,
+            "version": __version__,
             "time": self._clock().isoformat(timespec="milliseconds"),
             "admin_action": action,
             "trace_id": format_trace_id(span.trace_id) if span and valid else None,
