@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -26,10 +27,10 @@ from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
 from authz.core.decision import Decider
-from authz.edges.authz_grpc import create_server
+from authz.edges.authz_grpc import create_server, mark_serving
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
 from authz.edges.workers import run_loop, run_workers
-from authz.limits.base import CounterStore
+from authz.limits.base import CounterStore, StoreUnavailable
 from authz.limits.memory import MemoryStore
 from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.observe.metrics import PolicyTools
@@ -47,6 +48,8 @@ from authz.protocol.identity import (
 from authz.settings import Settings, Transport
 
 log = logging.getLogger("mcp_authz")
+# Seconds between start-up's attempts to reach a store that did not answer.
+READY_RETRY = 1.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Seconds the exporters get to flush at shutdown even when draining took all of --grace.
 EXPORT_FLOOR = 0.5
@@ -211,24 +214,51 @@ class Gateway:
         )
         return server, port
 
+    async def until_ready(self, stop: asyncio.Event) -> None:
+        """Returns once the stores have connected, loaded their scripts and answered, so no
+        Check pays that out of its per-call timeout; retries, saying why, until SIGTERM."""
+        while not stop.is_set():
+            try:
+                await self.store.ready()
+                await self.approvals.ready()
+            except StoreUnavailable as e:
+                log.warning(
+                    "waiting for the store before serving (retrying in %.0fs): %s", READY_RETRY, e
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), READY_RETRY)
+            else:
+                return
+
     async def _serve_checks(
-        self,
+        self, stop: asyncio.Event
     ) -> tuple[grpc.aio.Server | HttpServer, int, grpc_health.aio.HealthServicer | None]:
-        """The ext_authz server of the configured transport, started; gRPC's has health."""
+        """The ext_authz server of the configured transport, started once the stores are
+        ready: gRPC's binds at once with health NOT_SERVING until then, HTTP's binds after."""
         if self.settings.transport is Transport.HTTP:
+            await self.until_ready(stop)
             check = HttpCheck(
                 self.decider(), self.audit, self.telemetry, self.settings.identity_source
             )
-            server, port = await create_http_server(
+            http, port = await create_http_server(
                 self.settings.listen, check, reuse_port=self.settings.workers > 1
             )
-            return server, port, None
-        return await create_server(self.settings.listen, self.decider(), self.audit, self.telemetry)
+            return http, port, None
+        grpc_server, port, health = await create_server(
+            self.settings.listen, self.decider(), self.audit, self.telemetry, serving=False
+        )
+        await self.until_ready(stop)
+        await mark_serving(health)
+        return grpc_server, port, health
 
     async def serve(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
-        server, port, health = await self._serve_checks()
+        server, port, health = await self._serve_checks(stop)
         log.info(
             "mcp-authz %s serving ext_authz on port %d; transport %s; policy %s (%s); "
             "fail mode %s; identity from %s",
@@ -250,10 +280,6 @@ class Gateway:
             if self.settings.reload_interval > 0
             else None
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down: draining for up to %.1fs", self.settings.grace)
         if reloading is not None:

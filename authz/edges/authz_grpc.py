@@ -36,9 +36,17 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
 
 async def create_server(
-    listen: str, decider: Decider, audit: AuditLog, telemetry: Telemetry | None = None
+    listen: str,
+    decider: Decider,
+    audit: AuditLog,
+    telemetry: Telemetry | None = None,
+    *,
+    serving: bool = True,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A started server bound to `listen` (port 0 picks a free one) and the bound port."""
+    """A started server bound to `listen` (port 0 picks a free one) and the bound port.
+
+    With `serving=False` health says NOT_SERVING until `mark_serving`: the runner first
+    makes sure the stores answer."""
     server = grpc.aio.server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
         AuthorizationServicer(decider, audit, telemetry or Telemetry.off()), server
@@ -49,6 +57,16 @@ async def create_server(
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for service in ("", AUTHORIZATION_SERVICE):
+        await health_servicer.set(service, status)
+    return server, port, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
     for service in ("", AUTHORIZATION_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer

@@ -245,6 +245,9 @@ class ObservedStore:
     async def reset(self, key: CounterKey) -> None:
         await self._store.reset(key)
 
+    async def ready(self) -> None:
+        await self._store.ready()
+
     async def close(self) -> None:
         await self._store.close()
 
