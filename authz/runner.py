@@ -248,7 +248,8 @@ class Gateway:
             self.settings.listen, self.decider(), self.audit, self.telemetry, serving=False
         )
         await self.until_ready(stop)
-        await mark_serving(health)
+        if not stop.is_set():
+            await mark_serving(health)
         return grpc_server, port, health
 
     async def serve(self) -> None:
