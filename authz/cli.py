@@ -26,6 +26,8 @@ from authz.settings import Settings, Transport
 
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
+# What a shell reports for a process its closed pipe's SIGPIPE ended: 128 + 13.
+EXIT_CLOSED_PIPE = 141
 # The defaults, read off a Settings so the two can never disagree.
 _D = Settings(policy=Path())
 
@@ -33,7 +35,15 @@ _D = Settings(policy=Path())
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+    except BrokenPipeError:
+        # The reader went away (`mcp-authz check ... | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -224,13 +234,13 @@ def _check(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.policy)
         call = _call_from(args)
+        claims = json_object("--claims", args.claims)
     except PolicyError as e:
         print(e, file=sys.stderr)
         return EXIT_BAD_INPUT
     except (ValueError, TypeError) as e:
         print(f"mcp-authz check: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    claims = json.loads(args.claims)
     caller = Caller(identity=args.identity, session=args.session, claims=claims)
     explanation = explain(policy, call, caller)
     print(
@@ -242,12 +252,21 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _call_from(args: argparse.Namespace) -> McpCall:
-    arguments = json.loads(args.args)
-    if not isinstance(arguments, dict) or not isinstance(json.loads(args.claims), dict):
-        raise TypeError("--args and --claims must be JSON objects")
+    arguments = json_object("--args", args.args)
     if args.method == "tools/call" and args.tool is None:
         raise ValueError("--tool is required for tools/call")
     return McpCall(method=args.method, id=1, target=args.tool, arguments=arguments)
+
+
+def json_object(flag: str, text: str) -> dict[str, Any]:
+    """A flag's value as a JSON object; the error names the flag and where the JSON broke."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise TypeError(f"{flag} must be a JSON object, got {type(value).__name__}: {text}")
+    return value
 
 
 def _explain(e: dict[str, Any]) -> str:
