@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,6 +17,8 @@ from typing import Any
 from authz import __version__
 from authz.admin.client import add_commands as add_admin_commands
 from authz.core.decision import FailMode
+from authz.observe.logs import LogFormat
+from authz.observe.logs import configure as configure_logs
 from authz.policy.explain import explain
 from authz.policy.load import PolicyError, load_policy
 from authz.protocol.identity import ANONYMOUS, Caller, IdentitySourceKind
@@ -141,13 +142,19 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     )
     opt("--grace", "seconds to drain in-flight checks on SIGTERM", default=_D.grace, type=float)
     opt("--log-level", "DEBUG, INFO, WARNING or ERROR", default=_D.log_level)
+    opt(
+        "--log-format",
+        "operational logs on stderr: text, or json (one object a line)",
+        default=_D.log_format.value,
+        choices=[f.value for f in LogFormat],
+    )
     p.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from authz.runner import LOG_FORMAT, run  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
+    from authz.runner import run  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    configure_logs(args.log_level, LogFormat(args.log_format))
     try:
         _identity_flags(args)
         settings = Settings(
@@ -175,6 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
             reload_interval=float(args.reload_interval),
             grace=float(args.grace),
             log_level=args.log_level,
+            log_format=LogFormat(args.log_format),
             transport=Transport(args.transport),
             workers=int(args.workers),
         )

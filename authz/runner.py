@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -33,6 +32,7 @@ from authz.edges.workers import run_loop, run_workers
 from authz.limits.base import CounterStore, StoreUnavailable
 from authz.limits.memory import MemoryStore
 from authz.observe.audit import ArgumentAudit, AuditLog
+from authz.observe.logs import configure as configure_logs
 from authz.observe.metrics import PolicyTools
 from authz.observe.telemetry import OtelSettings, Telemetry
 from authz.policy.load import load_policy
@@ -50,7 +50,6 @@ from authz.settings import Settings, Transport
 log = logging.getLogger("mcp_authz")
 # Seconds between start-up's attempts to reach a store that did not answer.
 READY_RETRY = 1.0
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Seconds the exporters get to flush at shutdown even when draining took all of --grace.
 EXPORT_FLOOR = 0.5
 
@@ -357,7 +356,7 @@ def require_shared_state(settings: Settings) -> None:
 
 def _worker(settings: Settings, index: int) -> None:
     """One worker process: a whole gateway on the shared port."""
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    configure_logs(settings.log_level, settings.log_format)
     gateway = Gateway.build(settings)
     log.info("worker %d serving", index)
     run_loop(gateway.serve(), uvloop=settings.transport is Transport.HTTP)

@@ -7,6 +7,7 @@ never answers, or one that refuses; spans still queued are dropped and counted.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -86,3 +87,21 @@ def serving_port(lines: Iterator[str]) -> int:
         if "serving ext_authz on port" in line:
             return int(line.split("on port ")[1].split(";")[0])
     raise AssertionError("the server never said it was serving")
+
+
+def test_json_logs_are_one_object_a_line() -> None:
+    argv = [sys.executable, "-m", "authz", "serve", "--policy", str(SEED), "--log-format", "json"]
+    argv += ["--listen", "127.0.0.1:0", "--audit-log", "off"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(json.loads(line))
+            if "serving ext_authz" in lines[-1]["message"]:
+                break
+        proc.send_signal(signal.SIGTERM)
+        lines += [json.loads(line) for line in proc.stderr]
+        assert proc.wait(timeout=GRACE + 5) == 0
+    assert {"time", "level", "logger", "message", "version"} <= set(lines[0])
+    assert any(line["message"].startswith("shutting down") for line in lines)
