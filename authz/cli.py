@@ -16,6 +16,7 @@ from typing import Any
 
 from authz import __version__
 from authz.admin.client import add_commands as add_admin_commands
+from authz.admin.probe import add_command as add_probe_command
 from authz.core.decision import FailMode
 from authz.observe.logs import LogFormat
 from authz.observe.logs import configure as configure_logs
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the explanation as JSON")
     check.set_defaults(handler=_check)
     add_admin_commands(commands)
+    add_probe_command(commands)
     return parser
 
 
