@@ -80,7 +80,8 @@ READY_TIMEOUT = 5.0
 # Seconds a new connection may take to open, on its own clock: the per-call timeout bounds
 # every call anyway, and a busy machine can take longer than it just to connect.
 CONNECT_TIMEOUT = 1.0
-# Connections opened at start-up, so the first concurrent calls find them in the pool.
+# Connections opened at start-up, and the most script calls RedisStore has in flight at once,
+# so no call waits for a connection to open within its own timeout.
 WARM_CONNECTIONS = 4
 
 
