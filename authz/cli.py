@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from authz import __version__
 from authz.admin.client import add_commands as add_admin_commands
 from authz.core.decision import FailMode
 from authz.policy.explain import explain
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-authz", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mcp-authz {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     _serve_parser(commands.add_parser("serve", help="run the ext_authz gRPC service"))
     validate = commands.add_parser("validate", help="check policy files and list every problem")
@@ -87,16 +89,20 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.identity_source.value,
         choices=[k.value for k in IdentitySourceKind],
     )
+    # No defaults here: a value given for a source that is not chosen is an error (see
+    # _identity_flags), so the parser must tell "given" from "defaulted".
     opt(
         "--identity-header",
-        "header Envoy sets to the caller's identity (source: header)",
-        default=_D.identity_header,
+        f"header Envoy sets to the caller's identity "
+        f"(source: header; default {_D.identity_header})",
     )
-    opt("--identity-claim", "JWT claim naming the caller (source: jwt)", default=_D.identity_claim)
+    opt(
+        "--identity-claim",
+        f"JWT claim naming the caller (source: jwt; default {_D.identity_claim})",
+    )
     opt(
         "--jwt-payload-key",
-        "jwt_authn payload_in_metadata key (source: jwt)",
-        default=_D.jwt_payload_key,
+        f"jwt_authn payload_in_metadata key (source: jwt; default {_D.jwt_payload_key})",
     )
     opt("--audit-log", "audit log: - for stdout, off, or a file", default=_D.audit_log)
     opt(
@@ -141,6 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
     try:
+        _identity_flags(args)
         settings = Settings(
             policy=Path(args.policy),
             listen=args.listen,
@@ -149,9 +156,9 @@ def _serve(args: argparse.Namespace) -> int:
             redis_timeout=float(args.redis_timeout),
             fail_mode=FailMode(args.fail_mode),
             identity_source=IdentitySourceKind(args.identity_source),
-            identity_header=args.identity_header,
-            identity_claim=args.identity_claim,
-            jwt_payload_key=args.jwt_payload_key,
+            identity_header=args.identity_header or _D.identity_header,
+            identity_claim=args.identity_claim or _D.identity_claim,
+            jwt_payload_key=args.jwt_payload_key or _D.jwt_payload_key,
             audit_log=args.audit_log,
             audit_args=tuple(a.strip() for a in args.audit_args.split(",") if a.strip()),
             audit_hash_key_file=args.audit_hash_key_file,
@@ -180,6 +187,29 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"mcp-authz: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+# Which --identity-source each identity flag belongs to.
+_IDENTITY_FLAGS = {
+    "identity_header": IdentitySourceKind.HEADER,
+    "identity_claim": IdentitySourceKind.JWT,
+    "jwt_payload_key": IdentitySourceKind.JWT,
+}
+
+
+def _identity_flags(args: argparse.Namespace) -> None:
+    """Raises ValueError for an identity flag its source would ignore: every caller would be
+    one identity and a per-agent budget one shared budget, without a word."""
+    source = IdentitySourceKind(args.identity_source)
+    for name, needs in _IDENTITY_FLAGS.items():
+        value = getattr(args, name)
+        if value and source is not needs:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} {value} has no effect with --identity-source {source.value}: "
+                f"add --identity-source {needs.value} "
+                f"(or MCP_AUTHZ_IDENTITY_SOURCE={needs.value}), or drop {flag}"
+            )
 
 
 def _validate(args: argparse.Namespace) -> int:

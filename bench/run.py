@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+
+from authz._gen.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent

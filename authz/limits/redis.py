@@ -47,6 +47,8 @@ MAX_NAME = 200
 class RedisStore(RedisBacked):
     """A CounterStore on Redis (standalone, Sentinel or Cluster) that fails fast when it is down."""
 
+    SCRIPTS = (HIT, USAGE)
+
     @cached_property
     def _batcher(self) -> _Batcher:
         return _Batcher(self._client, self._timeout)

@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.core.decision import FailMode
 from authz.core.outcome import Outcome
 from authz.edges.authz_grpc import create_server
