@@ -21,7 +21,7 @@ from authz.policy.evaluate import Verdict, evaluate, hits
 from authz.policy.model import Policy
 from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.identity import Caller, IdentitySource, caller_of
-from authz.protocol.mcp import McpCall, parse_request
+from authz.protocol.mcp import McpCall, RequestId, parse_request
 from authz.protocol.request import HttpRequest
 
 
@@ -60,14 +60,7 @@ class Decider:
         try:
             calls = parse_request(request)
         except RequestRefused as e:
-            return Outcome(
-                decision_id,
-                policy.version,
-                e.refusal,
-                "request",
-                e.message,
-                request_ids=(e.request_id,),
-            )
+            return _refused(decision_id, policy, e, (), (e.request_id,))
         ids = tuple(c.id for c in calls)
         identity = self._identity.identify(request)
         if identity is None:
@@ -81,7 +74,10 @@ class Decider:
                 calls=calls,
                 request_ids=ids,
             )
-        caller = caller_of(request, identity, self._payload_key)
+        try:
+            caller = caller_of(request, identity, self._payload_key)
+        except RequestRefused as e:
+            return _refused(decision_id, policy, e, calls, ids)
         # Built once and replaced once more at the end: this is the per-request hot path.
         base = Outcome(
             decision_id, policy.version, None, "", "", calls=calls, caller=caller, request_ids=ids
@@ -153,6 +149,24 @@ class Decider:
             )
         refused = Verdict(False, verdict.rule, reason + "; the fail mode is closed", verdict.grant)
         return _verdict(base, call, refused, Refusal.LIMITS_UNAVAILABLE)
+
+
+def _refused(
+    decision_id: str,
+    policy: Policy,
+    error: RequestRefused,
+    calls: tuple[McpCall, ...],
+    ids: tuple[RequestId | None, ...],
+) -> Outcome:
+    return Outcome(
+        decision_id,
+        policy.version,
+        error.refusal,
+        "request",
+        error.message,
+        calls=calls,
+        request_ids=ids,
+    )
 
 
 def _allowed(

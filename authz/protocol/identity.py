@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from authz.protocol.bounds import MAX_IDENTITY, MAX_SESSION_ID, bounded
 from authz.protocol.request import HttpRequest
 
 ANONYMOUS = "anonymous"
@@ -81,7 +82,12 @@ class FromPeerPrincipal:
 
 
 def caller_of(request: HttpRequest, identity: str, payload_key: str = "jwt_payload") -> Caller:
-    return Caller(identity, request.header("mcp-session-id"), jwt_claims(request, payload_key))
+    """The caller; RequestRefused if its identity or session id is over its bound."""
+    session = request.header("mcp-session-id")
+    if session is not None:
+        bounded(session, MAX_SESSION_ID, "the Mcp-Session-Id header")
+    bounded(identity, MAX_IDENTITY, "the caller's identity")
+    return Caller(identity, session, jwt_claims(request, payload_key))
 
 
 # Claims that carry OAuth scopes. RFC 6749 section 3.3 (and RFC 9068 for access-token JWTs)
