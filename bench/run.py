@@ -7,13 +7,22 @@ mcp-authz services on free ports, all on 127.0.0.1, and drives them with wrk (MC
 `tools/call` POSTs from 1,000 identities in rotation, bench/mcp.lua) and h2load (raw gRPC).
 
 Through Envoy, each at 1 and 16 connections, every route answering itself (no upstream):
-  direct     Envoy alone, no filter: the ceiling
-  native     Envoy's MCP filter + RBAC (tool allow-list) + local rate limit per identity
-  noop-grpc  Envoy + a do-nothing grpc.aio ext_authz server (bench/reference.py)
-  noop-http  Envoy + a do-nothing HTTP ext_authz server on uvloop (bench/reference.py)
-  grpc    Envoy + mcp-authz over gRPC ext_authz (bench/policy.json: a per-identity Redis
-          limit counted on every call, never spent, so every answer must be 2xx)
-  http    Envoy + mcp-authz over HTTP ext_authz (`--transport http`), same policy
+  direct       Envoy alone, no filter: the ceiling
+  native       Envoy's MCP filter + RBAC (tool allow-list) + local rate limit per identity
+  floor-grpc   Envoy + a do-nothing ext_authz server in C, gRPC on nghttp2 (bench/floor/)
+  floor-http   Envoy + the same in C over HTTP/1.1: what Envoy's ext_authz hop itself costs
+  noop-grpc    Envoy + a do-nothing grpc.aio ext_authz server (bench/reference.py)
+  noop-http    Envoy + a do-nothing HTTP ext_authz server on uvloop (bench/reference.py)
+  grpc         Envoy + mcp-authz over gRPC ext_authz (bench/policy.json: a per-identity Redis
+               limit counted on every call, never spent, so every answer must be 2xx)
+  http         Envoy + mcp-authz over HTTP ext_authz (`--transport http`), same policy
+  grpc-traced, http-traced
+               the same with tracing on, 100 % sampled: Envoy and mcp-authz export every
+               span over OTLP/gRPC to a local sink in this process (SpanSink)
+  grpc-extproc mcp-authz with ext_proc next to ext_authz, when bench/envoy/authz-grpc-extproc.yaml
+               exists (skipped before)
+All scenarios run side by side and interleaved: run 1 of every cell, then run 2, ...; each row
+shows its req/s over native's and over its transport's C floor, from the same run.
 Check-only (no Envoy): h2load sends CheckRequests straight to the gRPC service, wrk sends the
 MCP requests straight to the HTTP service; 1 and 2 workers where `--workers` exists.
 Exactness: 40 identities call `bench_limited` (25 an hour each) far more than 25 times at 16
