@@ -59,9 +59,9 @@ from typing import Any
 
 import grpc
 import yaml
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from authz._gen.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
