@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 # xds-protos and friends, for `make proto` only: kept out of the venv's site-packages.
 PROTO_TOOLS := $(VENV)/proto-tools
 TS_DIR := tests/e2e/ts
+FLOOR  := bench/floor/floor
 
 .PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check bench bench-store clean
 
@@ -87,8 +88,16 @@ proto-check: proto    ## CI: the checked-in generated code must match proto/
 install-check: setup  ## CI: wheel and sdist, each pip-installed in a fresh venv, serve, probe, SIGTERM
 	tests/install/smoke.sh
 
-bench: setup          ## Envoy alone / Envoy's MCP+RBAC+local rate limit / mcp-authz (gRPC, HTTP), ~4 min
+bench: setup $(FLOOR) ## Envoy alone / native MCP+RBAC+local RL / C floors / mcp-authz (gRPC, HTTP, traced)
 	$(BIN)/python bench/run.py
+
+# The ext_authz floor (bench/floor/floor.c): a do-nothing service in C for both transports,
+# a benchmark reference only. gRPC needs nghttp2's headers, from Debian when missing.
+$(FLOOR): bench/floor/floor.c
+	@echo '#include <nghttp2/nghttp2.h>' | $(CC) -E -x c - >/dev/null 2>&1 || { \
+	  echo "nghttp2 headers are missing: installing libnghttp2-dev with apt-get (bench only)"; \
+	  apt-get update -qq && apt-get install -y -qq libnghttp2-dev >/dev/null; }
+	$(CC) -O2 -Wall -Wextra -o $@ $< -lnghttp2
 
 bench-store: setup    ## store benchmark: our Redis store vs the limits library
 	$(BIN)/python bench/bench_store.py

@@ -143,6 +143,14 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         type=float,
     )
     opt("--grace", "seconds to drain in-flight checks on SIGTERM", default=_D.grace, type=float)
+    opt("--grant-key-file", "key of the grant tokens' hashes (source: token)", type=Path)
+    opt("--grants-file", "grants file when there is no --redis-url (source: token)", type=Path)
+    opt(
+        "--upstream-header",
+        "header carrying the upstream MCP server's own credential",
+        default=_D.upstream_header,
+    )
+    opt("--upstream-bearer-file", "file holding the upstream's credential", type=Path)
     opt("--log-level", "DEBUG, INFO, WARNING or ERROR", default=_D.log_level)
     opt(
         "--log-format",
@@ -187,6 +195,10 @@ def _serve(args: argparse.Namespace) -> int:
             log_format=LogFormat(args.log_format),
             transport=Transport(args.transport),
             workers=int(args.workers),
+            grant_key_file=args.grant_key_file,
+            grants_file=args.grants_file,
+            upstream_header=args.upstream_header,
+            upstream_bearer_file=args.upstream_bearer_file,
         )
         return run(settings)
     except PolicyError as e:

@@ -26,9 +26,13 @@ from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
 from authz.core.decision import Decider
+from authz.core.grant_identity import GrantIdentity
+from authz.core.reply import UpstreamCredential
 from authz.edges.authz_grpc import create_server, mark_serving
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
 from authz.edges.workers import run_loop, run_workers
+from authz.grants.base import GrantKey, Grants
+from authz.grants.file import FileGrants
 from authz.limits.base import CounterStore, StoreUnavailable
 from authz.limits.memory import MemoryStore
 from authz.observe.audit import ArgumentAudit, AuditLog
@@ -98,6 +102,47 @@ def build_webhook(settings: Settings) -> ApprovalWebhook | None:
     return ApprovalWebhook(settings.approval_webhook, secret)
 
 
+def build_grants(settings: Settings) -> Grants | None:
+    """The grant store of `--identity-source token`: Redis when there is one, else the
+    grants file; either way the tokens' hashes are keyed by the grant key file."""
+    if settings.identity_source is not IdentitySourceKind.TOKEN:
+        return None
+    if settings.grant_key_file is None:
+        raise ValueError(
+            "--identity-source token needs --grant-key-file: grant tokens are stored only as "
+            "hashes keyed by it (make one with: openssl rand -hex 32 > grant.key)"
+        )
+    key = GrantKey.load(settings.grant_key_file)
+    if settings.redis_url is not None:
+        from authz.grants.redis import RedisGrants  # noqa: PLC0415 - only with Redis
+
+        store = RedisGrants.from_url(
+            settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+        )
+        return Grants(store, key)
+    if settings.grants_file is None:
+        raise ValueError(
+            "--identity-source token without --redis-url needs --grants-file: where the "
+            "grants (token hashes, labels, policies) are kept"
+        )
+    return Grants(FileGrants(settings.grants_file), key)
+
+
+def build_upstream(settings: Settings) -> UpstreamCredential | None:
+    """The upstream's own credential, read once; never logged (its repr hides the value)."""
+    path = settings.upstream_bearer_file
+    if path is None:
+        return None
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ValueError(f"cannot read the upstream credential file {path}: {e.strerror}") from None
+    if not secret or "\n" in secret:
+        raise ValueError(f"the upstream credential file {path} must hold one line")
+    header = settings.upstream_header.lower()
+    return UpstreamCredential(header, f"Bearer {secret}" if header == "authorization" else secret)
+
+
 def new_decision_id() -> str:
     return secrets.token_hex(16)
 
@@ -144,6 +189,8 @@ class Gateway:
     approvals: ApprovalStore = field(default_factory=MemoryApprovals)
     webhook: ApprovalWebhook | None = None
     admin: AdminConfig | None = None
+    grants: Grants | None = None
+    upstream: UpstreamCredential | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -160,6 +207,7 @@ class Gateway:
         store = telemetry.observe(build_store(settings), backend)
         audit = AuditLog.open(settings.audit_log, arguments)
         approvals = build_approvals(settings)
+        grants, upstream = build_grants(settings), build_upstream(settings)
         return cls(
             settings,
             policy,
@@ -169,6 +217,8 @@ class Gateway:
             approvals=approvals,
             webhook=webhook,
             admin=admin,
+            grants=grants,
+            upstream=upstream,
         )
 
     def decider(self) -> Decider:
@@ -182,6 +232,11 @@ class Gateway:
             jwt_payload_key=self.settings.jwt_payload_key,
             approvals=self.approvals,
             on_approval_requested=self._announce,
+            grants=(
+                GrantIdentity(self.grants, self.settings.jwt_payload_key)
+                if self.grants is not None
+                else None
+            ),
         )
 
     def _announce(self, approval: Approval) -> None:
@@ -206,6 +261,7 @@ class Gateway:
             self.policy,
             self.audit,
             telemetry=self.telemetry,
+            grants=self.grants,
         )
         server, port = await create_admin_server(self.admin.listen, servicer, self.admin.tls)
         log.info(
@@ -237,14 +293,23 @@ class Gateway:
         if self.settings.transport is Transport.HTTP:
             await self.until_ready(stop)
             check = HttpCheck(
-                self.decider(), self.audit, self.telemetry, self.settings.identity_source
+                self.decider(),
+                self.audit,
+                self.telemetry,
+                self.settings.identity_source,
+                self.upstream,
             )
             http, port = await create_http_server(
                 self.settings.listen, check, reuse_port=self.settings.workers > 1
             )
             return http, port, None
         grpc_server, port, health = await create_server(
-            self.settings.listen, self.decider(), self.audit, self.telemetry, serving=False
+            self.settings.listen,
+            self.decider(),
+            self.audit,
+            self.telemetry,
+            self.upstream,
+            serving=False,
         )
         await self.until_ready(stop)
         if not stop.is_set():
@@ -311,6 +376,8 @@ class Gateway:
             await self.webhook.close(grace=left())
         await self.store.close()
         await self.approvals.close()
+        if self.grants is not None:
+            await self.grants.close()
         self.audit.close()
         self.telemetry.shutdown(max(left(), EXPORT_FLOOR))
 

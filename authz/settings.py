@@ -58,3 +58,11 @@ class Settings:
     transport: Transport = Transport.GRPC
     # Processes sharing the listen port (SO_REUSEPORT); more than one needs Redis.
     workers: int = 1
+    # Identity source `token`: the key of the grant tokens' hashes, and the grants file used
+    # when there is no Redis (with Redis, grants live there, shared by every replica).
+    grant_key_file: Path | None = None
+    grants_file: Path | None = None
+    # The upstream MCP server's own credential, set on allowed requests in place of the
+    # agent's: the header, and the file holding its (bearer) value.
+    upstream_header: str = "authorization"
+    upstream_bearer_file: Path | None = None

@@ -151,6 +151,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         node.stop()
 
 
+def redis_url_for(request: pytest.FixtureRequest) -> str:
+    """The URL of the session's standalone server or cluster, by a `["redis", "cluster"]`
+    fixture parameter (the store contract suites run on both)."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster"))
+    return str(request.getfixturevalue("redis_server").url)
+
+
 def start_cluster(workdir: Path, node_timeout_ms: int = 2000) -> tuple[list[RedisServer], str]:
     """Three cluster-mode servers joined into one cluster; returns them and its
     redis+cluster:// URL. The caller stops the nodes."""

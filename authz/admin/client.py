@@ -52,6 +52,23 @@ def add_commands(commands: Any) -> None:
     reset = _command(counter_actions, "reset", "forget a budget's spend", _reset, _print_usage)
     _counter_arguments(reset)
     _command(commands, "policy-status", "the policy in force", _status, _print_status)
+    grants = commands.add_parser("grants", help="create, list, rotate or revoke grant tokens")
+    grant_actions = grants.add_subparsers(required=True, metavar="ACTION")
+    create = _command(
+        grant_actions, "create", "a new grant; prints its token once", _create, _print_token
+    )
+    create.add_argument("--label", required=True, help="who the token is for: alice-laptop")
+    own = create.add_mutually_exclusive_group()
+    own.add_argument("--policy", type=Path, help="the grant's own policy file")
+    own.add_argument("--grant", default="", help="a grant of the server's policy")
+    _command(grant_actions, "list", "every grant (never a token)", _list_grants, _print_grants)
+    grant_steps: tuple[tuple[str, str, Run, Callable[[Any], str]], ...] = (
+        ("rotate", "a new token for the grant; the old one stops", _rotate, _print_token),
+        ("revoke", "the grant's token stops working", _revoke, _print_grant),
+    )
+    for name, verb, step, printer in grant_steps:
+        one = _command(grant_actions, name, verb, step, printer)
+        one.add_argument("label", metavar="LABEL")
 
 
 def _command(
@@ -97,6 +114,9 @@ def _run(args: argparse.Namespace, run: Run, show: Callable[[Any], str]) -> int:
         stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             reply = run(_Authorized(stub, token), args)
+        except ValueError as e:
+            print(f"mcp-authz: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         except grpc.RpcError as e:
             code = e.code().name if isinstance(e, grpc.Call) else "ERROR"
             details = e.details() if isinstance(e, grpc.Call) else str(e)
@@ -182,6 +202,54 @@ def _reset(stub: Any, args: argparse.Namespace) -> Message:
 def _status(stub: Any, args: argparse.Namespace) -> Message:
     reply: Message = stub.GetPolicyStatus(pb.GetPolicyStatusRequest())
     return reply
+
+
+def _create(stub: Any, args: argparse.Namespace) -> Message:
+    try:
+        text = args.policy.read_text(encoding="utf-8") if args.policy else ""
+    except OSError as e:
+        raise ValueError(f"cannot read the policy file {args.policy}: {e.strerror}") from None
+    request = pb.CreateGrantRequest(label=args.label, policy_text=text, policy_grant=args.grant)
+    reply: Message = stub.CreateGrant(request)
+    return reply
+
+
+def _list_grants(stub: Any, args: argparse.Namespace) -> Message:
+    reply: Message = stub.ListGrants(pb.ListGrantsRequest())
+    return reply
+
+
+def _rotate(stub: Any, args: argparse.Namespace) -> Message:
+    reply: Message = stub.RotateGrant(pb.GrantRequest(label=args.label))
+    return reply
+
+
+def _revoke(stub: Any, args: argparse.Namespace) -> Message:
+    reply: Message = stub.RevokeGrant(pb.GrantRequest(label=args.label))
+    return reply
+
+
+def _print_grant(g: pb.GrantInfo) -> str:
+    policy = (
+        "its own policy"
+        if g.has_own_policy
+        else f"grant {g.policy_grant}"
+        if g.policy_grant
+        else "the server's policy"
+    )
+    rotated = f", rotated {_when(g.rotated_at)}" if g.HasField("rotated_at") else ""
+    return f"{g.label}  ({policy}; created {_when(g.created_at)}{rotated})"
+
+
+def _print_grants(reply: pb.ListGrantsResponse) -> str:
+    return "\n".join(_print_grant(g) for g in reply.grants) or "no grants"
+
+
+def _print_token(reply: pb.GrantWithToken) -> str:
+    return (
+        f"{_print_grant(reply.grant)}\n\n{reply.token}\n\n"
+        "This token is shown once: give it to the client now (Authorization: Bearer TOKEN)."
+    )
 
 
 def _as_dict(message: Message) -> dict[str, Any]:

@@ -22,10 +22,13 @@ import grpc
 
 from authz._gen.mcpauthz.admin.v1 import admin_pb2 as pb
 from authz._gen.mcpauthz.admin.v1 import admin_pb2_grpc
+from authz.admin.roles import Permission, may
 from authz.approvals.base import Approval, ApprovalError, ApprovalStore, Status, may_approve
+from authz.grants.base import Grant, GrantError, GrantExistsError, GrantNotFoundError, Grants
 from authz.limits.base import CounterKey, CounterStore, Hit, LimitState, StoreUnavailable
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
+from authz.policy.load import PolicyError, parse_policy
 from authz.policy.model import Limit, Policy, Rule, Scope
 from authz.policy.reload import PolicyHolder
 
@@ -45,6 +48,20 @@ _STATUS: Final = {
     Status.PENDING: pb.APPROVAL_STATUS_PENDING,
     Status.APPROVED: pb.APPROVAL_STATUS_APPROVED,
     Status.DENIED: pb.APPROVAL_STATUS_DENIED,
+}
+# What each admin action needs (authz/admin/roles.py); every other action is a read.
+NEEDS: Final = {
+    "approve": Permission.DECIDE_APPROVALS,
+    "deny": Permission.DECIDE_APPROVALS,
+    "reset_counter": Permission.RESET_COUNTERS,
+    "create_grant": Permission.MANAGE_GRANTS,
+    "rotate_grant": Permission.MANAGE_GRANTS,
+    "revoke_grant": Permission.MANAGE_GRANTS,
+    "list_grants": Permission.MANAGE_GRANTS,
+}
+_GRANT_ERRORS: Final = {
+    GrantExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    GrantNotFoundError: grpc.StatusCode.NOT_FOUND,
 }
 T = TypeVar("T")
 
@@ -139,7 +156,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         audit: AuditLog,
         *,
         telemetry: Telemetry | None = None,
+        grants: Grants | None = None,
     ) -> None:
+        self._grants = grants
         self._tokens = tokens
         self._approvals = approvals
         self._counters = counters
@@ -186,6 +205,52 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             return policy_status(self._policy)
 
         return await self._call(context, "get_policy_status", "", work)
+
+    async def CreateGrant(self, request: pb.CreateGrantRequest, context: Context) -> Any:  # noqa: N802
+        async def work(_: Operator) -> pb.GrantWithToken:
+            text = request.policy_text or None
+            if text is not None:
+                self._validate_grant_policy(request.label, text)
+            grant, token = await self._grant_store().create(
+                request.label, text, request.policy_grant or None
+            )
+            return pb.GrantWithToken(grant=grant_message(grant), token=token)
+
+        return await self._call(context, "create_grant", request.label, work)
+
+    async def ListGrants(self, request: pb.ListGrantsRequest, context: Context) -> Any:  # noqa: N802
+        async def work(_: Operator) -> pb.ListGrantsResponse:
+            grants = await self._grant_store().list()
+            return pb.ListGrantsResponse(grants=[grant_message(g) for g in grants])
+
+        return await self._call(context, "list_grants", "", work)
+
+    async def RotateGrant(self, request: pb.GrantRequest, context: Context) -> Any:  # noqa: N802
+        async def work(_: Operator) -> pb.GrantWithToken:
+            grant, token = await self._grant_store().rotate(request.label)
+            return pb.GrantWithToken(grant=grant_message(grant), token=token)
+
+        return await self._call(context, "rotate_grant", request.label, work)
+
+    async def RevokeGrant(self, request: pb.GrantRequest, context: Context) -> Any:  # noqa: N802
+        async def work(_: Operator) -> pb.GrantInfo:
+            return grant_message(await self._grant_store().revoke(request.label))
+
+        return await self._call(context, "revoke_grant", request.label, work)
+
+    def _grant_store(self) -> Grants:
+        if self._grants is None:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this gateway does not use grant tokens (serve --identity-source token)",
+            )
+        return self._grants
+
+    def _validate_grant_policy(self, label: str, text: str) -> None:
+        try:
+            parse_policy(text.encode(), f"grant:{label}")
+        except PolicyError as e:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 
     async def _decide(self, request: pb.DecideRequest, context: Context, *, approve: bool) -> Any:
         async def work(operator: Operator) -> pb.Approval:
@@ -248,7 +313,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         attributes = {"mcp_authz.admin.action": action, "mcp_authz.admin.target": target}
         with self._telemetry.admin(f"{SERVICE}/{action}", attributes) as span:
             try:
-                result = await work(_authenticated(operator))
+                result = await work(_permitted(_authenticated(operator), action))
+            except GrantError as e:
+                refusal = Refused(
+                    _GRANT_ERRORS.get(type(e), grpc.StatusCode.INVALID_ARGUMENT), str(e)
+                )
             except StoreUnavailable as e:
                 refusal = Refused(grpc.StatusCode.UNAVAILABLE, f"the store is unavailable: {e}")
             except Refused as e:
@@ -273,6 +342,28 @@ def _authenticated(operator: Operator | None) -> Operator:
             "a known admin token is required (authorization: Bearer TOKEN)",
         )
     return operator
+
+
+def _permitted(operator: Operator, action: str) -> Operator:
+    needed = NEEDS.get(action, Permission.READ)
+    if not may(operator.claims, needed):
+        raise Refused(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{operator.identity} may not {action.replace('_', ' ')}: it needs {needed.value}",
+        )
+    return operator
+
+
+def grant_message(grant: Grant) -> pb.GrantInfo:
+    message = pb.GrantInfo(
+        label=grant.label,
+        created_at=datetime.fromtimestamp(grant.created_at, UTC),
+        has_own_policy=grant.policy_text is not None,
+        policy_grant=grant.policy_grant or "",
+    )
+    if grant.rotated_at is not None:
+        message.rotated_at.FromDatetime(datetime.fromtimestamp(grant.rotated_at, UTC))
+    return message
 
 
 def _not_allowed(approval: Approval, operator: Operator) -> str:

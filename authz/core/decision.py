@@ -15,13 +15,14 @@ from typing import cast
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.core.approval_gate import ApprovalGate
+from authz.core.grant_identity import GrantIdentity, Identified
 from authz.core.outcome import Outcome, whole_seconds
 from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
 from authz.policy.evaluate import Verdict, evaluate, hits
 from authz.policy.model import Policy
 from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.identity import Caller, IdentitySource, caller_of
-from authz.protocol.mcp import McpCall, parse_request
+from authz.protocol.mcp import McpCall, RequestId, parse_request
 from authz.protocol.request import HttpRequest
 
 
@@ -44,6 +45,7 @@ class Decider:
         jwt_payload_key: str = "jwt_payload",
         approvals: ApprovalStore | None = None,
         on_approval_requested: Callable[[Approval], None] = lambda approval: None,
+        grants: GrantIdentity | None = None,
     ) -> None:
         self._policy = policy
         self._identity = identity
@@ -52,41 +54,50 @@ class Decider:
         self._new_id = new_id
         self._payload_key = jwt_payload_key
         self._approvals = ApprovalGate(approvals or MemoryApprovals(), on_approval_requested)
+        # With grant tokens the token names the caller (and maybe its policy), not `identity`.
+        self._grants = grants
 
     async def decide(self, request: HttpRequest) -> Outcome:
+        return replace(await self._decide(request), origin=request.origin())
+
+    async def _decide(self, request: HttpRequest) -> Outcome:
         # One policy for the whole request, even if a reload lands while it is judged.
         policy = self._policy()
         decision_id = self._new_id()
         try:
             calls = parse_request(request)
         except RequestRefused as e:
-            return Outcome(
-                decision_id,
-                policy.version,
-                e.refusal,
-                "request",
-                e.message,
-                request_ids=(e.request_id,),
-            )
+            return _refused(decision_id, policy, e, (), (e.request_id,))
         ids = tuple(c.id for c in calls)
-        identity = self._identity.identify(request)
-        if identity is None:
-            reason = "the request carries no identity from the configured source"
+        try:
+            # A caller's identity and session are client-chosen too, and bounded.
+            identified = await self._identify(request, policy)
+        except RequestRefused as e:
+            return _refused(decision_id, policy, e, calls, ids)
+        if isinstance(identified, str):
             return Outcome(
                 decision_id,
                 policy.version,
                 Refusal.UNAUTHENTICATED,
                 "identity",
-                reason,
+                identified,
                 calls=calls,
                 request_ids=ids,
             )
-        caller = caller_of(request, identity, self._payload_key)
+        caller, policy = identified.caller, identified.policy
         # Built once and replaced once more at the end: this is the per-request hot path.
         base = Outcome(
             decision_id, policy.version, None, "", "", calls=calls, caller=caller, request_ids=ids
         )
         return await self._judge(policy, base, caller)
+
+    async def _identify(self, request: HttpRequest, policy: Policy) -> Identified | str:
+        if self._grants is not None:
+            return await self._grants.identify(request, policy)
+        identity = self._identity.identify(request)
+        if identity is None:
+            return "the request carries no identity from the configured source"
+        return Identified(caller_of(request, identity, self._payload_key), policy)
 
     async def _judge(self, policy: Policy, base: Outcome, caller: Caller) -> Outcome:
         verdicts = [(call, evaluate(policy, call, caller)) for call in base.calls]
@@ -155,6 +166,24 @@ class Decider:
         return _verdict(base, call, refused, Refusal.LIMITS_UNAVAILABLE)
 
 
+def _refused(
+    decision_id: str,
+    policy: Policy,
+    error: RequestRefused,
+    calls: tuple[McpCall, ...],
+    ids: tuple[RequestId | None, ...],
+) -> Outcome:
+    return Outcome(
+        decision_id,
+        policy.version,
+        error.refusal,
+        "request",
+        error.message,
+        calls=calls,
+        request_ids=ids,
+    )
+
+
 def _allowed(
     base: Outcome, verdicts: list[tuple[McpCall, Verdict]], limits: tuple[LimitState, ...]
 ) -> Outcome:
@@ -209,7 +238,7 @@ def _limited(base: Outcome, counted: list[tuple[McpCall, Verdict]], result: HitR
         base,
         refusal=Refusal.RATE_LIMITED,
         subject=call,
-        rule=use.rule.id,
+        rule=use.counting.id or use.rule.id,
         grant=verdict.grant,
         reason=reason,
         limits=result.states,

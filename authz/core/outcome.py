@@ -9,6 +9,7 @@ from authz.limits.base import LimitState
 from authz.protocol.errors import Refusal
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall, RequestId
+from authz.protocol.request import UNKNOWN_ORIGIN, Origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class Outcome:
     # The approval a refused call waits for, or the one an allowed call used.
     approval: Approval | None = None
     request_ids: tuple[RequestId | None, ...] = ()
+    origin: Origin = UNKNOWN_ORIGIN
 
     @property
     def allowed(self) -> bool:

@@ -14,6 +14,11 @@ from authz.core.outcome import Outcome, retry_seconds
 from authz.protocol.errors import Refusal
 
 DECISION_HEADER = "x-mcp-authz-decision-id"
+# The agent's credential (its grant token, or whatever else it sent) is for the gateway only:
+# removed from every request before it goes upstream.
+AGENT_CREDENTIAL = "authorization"
+# A refusal for want of a known credential says how to present one (RFC 9110 11.6.1).
+CHALLENGE = ("www-authenticate", 'Bearer realm="mcp-authz"')
 
 _MESSAGES = {
     Refusal.DENIED: "Denied by policy: {reason}",
@@ -33,12 +38,34 @@ class Reply:
     # Added to the request forwarded upstream (allowed only).
     upstream_headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
+    # Removed from the request forwarded upstream (allowed only).
+    upstream_removed: tuple[str, ...] = ()
 
 
-def reply_for(outcome: Outcome) -> Reply:
+@dataclass(frozen=True, slots=True)
+class UpstreamCredential:
+    """The MCP server's own credential, set on every allowed request in place of the agent's
+    (`--upstream-header`, `--upstream-bearer-file`). Its repr hides the value, so no log or
+    traceback can carry it."""
+
+    header: str
+    value: str
+
+    def __repr__(self) -> str:
+        return f"UpstreamCredential({self.header!r}, <redacted>)"
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return ((self.header, self.value),)
+
+
+def reply_for(outcome: Outcome, upstream: UpstreamCredential | None = None) -> Reply:
     if outcome.refusal is None:
-        return _allowed(outcome)
-    refusal = outcome.refusal
+        return _allowed(outcome, upstream)
+    return _refused(outcome, outcome.refusal)
+
+
+def _refused(outcome: Outcome, refusal: Refusal) -> Reply:
     ids = [i for i in outcome.request_ids if i is not None]
     error = {"code": refusal.code, "message": _message(outcome, refusal), "data": _data(outcome)}
     doc: Any = (
@@ -53,11 +80,13 @@ def reply_for(outcome: Outcome) -> Reply:
     retry = retry_seconds(outcome)
     if retry is not None:
         headers.append(("retry-after", str(retry)))
+    if refusal is Refusal.UNAUTHENTICATED:
+        headers.append(CHALLENGE)
     body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     return Reply(status, tuple(headers), body=body)
 
 
-def _allowed(outcome: Outcome) -> Reply:
+def _allowed(outcome: Outcome, upstream: UpstreamCredential | None) -> Reply:
     headers: list[tuple[str, str]] = []
     if outcome.limits:
         tightest = min(outcome.limits, key=lambda s: s.remaining)
@@ -66,7 +95,11 @@ def _allowed(outcome: Outcome) -> Reply:
             ("x-ratelimit-remaining", str(tightest.remaining)),
             ("x-ratelimit-window", str(tightest.hit.window)),
         ]
-    return Reply(200, tuple(headers), ((DECISION_HEADER, outcome.decision_id),))
+    added = ((DECISION_HEADER, outcome.decision_id), *(upstream.headers if upstream else ()))
+    # The upstream's own credential overwrites the agent's when it uses the same header;
+    # removing that header as well would drop the credential just set.
+    same = upstream is not None and upstream.header == AGENT_CREDENTIAL
+    return Reply(200, tuple(headers), added, upstream_removed=() if same else (AGENT_CREDENTIAL,))
 
 
 def _message(outcome: Outcome, refusal: Refusal) -> str:

@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.core.decision import Decider
-from authz.core.reply import reply_for
+from authz.core.reply import UpstreamCredential, reply_for
 from authz.edges import envoy
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
@@ -19,10 +19,17 @@ AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
-    def __init__(self, decider: Decider, audit: AuditLog, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        decider: Decider,
+        audit: AuditLog,
+        telemetry: Telemetry,
+        upstream: UpstreamCredential | None = None,
+    ) -> None:
         self._decider = decider
         self._audit = audit
         self._telemetry = telemetry
+        self._upstream = upstream
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802 - gRPC method name
         started = time.perf_counter()
@@ -32,7 +39,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             latency = time.perf_counter() - started
             self._telemetry.finish(span, outcome, latency)
             self._audit.record(outcome, latency, span.get_span_context())
-        return envoy.to_check_response(outcome, reply_for(outcome))
+        return envoy.to_check_response(outcome, reply_for(outcome, self._upstream))
 
 
 async def create_server(
@@ -40,6 +47,7 @@ async def create_server(
     decider: Decider,
     audit: AuditLog,
     telemetry: Telemetry | None = None,
+    upstream: UpstreamCredential | None = None,
     *,
     serving: bool = True,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -49,7 +57,7 @@ async def create_server(
     makes sure the stores answer."""
     server = grpc.aio.server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
-        AuthorizationServicer(decider, audit, telemetry or Telemetry.off()), server
+        AuthorizationServicer(decider, audit, telemetry or Telemetry.off(), upstream), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

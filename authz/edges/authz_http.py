@@ -4,8 +4,10 @@ Envoy sends the agent's request as it came, less what its allow-lists drop: the 
 method, `path_prefix` + the original path, the allowed headers (`allowed_headers`), and the
 buffered body (`with_request_body`) as the request body. We answer:
 
-- allowed: 200, no body; the decision id for the upstream request (Envoy copies it over the
-  request's own, via `allowed_upstream_headers`) and the rate-limit headers for the client
+- allowed: 200, no body; the decision id (and the upstream's own credential, when set) for
+  the upstream request (Envoy copies them over the request's own, via
+  `allowed_upstream_headers`), `x-envoy-auth-headers-to-remove: authorization` so the agent's
+  credential never goes upstream, and the rate-limit headers for the client
   (`allowed_client_headers_on_success`);
 - refused: the gRPC path's status, headers and JSON-RPC body. Envoy takes any status but 200
   as a refusal and passes it on, so a refusal that must reach the agent as 200 (see
@@ -32,7 +34,7 @@ from typing import Final
 import httptools
 
 from authz.core.decision import Decider
-from authz.core.reply import Reply, reply_for
+from authz.core.reply import Reply, UpstreamCredential, reply_for
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
 from authz.protocol.identity import IdentitySourceKind
@@ -47,6 +49,9 @@ REFUSAL_STATUS: Final = 299
 # Envoy's with_request_body caps what it buffers (1 MiB in deploy/envoy); this caps what a
 # misconfigured or foreign client can make us hold.
 MAX_BODY: Final = 8 * 1024 * 1024
+# Envoy's http_service removes the headers this response header lists from the request it
+# forwards upstream (the gRPC path's `headers_to_remove`).
+HEADERS_TO_REMOVE: Final = "x-envoy-auth-headers-to-remove"
 UNSUPPORTED_IDENTITY: Final = frozenset({IdentitySourceKind.JWT, IdentitySourceKind.MTLS})
 _REASONS: Final = {
     200: "OK",
@@ -86,8 +91,10 @@ class HttpCheck:
         audit: AuditLog,
         telemetry: Telemetry,
         identity_source: IdentitySourceKind,
+        upstream: UpstreamCredential | None = None,
     ) -> None:
         require_http_identity(identity_source)
+        self._upstream = upstream
         self._decider = decider
         self._audit = audit
         self._telemetry = telemetry
@@ -99,13 +106,18 @@ class HttpCheck:
             latency = perf_counter() - started
             self._telemetry.finish(span, outcome, latency)
             self._audit.record(outcome, latency, span.get_span_context())
-        return encode(reply_for(outcome), allowed=outcome.allowed)
+        return encode(reply_for(outcome, self._upstream), allowed=outcome.allowed)
 
 
 def encode(reply: Reply, *, allowed: bool) -> bytes:
     """The HTTP/1.1 response Envoy's http_service reads: 200 allows, anything else refuses."""
     if allowed:
-        return _response(200, (*reply.upstream_headers, *reply.headers), b"")
+        removed = (
+            ((HEADERS_TO_REMOVE, ",".join(reply.upstream_removed)),)
+            if reply.upstream_removed
+            else ()
+        )
+        return _response(200, (*reply.upstream_headers, *reply.headers, *removed), b"")
     status = REFUSAL_STATUS if reply.status == 200 else reply.status
     return _response(status, reply.headers, reply.body)
 

@@ -31,6 +31,7 @@ def to_http_request(check: Any) -> HttpRequest:
         # string in which invalid bytes are already replaced, which can only be a guess.
         body=http.raw_body or http.body.encode("utf-8"),
         peer_principal=attributes.source.principal,
+        client_address=_address(attributes.source.address),
         metadata={
             namespace: json_format.MessageToDict(struct)
             for namespace, struct in filter_metadata.items()
@@ -38,6 +39,11 @@ def to_http_request(check: Any) -> HttpRequest:
         if filter_metadata
         else {},
     )
+
+
+def _address(address: Any) -> str:
+    socket = address.socket_address
+    return f"{socket.address}:{socket.port_value}" if socket.address else ""
 
 
 def _headers(http: Any) -> dict[str, str]:
@@ -61,6 +67,7 @@ def to_check_response(outcome: Outcome, reply: Reply) -> Any:
     if outcome.allowed:
         response.status.code = code_pb2.OK
         _add(response.ok_response.headers, reply.upstream_headers)
+        response.ok_response.headers_to_remove.extend(reply.upstream_removed)
         _add(response.ok_response.response_headers_to_add, reply.headers)
         return response
     response.status.code = code_pb2.PERMISSION_DENIED

@@ -10,6 +10,7 @@ hashes match across replicas and restarts, or is made per process.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import json
 import logging
@@ -31,6 +32,10 @@ log = logging.getLogger("mcp_authz.audit")
 
 # Below this a key could be guessed, and with it every hashed argument.
 MIN_KEY_BYTES: Final = 16
+# `argument_keys` keeps at most this many top-level names, each cut to this many characters:
+# the agent chooses them.
+MAX_ARGUMENT_KEYS: Final = 64
+MAX_KEY_CHARS: Final = 64
 # Names the layout of every audit line; the number grows when a field changes meaning or goes.
 AUDIT_SCHEMA: Final = "mcp-authz.audit/1"
 _ABSENT: Final = object()
@@ -110,6 +115,18 @@ class ArgumentAudit:
         return {path: value for path, value in found if value is not _ABSENT}
 
 
+def argument_keys(call: McpCall) -> list[str]:
+    """The call's top-level argument names, sorted, at most MAX_ARGUMENT_KEYS of them, each
+    cut to MAX_KEY_CHARS with unprintable characters escaped: a name with U+0085 or U+2028
+    in it must not split the line for a line-based log reader."""
+    cut = (_printable(k[:MAX_KEY_CHARS]) for k in call.arguments)
+    return heapq.nsmallest(MAX_ARGUMENT_KEYS, cut)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
 def _approval(outcome: Outcome) -> dict[str, Any] | None:
     # Its id, state and approver only: the approval's own record holds the call's arguments.
     approval = outcome.approval
@@ -176,6 +193,12 @@ class AuditLog:
             "method": call.method if call else None,
             "tool": call.tool if call else None,
             "request_id": call.id if call else next(iter(outcome.request_ids), None),
+            "grant_label": caller.grant_label if caller else None,
+            "client_address": outcome.origin.client_address or None,
+            "envoy_request_id": outcome.origin.envoy_request_id or None,
+            "authority": outcome.origin.authority or None,
+            # Names only, never values (as PolicyLayer's logs): sorted, bounded.
+            "argument_keys": argument_keys(call) if call and call.target else None,
             "rule": outcome.rule,
             "reason": outcome.reason,
             "policy_version": outcome.policy_version,

@@ -89,6 +89,22 @@ class Condition:
         return _OPS[self.op](actual, self), f"{where} fails {self.op.value} {_show(self.value)}"
 
 
+def fires(condition: Condition, arguments: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a condition that refuses when it holds (PolicyLayer's `deny_if`) refuses.
+
+    "Cannot tell" refuses too: an argument that is missing or of another type than the
+    operator compares is exactly what a server may default or coerce past the rule.
+    """
+    holds, why = condition.judge(arguments)
+    if holds:
+        return True, condition.text
+    if condition.op is Op.EXISTS:
+        return False, why
+    actual = resolve(arguments, condition.path)
+    judged = actual is not _MISSING and _type_problem(condition.op, actual) is None
+    return not judged, why
+
+
 def compile_condition(path: tuple[str, ...], op: Op, value: Any) -> Condition:
     """A checked, compiled condition; ConditionError says what is wrong with `value`."""
     if op in (Op.IN, Op.NOT_IN) and not isinstance(value, list):

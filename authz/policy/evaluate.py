@@ -9,12 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from authz.limits.base import CounterKey, Hit
-from authz.policy.conditions import is_number, resolve
+from authz.policy.conditions import fires, is_number, resolve
 from authz.policy.model import Action, Counting, Entry, Grant, Mode, Policy, Rule, Scope
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall
 
 UNLISTED_METHOD_RULE = "methods.default"
+# The rule ids PolicyLayer gives refusals that no rule of the document makes.
+HIDDEN_RULE = "(hidden)"
+DEFAULT_DENY_RULE = "(default deny)"
+DEFAULT_ALLOW_RULE = "(default allow)"
+NO_POLICY_RULE = "(no policy)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,27 +51,29 @@ def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
         # A client's answer to a server request (sampling, elicitation): it invokes nothing.
         return Verdict(True, UNLISTED_METHOD_RULE, "responses are not governed")
     if call.method == "tools/call" and call.target is not None:
-        return _tool(policy, policy.grant_for(caller.identity, caller.claims), call, call.target)
+        grant = policy.grant_of(caller)
+        if grant is None:
+            reason = f'the grant token names policy grant "{caller.policy_grant}", which is gone'
+            return Verdict(False, NO_POLICY_RULE, reason)
+        return _tool(policy, grant, call, call.target)
     entry = policy.methods.match(call.method)
     if entry is None:
         return Verdict(True, UNLISTED_METHOD_RULE, f"method {call.method} is not governed")
-    return _rules(entry.rules, entry, policy.everyone, call, f"method {call.method}")
+    what = f"method {call.method}"
+    return _rules(entry.rules, entry, policy.everyone, call, what, on_deny=policy.on_deny)
 
 
 def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str) -> Verdict:
     what = f'tool "{tool}"'
     if policy.is_hidden(tool):
-        return _refused(grant.mode, "hide", f'Tool "{tool}" is hidden by policy', grant)
+        reason = policy.on_deny or f'Tool "{tool}" is hidden by policy'
+        return _refused(grant.mode, HIDDEN_RULE, reason, grant)
     entry = grant.tools.match(tool)
     if entry is None and grant.default is Action.DENY:
-        reason = f"{what} is not in the policy, which denies by default"
-        return _refused(grant.mode, _default_id(grant), reason, grant)
+        reason = policy.on_deny or f"{what} is not in the policy, which denies by default"
+        return _refused(grant.mode, DEFAULT_DENY_RULE, reason, grant)
     rules = (entry.rules if entry else ()) + grant.every_tool
-    return _rules(rules, entry, grant, call, what)
-
-
-def _default_id(grant: Grant) -> str:
-    return "default" if grant.name == "default" else f"grants.{grant.name}.default"
+    return _rules(rules, entry, grant, call, what, on_deny=policy.on_deny)
 
 
 def _refused(mode: Mode, rule: str, reason: str, grant: Grant) -> Verdict:
@@ -76,14 +83,20 @@ def _refused(mode: Mode, rule: str, reason: str, grant: Grant) -> Verdict:
 
 
 def _rules(
-    rules: tuple[Rule, ...], entry: Entry | None, grant: Grant, call: McpCall, what: str
+    rules: tuple[Rule, ...],
+    entry: Entry | None,
+    grant: Grant,
+    call: McpCall,
+    what: str,
+    *,
+    on_deny: str | None,
 ) -> Verdict:
     uses: list[Use] = []
     dry_uses: list[Use] = []
     would_deny = None
     approval = None
     for rule in rules:
-        failure, costs = _judge(rule, call, what)
+        failure, costs = _judge(rule, call, what, rule.reason or on_deny)
         if failure is None and _needs_approval(rule, call):
             if rule.mode is Mode.ENFORCE:
                 approval = approval or rule
@@ -96,7 +109,7 @@ def _rules(
             continue
         target = uses if rule.mode is Mode.ENFORCE else dry_uses
         target += [Use(c, cost, rule) for c, cost in zip(rule.counts, costs, strict=True) if cost]
-    rule_id = entry.id if entry else _default_id(grant)
+    rule_id = entry.id if entry else DEFAULT_ALLOW_RULE
     reason = next((r.reason for r in rules if r.reason), None) or f"{what} is allowed by {rule_id}"
     if would_deny:
         reason = f"would deny: {would_deny}"
@@ -113,14 +126,21 @@ def _needs_approval(rule: Rule, call: McpCall) -> bool:
     return all(c.judge(call.arguments)[0] for c in rule.approval.when)
 
 
-def _judge(rule: Rule, call: McpCall, what: str) -> tuple[str | None, list[int]]:
-    """(why the rule refuses the call or None, the units each of its counters would take)."""
+def _judge(
+    rule: Rule, call: McpCall, what: str, message: str | None
+) -> tuple[str | None, list[int]]:
+    """(why the rule refuses the call or None, the units each of its counters would take);
+    `message` is the policy's own sentence for a refusal (`reason`, `on_deny`)."""
     if rule.action is Action.DENY:
-        return rule.reason or f"{what} is denied by {rule.id}", []
+        return message or f"{what} is denied by {rule.id}", []
     for condition in rule.conditions:
         holds, why = condition.judge(call.arguments)
         if not holds:
-            return f"{rule.reason} ({why})" if rule.reason else why, []
+            return f"{message} ({why})" if message else why, []
+    for condition in rule.denies:
+        fired, why = fires(condition, call.arguments)
+        if fired:
+            return f"{message} ({why})" if message else f"{what}: {why}", []
     costs = []
     for counting in rule.counts:
         cost, problem = _cost(counting, call)

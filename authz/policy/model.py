@@ -6,14 +6,15 @@ this one model; there is one evaluator.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import re2
+
 from authz.policy.conditions import Condition
-from authz.protocol.identity import claims_match
+from authz.protocol.identity import Caller, claims_match
 
 
 class Action(StrEnum):
@@ -67,6 +68,9 @@ class Counting:
     limit: Limit
     increment: int = 1
     increment_from: tuple[str, ...] | None = None
+    # The rule named when this budget refuses a call, e.g. '/all_tools/limits/calls-per-minute';
+    # empty for the id of the rule that holds it.
+    id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +87,9 @@ class ApprovalRule:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    # Where the rule stands in the policy, e.g. 'tools.get_balance' or
-    # 'tools.create_charge.rules[1]': shown to agents and operators alike.
+    # Where the rule stands in the policy, as a JSON pointer ('/tools/get_balance',
+    # '/tools/create_charge/deny_if/args.amount-gt') or Intercept's 'tools.t.rules[1] (name)':
+    # shown to agents and operators alike.
     id: str
     action: Action
     reason: str | None = None
@@ -93,6 +98,8 @@ class Rule:
     counts: tuple[Counting, ...] = ()
     mode: Mode = Mode.ENFORCE
     approval: ApprovalRule | None = None
+    # The call is refused when any of these holds or cannot be judged (PolicyLayer's deny_if).
+    denies: tuple[Condition, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +113,8 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class _Pattern:
     glob: str
-    regex: re.Pattern[str]
+    # An RE2 program: matching time is linear in the name, whatever the glob's shape.
+    regex: Any
     entry: Entry
 
 
@@ -146,9 +154,12 @@ def literal_count(glob: str) -> int:
     return len(glob) - glob.count("*") - glob.count("?")
 
 
-def glob_regex(glob: str) -> re.Pattern[str]:
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob)
-    return re.compile("".join(parts), re.DOTALL)
+def glob_regex(glob: str) -> Any:
+    """The glob as an RE2 program. Python's backtracking `re` takes time exponential in the
+    number of `*`s on a near-miss (a policy's `a*b*c*d` against a long tool name stalled the
+    event loop for seconds); RE2 never backtracks."""
+    parts = (".*" if c == "*" else "." if c == "?" else re2.escape(c) for c in glob)
+    return re2.compile("(?s)" + "".join(parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +188,16 @@ class Policy:
     grants: tuple[Grant, ...] = ()
     # Rules for methods other than tools/call; an unlisted method is allowed.
     methods: RuleSet = field(default_factory=RuleSet)
-    # Tools refused whatever the grant (Intercept's `hide`); "*" hides all.
+    # Tools refused whatever the grant (`hide`): names or globs; "*" hides all.
     hidden: frozenset[str] = frozenset()
     # Identifies the exact file content that made this policy (a hash), for logs and audit.
     version: str = ""
     source: str = ""
     # Things that load but deserve a look (unreachable rules, features only partly honoured).
     warnings: tuple[str, ...] = ()
+    # What the agent is told when the policy itself refuses (hidden, default deny); None for
+    # the gateway's own sentence.
+    on_deny: str | None = None
 
     @property
     def default(self) -> Action:
@@ -196,5 +210,16 @@ class Policy:
     def grant_for(self, identity: str, claims: Mapping[str, Any]) -> Grant:
         return next((g for g in self.grants if g.admits(identity, claims)), self.everyone)
 
+    def grant_of(self, caller: Caller) -> Grant | None:
+        """The caller's grant: the one its grant token names (None when the policy has no
+        such grant), else the first that admits it."""
+        if caller.policy_grant is None:
+            return self.grant_for(caller.identity, caller.claims)
+        return next((g for g in self.grants if g.name == caller.policy_grant), None)
+
     def is_hidden(self, tool: str) -> bool:
-        return tool in self.hidden or "*" in self.hidden
+        """Whether `hide` names the tool: pure, for the call-time refusal and for whatever
+        filters `tools/list`."""
+        if tool in self.hidden:
+            return True
+        return any(is_glob(h) and glob_regex(h).fullmatch(tool) for h in self.hidden)

@@ -1,9 +1,16 @@
-"""Our policy format, a superset of the seed product's `policy.json`."""
+"""Our policy format: PolicyLayer's policy document (the seed's `policy.json` is one), with
+grants, methods, approvals and dry-run on top.
+
+Rule ids are JSON pointers into the document, as PolicyLayer names them:
+`/tools/create_charge`, `/tools/create_charge/deny_if/args.amount-gt`,
+`/all_tools/limits/calls-per-minute`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from authz.policy.conditions import Condition
 from authz.policy.model import (
     POSTURES,
     Action,
@@ -20,13 +27,59 @@ from authz.policy.model import (
 )
 from authz.policy.reader import Pairs, Reader, child, kind
 from authz.policy.warnings import shadow_warnings
+from authz.protocol.identity import SCOPE_CLAIMS
 
-_TOP_KEYS = ("version", "description", "default", "mode", "tools", "methods", "grants", "hide")
-_RULE_KEYS = ("action", "reason", "conditions", "limits", "mode", "approval")
+_TOP_KEYS = (
+    "version",
+    "description",
+    "default",
+    "mode",
+    "tools",
+    "methods",
+    "grants",
+    "hide",
+    "all_tools",
+    "on_deny",
+)
+_RULE_KEYS = (
+    "action",
+    "reason",
+    "on_deny",
+    "conditions",
+    "require",
+    "deny_if",
+    "limits",
+    "mode",
+    "approval",
+)
+_ALL_TOOLS_KEYS = ("limits",)
 _APPROVAL_KEYS = ("when", "lifetime", "approvers", "approver_claims")
 _MAX_LIFETIME = 7 * 86400
 _LIMIT_KEYS = ("counter", "window", "max", "scope", "increment", "increment_from")
 _GRANT_KEYS = ("identities", "claims", "default", "mode", "tools")
+
+
+def escape(segment: str) -> str:
+    """One JSON pointer segment (RFC 6901)."""
+    return segment.replace("~", "~0").replace("/", "~1")
+
+
+def pointer(path: str, name: str) -> str:
+    """The JSON pointer of `name` under the JSON path `path` ('$.grants.ops.tools')."""
+    parts = [p for p in path.removeprefix("$").split(".") if p]
+    return "/" + "/".join(escape(p) for p in [*parts, name])
+
+
+def predicate_names(conditions: tuple[Condition, ...]) -> list[str]:
+    """PolicyLayer's names for predicates, `args.amount-gt`; a repeat of the same path and
+    operator in one list gets `-2`, `-3`... so each rule id stays unique."""
+    seen: dict[str, int] = {}
+    names = []
+    for c in conditions:
+        base = f"args.{'.'.join(c.path)}-{c.op.value}"
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
 
 
 class NativeReader(Reader):
@@ -34,11 +87,13 @@ class NativeReader(Reader):
         top = self.fields(raw, "$", _TOP_KEYS)
         self.version(top, raw)
         mode = self.mode(top, "$", Mode.ENFORCE)
+        on_deny = self.message(top, "$")
         default = self.choice(top.get("default", "deny"), "$.default", Action, POSTURES)
         everyone = Grant(
             "default",
             default or Action.DENY,
             self.rules(top.get("tools", Pairs()), "$.tools", mode),
+            self.all_tools(top.get("all_tools", Pairs()), mode),
             mode=mode,
         )
         methods = self.rules(top.get("methods", Pairs()), "$.methods", mode)
@@ -48,7 +103,31 @@ class NativeReader(Reader):
         hidden = self.hide(top.get("hide", []))
         policy = Policy(everyone, grants, methods, hidden, version, source)
         self.warnings += shadow_warnings(policy)
-        return Policy(everyone, grants, methods, hidden, version, source, tuple(self.warnings))
+        return Policy(
+            everyone,
+            grants,
+            methods,
+            hidden,
+            version,
+            source,
+            tuple(self.warnings),
+            on_deny,
+        )
+
+    def message(self, spec: dict[str, Any], path: str) -> str | None:
+        """`on_deny` (PolicyLayer's name) or `reason` (ours): what a refused agent is told."""
+        if "on_deny" in spec and "reason" in spec:
+            self.fail(child(path, "on_deny"), "give on_deny or reason, not both: they are one")
+        key = "on_deny" if "on_deny" in spec else "reason"
+        return self.text(spec[key], child(path, key)) if key in spec else None
+
+    def all_tools(self, value: Any, mode: Mode) -> tuple[Rule, ...]:
+        """`all_tools.limits`: budgets every tool call draws on, after its own rules."""
+        spec = self.fields(value, "$.all_tools", _ALL_TOOLS_KEYS)
+        if not spec:
+            return ()
+        counts = self.limits(spec.get("limits", []), "$.all_tools.limits", "/all_tools")
+        return (Rule("/all_tools", Action.ALLOW, counts=counts, mode=mode),)
 
     def mode(self, spec: dict[str, Any], path: str, inherited: Mode) -> Mode:
         if "mode" not in spec:
@@ -69,34 +148,26 @@ class NativeReader(Reader):
 
     def rules(self, value: Any, path: str, mode: Mode) -> RuleSet:
         entries = {
-            name: Entry(
-                child(path[2:], name), (self.rule(item, where, child(path[2:], name), mode),)
-            )
+            name: Entry(pointer(path, name), self.rule(item, where, pointer(path, name), mode))
             for name, item, where in self.entries(value, path)
         }
         return RuleSet.build(entries)
 
-    def rule(self, value: Any, path: str, rule_id: str, inherited: Mode) -> Rule:
+    def rule(self, value: Any, path: str, rule_id: str, inherited: Mode) -> tuple[Rule, ...]:
+        """A tool's rules: each `require` and `deny_if` predicate is a rule of its own (so a
+        refusal names it), then the tool's action, conditions and limits."""
         spec = self.fields(value, path, _RULE_KEYS)
         action = self.choice(spec.get("action", "allow"), child(path, "action"), Action, Action)
-        reason = self.text(spec["reason"], child(path, "reason")) if "reason" in spec else None
-        conditions = tuple(
-            c
-            for item, where in self.items(
-                spec.get("conditions", []), child(path, "conditions"), "conditions"
-            )
-            if (c := self.condition(item, where)) is not None
-        )
-        counts = tuple(
-            c
-            for item, where in self.items(spec.get("limits", []), child(path, "limits"), "limits")
-            if (c := self.limit(item, where)) is not None
-        )
-        if action is Action.DENY and (counts or conditions):
+        reason = self.message(spec, path)
+        mode = self.mode(spec, path, inherited)
+        predicates = self.predicates(spec, path, rule_id, reason, mode)
+        conditions = self.conditions(spec.get("conditions", []), child(path, "conditions"))
+        counts = self.limits(spec.get("limits", []), child(path, "limits"), rule_id)
+        if action is Action.DENY and (counts or conditions or predicates):
             self.fail(
                 path,
-                "a denied tool is never counted or checked: remove its limits and "
-                "conditions, or allow it",
+                "a denied tool is never counted or checked: remove its limits, "
+                "conditions, require and deny_if, or allow it",
             )
         if "approval" in spec and action is not Action.APPROVE:
             self.fail(child(path, "approval"), 'only an "approve" rule asks for approval')
@@ -105,16 +176,40 @@ class NativeReader(Reader):
             if action is Action.APPROVE
             else None
         )
-        mode = self.mode(spec, path, inherited)
-        return Rule(rule_id, action or Action.DENY, reason, conditions, counts, mode, approval)
+        main = Rule(rule_id, action or Action.DENY, reason, conditions, counts, mode, approval)
+        return (*predicates, main)
+
+    def conditions(self, value: Any, path: str) -> tuple[Condition, ...]:
+        return tuple(
+            c
+            for item, where in self.items(value, path, "conditions")
+            if (c := self.condition(item, where)) is not None
+        )
+
+    def predicates(
+        self, spec: dict[str, Any], path: str, rule_id: str, reason: str | None, mode: Mode
+    ) -> tuple[Rule, ...]:
+        """`require` (must hold) and `deny_if` (refuses when it holds or cannot be judged)."""
+        rules: list[Rule] = []
+        for key in ("require", "deny_if"):
+            listed = self.conditions(spec.get(key, []), child(path, key))
+            for name, condition in zip(predicate_names(listed), listed, strict=True):
+                where = f"{rule_id}/{key}/{escape(name)}"
+                held, denies = ((condition,), ()) if key == "require" else ((), (condition,))
+                rules.append(Rule(where, Action.ALLOW, reason, held, mode=mode, denies=denies))
+        return tuple(rules)
+
+    def limits(self, value: Any, path: str, rule_id: str) -> tuple[Counting, ...]:
+        return tuple(
+            Counting(c.limit, c.increment, c.increment_from, f"{rule_id}/limits/{escape(name)}")
+            for item, where in self.items(value, path, "limits")
+            if (c := self.limit(item, where)) is not None
+            for name in (c.limit.counter,)
+        )
 
     def approval(self, value: Any, path: str) -> ApprovalRule:
         spec = self.fields(value, path, _APPROVAL_KEYS)
-        when = tuple(
-            c
-            for item, where in self.items(spec.get("when", []), child(path, "when"), "conditions")
-            if (c := self.condition(item, where)) is not None
-        )
+        when = self.conditions(spec.get("when", []), child(path, "when"))
         lifetime = self.count(spec.get("lifetime", 900), child(path, "lifetime"), _MAX_LIFETIME)
         approvers = tuple(
             a
@@ -185,6 +280,10 @@ class NativeReader(Reader):
                 isinstance(v, str | int) and not isinstance(v, bool) for v in values
             ):
                 self.fail(where, f"expected a string or a list of strings, got {kind(wanted)}")
+                continue
+            if claim in SCOPE_CLAIMS and any(isinstance(v, str) and " " in v for v in values):
+                # A token's scopes are matched one by one, so "a b" could never match.
+                self.fail(where, "a scope claim is matched per scope: list each scope separately")
                 continue
             out[claim] = tuple(values)
         return out

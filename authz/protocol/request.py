@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+# Client-chosen header values kept for the audit log are cut to this many characters.
+MAX_ORIGIN_CHARS: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a request came from, for the audit log: the client's address as Envoy saw it,
+    Envoy's `x-request-id` and the `:authority`."""
+
+    client_address: str = ""
+    envoy_request_id: str = ""
+    authority: str = ""
+
+
+UNKNOWN_ORIGIN: Final = Origin()
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +34,15 @@ class HttpRequest:
     peer_principal: str = ""
     # Envoy filter metadata by namespace, e.g. the jwt_authn filter's verified payload.
     metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # host:port of the downstream client Envoy saw; "" when the transport does not say.
+    client_address: str = ""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
+
+    def origin(self) -> Origin:
+        def bounded(name: str) -> str:
+            return (self.headers.get(name) or "")[:MAX_ORIGIN_CHARS]
+
+        authority = bounded(":authority") or bounded("host")
+        return Origin(self.client_address[:MAX_ORIGIN_CHARS], bounded("x-request-id"), authority)

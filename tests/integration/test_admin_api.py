@@ -144,7 +144,7 @@ async def test_list_and_show_pending_requests(admin: Admin) -> None:
     assert {a.id for a in listed.approvals} == {first, second}
     shown = await admin.call("GetApproval", pb.GetApprovalRequest(id=first), who="bob")
     assert shown.status == pb.APPROVAL_STATUS_PENDING
-    assert (shown.identity, shown.tool, shown.rule) == ("agent", "withdraw", "tools.withdraw")
+    assert (shown.identity, shown.tool, shown.rule) == ("agent", "withdraw", "/tools/withdraw")
     assert json.loads(shown.arguments_json) == {"amount": 900, "to": "acct-ü"}
     assert list(shown.approvers) == ["alice"]
     assert json.loads(shown.approver_claims_json) == {"groups": ["treasury"]}
@@ -193,7 +193,7 @@ async def test_only_the_rules_approvers_may_decide(admin: Admin) -> None:
     assert await refused(admin, "Approve", request, "agent") == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await admin.call("Approve", request, "bob")
-    assert "rule tools.withdraw names alice, groups=treasury" in str(info.value.details())
+    assert "rule /tools/withdraw names alice, groups=treasury" in str(info.value.details())
     # A claim the rule names qualifies.
     approved = await admin.call("Approve", request, who="carol")
     assert approved.decided_by == "carol"

@@ -17,7 +17,7 @@ from authz.approvals.base import ApprovalError, ApprovalStore, Request, Status
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.redis import RedisApprovals
 from authz.limits.base import StoreUnavailable
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, redis_url_for
 
 LIFETIME = 600
 
@@ -44,11 +44,7 @@ async def stores(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncItera
         memory = MemoryApprovals(clock)
         yield memory, memory
         return
-    url = (
-        str(request.getfixturevalue("redis_cluster"))
-        if request.param == "cluster"
-        else request.getfixturevalue("redis_server").url
-    )
+    url = redis_url_for(request)
     prefix = f"contract-{uuid.uuid4().hex}"
     a, b = (RedisApprovals.from_url(url, prefix=prefix, timeout=2.0, clock=clock) for _ in "ab")
     yield a, b
@@ -62,7 +58,7 @@ def ask(amount: object = 900, *, who: str = "agent", **extra: object) -> Request
         grant="default",
         tool="withdraw",
         arguments={"amount": amount, **extra},
-        rule="tools.withdraw",
+        rule="/tools/withdraw",
         reason="Withdrawals need a person",
         approvers=("alice",),
         approver_claims={"groups": ("treasury",)},

@@ -76,7 +76,7 @@ class Delays(list[float]):
 
 def approval(n: int = 1) -> Approval:
     request = Request(
-        "agent", "default", "withdraw", {"amount": 900 + n, "to": "acct-ü"}, "tools.withdraw",
+        "agent", "default", "withdraw", {"amount": 900 + n, "to": "acct-ü"}, "/tools/withdraw",
         "Withdrawals need a person", ("alice",), {"groups": ("treasury",)},
     )  # fmt: skip
     return Approval(f"apr_{n}", Status.PENDING, request, 1_800_000_000.0, 1_800_000_900.0)
@@ -97,7 +97,7 @@ async def test_posts_the_request_signed(receiver: Receiver) -> None:
         "grant": "default",
         "tool": "withdraw",
         "arguments": {"amount": 901, "to": "acct-ü"},
-        "rule": "tools.withdraw",
+        "rule": "/tools/withdraw",
         "reason": "Withdrawals need a person",
         "requested_at": "2027-01-15T08:00:00Z",
         "expires_at": "2027-01-15T08:15:00Z",

@@ -122,7 +122,7 @@ async def test_a_rate_limited_call_keeps_its_approval(flow: Gate) -> None:
 async def test_a_dry_run_approval_rule_only_reports(flow: Gate) -> None:
     outcome = await flow("trial")
     assert outcome.allowed
-    assert outcome.would_deny == "tools.trial: needs a person's approval"
+    assert outcome.would_deny == "/tools/trial: needs a person's approval"
     assert flow.requested == []
 
 

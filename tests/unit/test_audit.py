@@ -21,6 +21,7 @@ from authz.observe.audit import ArgumentAudit, ArgumentPath, AuditLog
 from authz.protocol.errors import Refusal
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall
+from authz.protocol.request import HttpRequest, Origin
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SPAN = SpanContext(
@@ -46,7 +47,7 @@ def outcome(*calls: McpCall, refusal: Refusal | None = Refusal.DENIED) -> Outcom
         decision_id="d-1",
         policy_version="sha256:abc",
         refusal=refusal,
-        rule="tools.transfer",
+        rule="/tools/transfer",
         reason="transfers need approval",
         calls=calls,
         subject=calls[0] if calls else None,
@@ -89,7 +90,12 @@ def test_a_line_answers_who_what_when_why_and_which_trace() -> None:
         "method": "tools/call",
         "tool": "transfer",
         "request_id": 1,
-        "rule": "tools.transfer",
+        "grant_label": None,
+        "client_address": None,
+        "envoy_request_id": None,
+        "authority": None,
+        "argument_keys": ["amount"],
+        "rule": "/tools/transfer",
         "reason": "transfers need approval",
         "policy_version": "sha256:abc",
         "fail_open": False,
@@ -124,14 +130,16 @@ def test_argument_values_and_keys_never_appear_in_clear(first: Any, second: Any)
     audit, stream = log("other_tool:" + MARKER, "missing.path")
     batch = outcome(transfer(first), transfer(second, "pay", 2), McpCall("tools/list", 3))
     audit.record(batch, 0.001, SPAN)
-    assert MARKER not in stream.getvalue()
     (line,) = written(stream)
+    # Only the first call's top-level names reach the line, in `argument_keys`.
+    assert len(line.pop("argument_keys")) == len(first)
+    assert MARKER not in json.dumps(line, ensure_ascii=False)
     assert [a["target"] for a in line["arguments"]] == ["transfer", "pay"]
 
 
 def test_an_approval_is_named_without_the_arguments_it_holds() -> None:
     args = {"amount": MARKER}
-    request = Request("agent-7", "default", "transfer", args, "tools.transfer", "big")
+    request = Request("agent-7", "default", "transfer", args, "/tools/transfer", "big")
     approval = Approval("a-1", Status.APPROVED, request, 1.0, 2.0, decided_by="alice")
     audit, stream = log()
     audit.record(replace(outcome(transfer(args)), refusal=None, approval=approval), 0.001, SPAN)
@@ -209,3 +217,32 @@ def test_off_writes_nothing_and_a_file_is_appended_to(tmp_path: Path) -> None:
     lines = target.read_text().splitlines()
     assert len(lines) == 2
     assert json.loads(lines[1])["decision_id"] == "d-1"
+
+
+def test_a_line_names_the_grant_the_client_and_envoys_request() -> None:
+    audit, stream = log()
+    origin = Origin("10.0.0.7:51234", "5f0c-req", "mcp.example.com")
+    caller = Caller("alice-laptop", grant_label="alice-laptop")
+    many = {f"k{i:03}": i for i in range(200)} | {"x" * 500: 1}
+    audit.record(replace(outcome(transfer(many)), origin=origin, caller=caller), 0.001, SPAN)
+    (line,) = written(stream)
+    assert (line["grant_label"], line["client_address"]) == ("alice-laptop", "10.0.0.7:51234")
+    assert (line["envoy_request_id"], line["authority"]) == ("5f0c-req", "mcp.example.com")
+    assert line["argument_keys"] == sorted(many)[:64]
+    assert all(len(k) <= 64 for k in line["argument_keys"])
+
+
+def test_origin_is_read_bounded_from_the_request() -> None:
+    request = HttpRequest(
+        "POST",
+        "/mcp",
+        {"x-request-id": "r" * 1000, ":authority": "h"},
+        b"",
+        client_address="1.2.3.4:5",
+    )
+    origin = request.origin()
+    assert (len(origin.envoy_request_id), origin.authority, origin.client_address) == (
+        256,
+        "h",
+        "1.2.3.4:5",
+    )

@@ -119,7 +119,7 @@ async def test_unlisted_tool_is_denied_with_reason_and_id() -> None:
     assert body["id"] == "abc"
     assert body["error"]["code"] == -32000
     assert "transfer_funds" in body["error"]["message"]
-    assert body["error"]["data"]["rule"] == "default"
+    assert body["error"]["data"]["rule"] == "(default deny)"
 
 
 async def test_denied_calls_consume_nothing() -> None:

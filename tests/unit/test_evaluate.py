@@ -49,32 +49,37 @@ def tool_call(name: str) -> McpCall:
         (
             "get_balance",
             True,
-            "tools.get_balance",
-            'tool "get_balance" is allowed by tools.get_balance',
+            "/tools/get_balance",
+            'tool "get_balance" is allowed by /tools/get_balance',
         ),
-        ("transfer", False, "tools.transfer", "transfers need a human"),
+        ("transfer", False, "/tools/transfer", "transfers need a human"),
         (
             "Transfer",
             False,
-            "default",
+            "(default deny)",
             'tool "Transfer" is not in the policy, which denies by default',
         ),
-        ("db_drop", False, 'tools["db_*"]', "no database tools"),
-        ("db_read_orders", True, 'tools["db_read_*"]', "reads are fine"),
-        ("db_read_users", False, "tools.db_read_users", "PII"),
-        ("gh_x", True, 'tools["gh_?"]', "single-letter github tools"),
-        ("gh_xz", False, "default", 'tool "gh_xz" is not in the policy, which denies by default'),
+        ("db_drop", False, "/tools/db_*", "no database tools"),
+        ("db_read_orders", True, "/tools/db_read_*", "reads are fine"),
+        ("db_read_users", False, "/tools/db_read_users", "PII"),
+        ("gh_x", True, "/tools/gh_?", "single-letter github tools"),
+        (
+            "gh_xz",
+            False,
+            "(default deny)",
+            'tool "gh_xz" is not in the policy, which denies by default',
+        ),
         (
             "db_read_dangerous",
             False,
-            'tools["*_dangerous"]',
-            'tool "db_read_dangerous" is denied by tools["*_dangerous"]',
+            "/tools/*_dangerous",
+            'tool "db_read_dangerous" is denied by /tools/*_dangerous',
         ),
-        ("xy", True, 'tools["x*"]', "first of two equally specific"),
+        ("xy", True, "/tools/x*", "first of two equally specific"),
         (
             "unknown",
             False,
-            "default",
+            "(default deny)",
             'tool "unknown" is not in the policy, which denies by default',
         ),
     ],
@@ -86,7 +91,7 @@ def test_tool_precedence(tool: str, allowed: bool, rule: str, reason: str) -> No
 
 def test_default_allow_lets_unlisted_tools_through() -> None:
     verdict = evaluate(load({"version": "1", "default": "allow"}), tool_call("anything"), ANYONE)
-    assert (verdict.allowed, verdict.rule) == (True, "default")
+    assert (verdict.allowed, verdict.rule) == (True, "(default allow)")
 
 
 @pytest.mark.parametrize(
@@ -94,8 +99,8 @@ def test_default_allow_lets_unlisted_tools_through() -> None:
     [
         ("initialize", True, "methods.default"),
         ("tools/list", True, "methods.default"),
-        ("resources/read", False, 'methods["resources/read"]'),
-        ("prompts/get", True, 'methods["prompts/*"]'),
+        ("resources/read", False, "/methods/resources~1read"),
+        ("prompts/get", True, "/methods/prompts~1*"),
     ],
 )
 def test_methods_pass_unless_the_policy_governs_them(method: str, allowed: bool, rule: str) -> None:

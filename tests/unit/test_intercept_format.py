@@ -27,7 +27,7 @@ def gate() -> Gate:
 
 async def test_default_deny_refuses_unlisted_tools_and_wildcards_do_not_rescue(gate: Gate) -> None:
     outcome = await gate("unlisted_tool")
-    assert (outcome.refusal, outcome.rule) == (Refusal.DENIED, "default")
+    assert (outcome.refusal, outcome.rule) == (Refusal.DENIED, "(default deny)")
 
 
 async def test_empty_rules_allow_unconditionally(gate: Gate) -> None:

@@ -46,26 +46,26 @@ GRANTED = {
 @pytest.mark.parametrize(
     ("identity", "claims", "tool", "allowed", "rule", "grant"),
     [
-        ("bob", {}, "read", True, "tools.read", "default"),
-        ("bob", {}, "db_read", False, 'tools["db_*"]', "default"),
-        ("bob", {}, "pay", False, "default", "default"),
-        ("alice", {}, "db_read", True, "grants.admins.default", "admins"),
-        ("ops-7", {}, "anything", True, "grants.admins.default", "admins"),
-        ("ops-7", {}, "db_drop", False, "grants.admins.tools.db_drop", "admins"),
+        ("bob", {}, "read", True, "/tools/read", "default"),
+        ("bob", {}, "db_read", False, "/tools/db_*", "default"),
+        ("bob", {}, "pay", False, "(default deny)", "default"),
+        ("alice", {}, "db_read", True, "(default allow)", "admins"),
+        ("ops-7", {}, "anything", True, "(default allow)", "admins"),
+        ("ops-7", {}, "db_drop", False, "/grants/admins/tools/db_drop", "admins"),
         (
             "carol",
             {"groups": ["eng", "finance"]},
             "pay",
             True,
-            "grants.finance.tools.pay",
+            "/grants/finance/tools/pay",
             "finance",
         ),
-        ("carol", {"groups": "treasury"}, "pay", True, "grants.finance.tools.pay", "finance"),
-        ("carol", {"groups": ["eng"]}, "pay", False, "default", "default"),
+        ("carol", {"groups": "treasury"}, "pay", True, "/grants/finance/tools/pay", "finance"),
+        ("carol", {"groups": ["eng"]}, "pay", False, "(default deny)", "default"),
         # A grant replaces the top-level rules: finance members get only what finance lists.
-        ("carol", {"groups": ["finance"]}, "read", False, "grants.finance.default", "finance"),
+        ("carol", {"groups": ["finance"]}, "read", False, "(default deny)", "finance"),
         # The first grant that admits a caller wins.
-        ("alice", {"groups": ["finance"]}, "pay", True, "grants.admins.default", "admins"),
+        ("alice", {"groups": ["finance"]}, "pay", True, "(default allow)", "admins"),
     ],
 )
 def test_grant_precedence(
@@ -175,8 +175,8 @@ async def test_dry_run_tool_lets_the_call_through_and_records_what_it_would_refu
     gate = Gate(policy_of(doc))
     trial = await gate("new", x=2)
     assert trial.allowed
-    assert trial.would_deny == "tools.new: args.x fails eq 1"
-    assert trial.reason == "would deny: tools.new: args.x fails eq 1"
+    assert trial.would_deny == "/tools/new: args.x fails eq 1"
+    assert trial.reason == "would deny: /tools/new: args.x fails eq 1"
     assert (await gate("old", x=2)).refusal is Refusal.DENIED
     # A dry-run limit is counted apart and only reported.
     assert (await gate("new", x=1)).would_deny is None
@@ -207,7 +207,7 @@ async def test_whole_policy_dry_run_reports_default_denials() -> None:
     [
         (
             {"version": "1", "tools": {"a*": {}, "a**": {"action": "deny"}}},
-            'tools["a**"]: never matches',
+            "/tools/a**: never matches",
         ),
         (
             {
@@ -349,3 +349,43 @@ async def test_the_github_example() -> None:
     assert (await gate("push_files", branch="feat/x")).allowed
     assert (await gate("push_files", branch="main")).refusal is Refusal.DENIED
     assert (await gate("get_issue")).allowed
+
+
+SCOPED = {
+    "version": "1",
+    "grants": {
+        "writers": {"claims": {"scope": "tools:write"}, "default": "allow"},
+        "azure": {"claims": {"scp": ["Tools.Write"]}, "default": "allow"},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("claims", "grant"),
+    [
+        # OAuth's form: one string of space-separated scopes, each matched on its own.
+        ({"scope": "tools:read tools:write"}, "writers"),
+        ({"scope": "tools:write"}, "writers"),
+        ({"scope": "  tools:write  openid"}, "writers"),
+        ({"scope": ["tools:read", "tools:write"]}, "writers"),
+        ({"scp": "openid Tools.Write"}, "azure"),
+        ({"scp": ["openid", "Tools.Write"]}, "azure"),
+        # Prefixes, other separators and case are not the same scope.
+        ({"scope": "tools:writer"}, "default"),
+        ({"scope": "tools:read,tools:write"}, "default"),
+        ({"scope": "tools:read\ttools:write"}, "default"),
+        ({"scope": "TOOLS:WRITE"}, "default"),
+        # Only scope claims are split: any other claim is compared whole.
+        ({"groups": "tools:read tools:write"}, "default"),
+    ],
+)
+def test_scope_claims_match_per_scope(claims: dict[str, Any], grant: str) -> None:
+    """Fails before the fix: a space-separated `scope` never matched one of its scopes."""
+    verdict = evaluate(policy_of(SCOPED), call("t"), Caller("bot", claims=claims))
+    assert verdict.grant == grant
+
+
+def test_a_scope_value_with_a_space_is_refused_at_load() -> None:
+    doc = {"version": "1", "grants": {"g": {"claims": {"scope": "tools:read tools:write"}}}}
+    with pytest.raises(PolicyError, match=r"grants\.g\.claims\.scope: a scope claim is matched"):
+        policy_of(doc)

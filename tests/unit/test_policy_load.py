@@ -28,7 +28,10 @@ def test_the_seed_policy_loads_as_it_is() -> None:
     (rule,) = entry.rules
     assert rule.action is Action.ALLOW
     assert rule.counts == (
-        Counting(Limit("binance_us_create_listen_key_rate", 60, 30, Scope.GRANT)),
+        Counting(
+            Limit("binance_us_create_listen_key_rate", 60, 30, Scope.GRANT),
+            id="/tools/binance_us_create_listen_key/limits/binance_us_create_listen_key_rate",
+        ),
     )
     assert policy.version.startswith("sha256:")
 

@@ -150,7 +150,7 @@ async def test_allowed_call_is_a_server_span_with_semantic_attributes_and_a_stor
     assert attributes["mcp.session.id"] == "s-1"
     assert attributes["enduser.id"] == "agent-1"
     assert attributes["mcp_authz.decision"] == "allowed"
-    assert attributes["mcp_authz.rule"] == "tools.echo"
+    assert attributes["mcp_authz.rule"] == "/tools/echo"
     assert str(attributes["mcp_authz.policy_version"]).startswith("sha256:")
     assert attributes["mcp_authz.dry_run"] is False
     assert attributes["mcp_authz.remaining"] == 0
@@ -200,7 +200,7 @@ async def test_denial_sets_error_status_with_the_reason() -> None:
     assert "not in the policy" in (span.status.description or "")
     attributes = dict(span.attributes or {})
     assert (attributes["mcp_authz.decision"], attributes["error.type"]) == ("denied", "denied")
-    assert attributes["mcp_authz.rule"] == "default"
+    assert attributes["mcp_authz.rule"] == "(default deny)"
     assert not [s for s in h.spans.get_finished_spans() if s.name == STORE_SPAN]
 
 
@@ -285,8 +285,8 @@ async def test_decisions_metric_buckets_unknown_tools() -> None:
     await h.check(call("made-up-by-an-agent"))
     await h.check(call("another-one"))
     assert h.points("mcp_authz.decisions") == {
-        frozenset({("decision", "allowed"), ("tool", "echo"), ("rule", "tools.echo")}): 1,
-        frozenset({("decision", "denied"), ("tool", "other"), ("rule", "default")}): 2,
+        frozenset({("decision", "allowed"), ("tool", "echo"), ("rule", "/tools/echo")}): 1,
+        frozenset({("decision", "denied"), ("tool", "other"), ("rule", "(default deny)")}): 2,
     }
     assert h.points("mcp_authz.check.duration") == {
         frozenset({("decision", "allowed")}): 1,

@@ -122,3 +122,51 @@ class PolicyStatus(_message.Message):
     reload_failed: bool
     reload_errors: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, version: _Optional[str] = ..., source: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., reload_failed: _Optional[bool] = ..., reload_errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GrantInfo(_message.Message):
+    __slots__ = ("label", "created_at", "rotated_at", "has_own_policy", "policy_grant")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_AT_FIELD_NUMBER: _ClassVar[int]
+    HAS_OWN_POLICY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_GRANT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    created_at: _timestamp_pb2.Timestamp
+    rotated_at: _timestamp_pb2.Timestamp
+    has_own_policy: bool
+    policy_grant: str
+    def __init__(self, label: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rotated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., has_own_policy: _Optional[bool] = ..., policy_grant: _Optional[str] = ...) -> None: ...
+
+class CreateGrantRequest(_message.Message):
+    __slots__ = ("label", "policy_text", "policy_grant")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_TEXT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_GRANT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    policy_text: str
+    policy_grant: str
+    def __init__(self, label: _Optional[str] = ..., policy_text: _Optional[str] = ..., policy_grant: _Optional[str] = ...) -> None: ...
+
+class GrantWithToken(_message.Message):
+    __slots__ = ("grant", "token")
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    grant: GrantInfo
+    token: str
+    def __init__(self, grant: _Optional[_Union[GrantInfo, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ListGrantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListGrantsResponse(_message.Message):
+    __slots__ = ("grants",)
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[GrantInfo]
+    def __init__(self, grants: _Optional[_Iterable[_Union[GrantInfo, _Mapping]]] = ...) -> None: ...
+
+class GrantRequest(_message.Message):
+    __slots__ = ("label",)
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    def __init__(self, label: _Optional[str] = ...) -> None: ...

@@ -69,6 +69,26 @@ class AdminServiceStub:
                 request_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GetPolicyStatusRequest.SerializeToString,
                 response_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.PolicyStatus.FromString,
                 _registered_method=True)
+        self.CreateGrant = channel.unary_unary(
+                '/mcpauthz.admin.v1.AdminService/CreateGrant',
+                request_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.CreateGrantRequest.SerializeToString,
+                response_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantWithToken.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/mcpauthz.admin.v1.AdminService/ListGrants',
+                request_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.RotateGrant = channel.unary_unary(
+                '/mcpauthz.admin.v1.AdminService/RotateGrant',
+                request_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
+                response_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantWithToken.FromString,
+                _registered_method=True)
+        self.RevokeGrant = channel.unary_unary(
+                '/mcpauthz.admin.v1.AdminService/RevokeGrant',
+                request_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
+                response_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantInfo.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -126,6 +146,36 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateGrant(self, request, context):
+        """Grant tokens (identity source `token`, docs/grants.md). The token is returned only by
+        CreateGrant and RotateGrant, once; the gateway keeps only its keyed hash.
+        ALREADY_EXISTS for a taken label, NOT_FOUND for an unknown one, FAILED_PRECONDITION when
+        the gateway does not use grant tokens. Needs the policy_manager or admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateGrant(self, request, context):
+        """A new token for the grant; the old one fails from the next request on, everywhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeGrant(self, request, context):
+        """The grant's token fails from the next request on, everywhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +213,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetPolicyStatus,
                     request_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GetPolicyStatusRequest.FromString,
                     response_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.PolicyStatus.SerializeToString,
+            ),
+            'CreateGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGrant,
+                    request_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.CreateGrantRequest.FromString,
+                    response_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantWithToken.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListGrantsRequest.FromString,
+                    response_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'RotateGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateGrant,
+                    request_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantRequest.FromString,
+                    response_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantWithToken.SerializeToString,
+            ),
+            'RevokeGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeGrant,
+                    request_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantRequest.FromString,
+                    response_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +424,114 @@ class AdminService:
             '/mcpauthz.admin.v1.AdminService/GetPolicyStatus',
             authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GetPolicyStatusRequest.SerializeToString,
             authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.PolicyStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcpauthz.admin.v1.AdminService/CreateGrant',
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.CreateGrantRequest.SerializeToString,
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantWithToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcpauthz.admin.v1.AdminService/ListGrants',
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListGrantsRequest.SerializeToString,
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcpauthz.admin.v1.AdminService/RotateGrant',
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantWithToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcpauthz.admin.v1.AdminService/RevokeGrant',
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantInfo.FromString,
             options,
             channel_credentials,
             insecure,
