@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What a user installing from PyPI gets: build the wheel and the sdist, install each with plain
-# pip into a fresh virtualenv (no -e, no extra step), start `mcp-authz serve` with OTLP export
+# pip (and the wheel with uv) into a fresh virtualenv (no -e, no extra step), start `mcp-authz serve` with OTLP export
 # aimed at a port nobody listens on, send one real ext_authz Check with `mcp-authz probe`, and
 # stop it with SIGTERM, which must end it within --grace + 1 s. Run by .ci/run after `make test`.
 set -euo pipefail
@@ -15,11 +15,20 @@ free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0
 
 "$PYTHON" -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 
-for artifact in "$work"/dist/*.whl "$work"/dist/*.tar.gz; do
-  name=$(basename "$artifact")
+UV=${UV:-.venv/bin/uv}
+wheel=$(echo "$work"/dist/*.whl)
+sdist=$(echo "$work"/dist/*.tar.gz)
+# installer:artifact; uv takes the wheel, as `uv pip install mcp-authz` would.
+for entry in "pip:$wheel" "pip:$sdist" "uv:$wheel"; do
+  installer=${entry%%:*} artifact=${entry#*:}
+  name="$installer $(basename "$artifact")"
   echo "== $name"
   "$PYTHON" -m venv "$work/venv"
-  "$work/venv/bin/pip" install -q --disable-pip-version-check "$artifact"
+  if [ "$installer" = uv ]; then
+    "$UV" pip install -q --python "$work/venv/bin/python" "$artifact"
+  else
+    "$work/venv/bin/pip" install -q --disable-pip-version-check "$artifact"
+  fi
   port=$(free_port)
   OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$(free_port)" \
     "$work/venv/bin/mcp-authz" serve --policy examples/policies/seed.json \
@@ -43,4 +52,4 @@ for artifact in "$work"/dist/*.whl "$work"/dist/*.tar.gz; do
   server=
   rm -rf "$work/venv"
 done
-echo "install check: wheel and sdist install, serve, answer a Check and stop in time"
+echo "install check: wheel and sdist (pip, uv) install, serve, answer a Check and stop in time"
