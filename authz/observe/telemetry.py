@@ -367,11 +367,15 @@ class _DropCountingProcessor(BatchSpanProcessor):
         """Export what is queued for up to `seconds`, then stop; the rest is dropped."""
         # The SDK's own shutdown() waits 30 s; the batch processor under it takes a limit.
         # Past it, it stops exporting and shuts the exporter, which ends a pending export.
+        failed_before = self._exporter_counting.failed
         self._batch_processor.shutdown(timeout_millis=int(seconds * 1000))
         # An export the deadline cut short may still be unwinding on the SDK's thread.
         lost = self._exporter_counting.abandon() + (len(self._queue) if self._queue else 0)
         if lost:
             self._metrics.record_spans_dropped(lost, "shutdown")
+        # Exports that failed outright meanwhile were counted as export_failed; say them too.
+        lost += self._exporter_counting.failed - failed_before
+        if lost:
             log.warning("shutdown: dropped %d spans the collector had not taken in time", lost)
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -401,6 +405,8 @@ class _FailureCountingExporter(SpanExporter):
         self._lock = threading.Lock()
         self._pending = 0
         self._abandoned = False
+        # Spans of failed exports so far, counted as export_failed (read by close's report).
+        self.failed = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
@@ -408,8 +414,10 @@ class _FailureCountingExporter(SpanExporter):
         result = self._exporter.export(spans)
         with self._lock:
             self._pending = 0
-            counted_by_abandon = self._abandoned
-        if result is not SpanExportResult.SUCCESS and not counted_by_abandon:
+            ours = result is not SpanExportResult.SUCCESS and not self._abandoned
+            if ours:
+                self.failed += len(spans)
+        if ours:
             self._metrics.record_spans_dropped(len(spans), "export_failed")
         return result
 
