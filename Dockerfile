@@ -19,15 +19,9 @@ COPY authz/ authz/
 # The environment is made without pip and filled by the base image's pip, so pip itself never
 # reaches the final image. --only-binary: grpcio, hiredis and google-re2 ship manylinux wheels;
 # should one stop doing so, the build fails here rather than wanting a compiler.
-# xds-protos ships its own, older copy of the opentelemetry/proto modules, and whichever of it
-# and opentelemetry-proto pip installs last owns those files: with xds-protos last, the OTLP
-# exporters fail to import. Reinstalling opentelemetry-proto at the resolved version settles it.
 RUN python -m venv --without-pip /opt/mcp-authz \
     && pip wheel --no-deps --wheel-dir /wheels . \
     && pip --python /opt/mcp-authz/bin/python install --only-binary=:all: /wheels/*.whl \
-    && otel_proto="$(/opt/mcp-authz/bin/python -c 'from importlib.metadata import version; print(version("opentelemetry-proto"))')" \
-    && pip --python /opt/mcp-authz/bin/python install --no-deps --force-reinstall \
-        --only-binary=:all: "opentelemetry-proto==${otel_proto}" \
     && /opt/mcp-authz/bin/python -c "import authz.runner"
 
 FROM ${PYTHON_IMAGE}

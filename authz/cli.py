@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from authz import __version__
 from authz.admin.client import add_commands as add_admin_commands
+from authz.admin.probe import add_command as add_probe_command
 from authz.core.decision import FailMode
+from authz.observe.logs import LogFormat
+from authz.observe.logs import configure as configure_logs
 from authz.policy.explain import explain
 from authz.policy.load import PolicyError, load_policy
 from authz.protocol.identity import ANONYMOUS, Caller, IdentitySourceKind
@@ -25,6 +28,8 @@ from authz.settings import Settings, Transport
 
 EXIT_DENIED = 1
 EXIT_BAD_INPUT = 2
+# What a shell reports for a process its closed pipe's SIGPIPE ended: 128 + 13.
+EXIT_CLOSED_PIPE = 141
 # The defaults, read off a Settings so the two can never disagree.
 _D = Settings(policy=Path())
 
@@ -32,11 +37,20 @@ _D = Settings(policy=Path())
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        code = handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+    except BrokenPipeError:
+        # The reader went away (`mcp-authz check ... | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-authz", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mcp-authz {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     _serve_parser(commands.add_parser("serve", help="run the ext_authz gRPC service"))
     validate = commands.add_parser("validate", help="check policy files and list every problem")
@@ -54,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the explanation as JSON")
     check.set_defaults(handler=_check)
     add_admin_commands(commands)
+    add_probe_command(commands)
     return parser
 
 
@@ -87,16 +102,20 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.identity_source.value,
         choices=[k.value for k in IdentitySourceKind],
     )
+    # No defaults here: a value given for a source that is not chosen is an error (see
+    # _identity_flags), so the parser must tell "given" from "defaulted".
     opt(
         "--identity-header",
-        "header Envoy sets to the caller's identity (source: header)",
-        default=_D.identity_header,
+        f"header Envoy sets to the caller's identity "
+        f"(source: header; default {_D.identity_header})",
     )
-    opt("--identity-claim", "JWT claim naming the caller (source: jwt)", default=_D.identity_claim)
+    opt(
+        "--identity-claim",
+        f"JWT claim naming the caller (source: jwt; default {_D.identity_claim})",
+    )
     opt(
         "--jwt-payload-key",
-        "jwt_authn payload_in_metadata key (source: jwt)",
-        default=_D.jwt_payload_key,
+        f"jwt_authn payload_in_metadata key (source: jwt; default {_D.jwt_payload_key})",
     )
     opt("--audit-log", "audit log: - for stdout, off, or a file", default=_D.audit_log)
     opt(
@@ -133,14 +152,21 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     )
     opt("--upstream-bearer-file", "file holding the upstream's credential", type=Path)
     opt("--log-level", "DEBUG, INFO, WARNING or ERROR", default=_D.log_level)
+    opt(
+        "--log-format",
+        "operational logs on stderr: text, or json (one object a line)",
+        default=_D.log_format.value,
+        choices=[f.value for f in LogFormat],
+    )
     p.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from authz.runner import LOG_FORMAT, run  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
+    from authz.runner import run  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
 
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    configure_logs(args.log_level, LogFormat(args.log_format))
     try:
+        _identity_flags(args)
         settings = Settings(
             policy=Path(args.policy),
             listen=args.listen,
@@ -149,9 +175,9 @@ def _serve(args: argparse.Namespace) -> int:
             redis_timeout=float(args.redis_timeout),
             fail_mode=FailMode(args.fail_mode),
             identity_source=IdentitySourceKind(args.identity_source),
-            identity_header=args.identity_header,
-            identity_claim=args.identity_claim,
-            jwt_payload_key=args.jwt_payload_key,
+            identity_header=args.identity_header or _D.identity_header,
+            identity_claim=args.identity_claim or _D.identity_claim,
+            jwt_payload_key=args.jwt_payload_key or _D.jwt_payload_key,
             audit_log=args.audit_log,
             audit_args=tuple(a.strip() for a in args.audit_args.split(",") if a.strip()),
             audit_hash_key_file=args.audit_hash_key_file,
@@ -166,6 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
             reload_interval=float(args.reload_interval),
             grace=float(args.grace),
             log_level=args.log_level,
+            log_format=LogFormat(args.log_format),
             transport=Transport(args.transport),
             workers=int(args.workers),
             grant_key_file=args.grant_key_file,
@@ -180,6 +207,29 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"mcp-authz: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+# Which --identity-source each identity flag belongs to.
+_IDENTITY_FLAGS = {
+    "identity_header": IdentitySourceKind.HEADER,
+    "identity_claim": IdentitySourceKind.JWT,
+    "jwt_payload_key": IdentitySourceKind.JWT,
+}
+
+
+def _identity_flags(args: argparse.Namespace) -> None:
+    """Raises ValueError for an identity flag its source would ignore: every caller would be
+    one identity and a per-agent budget one shared budget, without a word."""
+    source = IdentitySourceKind(args.identity_source)
+    for name, needs in _IDENTITY_FLAGS.items():
+        value = getattr(args, name)
+        if value and source is not needs:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"{flag} {value} has no effect with --identity-source {source.value}: "
+                f"add --identity-source {needs.value} "
+                f"(or MCP_AUTHZ_IDENTITY_SOURCE={needs.value}), or drop {flag}"
+            )
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -206,13 +256,13 @@ def _check(args: argparse.Namespace) -> int:
     try:
         policy = load_policy(args.policy)
         call = _call_from(args)
+        claims = json_object("--claims", args.claims)
     except PolicyError as e:
         print(e, file=sys.stderr)
         return EXIT_BAD_INPUT
     except (ValueError, TypeError) as e:
         print(f"mcp-authz check: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    claims = json.loads(args.claims)
     caller = Caller(identity=args.identity, session=args.session, claims=claims)
     explanation = explain(policy, call, caller)
     print(
@@ -224,12 +274,21 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _call_from(args: argparse.Namespace) -> McpCall:
-    arguments = json.loads(args.args)
-    if not isinstance(arguments, dict) or not isinstance(json.loads(args.claims), dict):
-        raise TypeError("--args and --claims must be JSON objects")
+    arguments = json_object("--args", args.args)
     if args.method == "tools/call" and args.tool is None:
         raise ValueError("--tool is required for tools/call")
     return McpCall(method=args.method, id=1, target=args.tool, arguments=arguments)
+
+
+def json_object(flag: str, text: str) -> dict[str, Any]:
+    """A flag's value as a JSON object; the error names the flag and where the JSON broke."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise TypeError(f"{flag} must be a JSON object, got {type(value).__name__}: {text}")
+    return value
 
 
 def _explain(e: dict[str, Any]) -> str:

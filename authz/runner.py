@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import signal
-import sys
 from dataclasses import dataclass, field
 from functools import partial
 
 import grpc
 from grpc_health.v1 import health as grpc_health
 
+from authz import __version__
 from authz.admin.server import (
     AdminServicer,
     AdminTls,
@@ -27,14 +28,15 @@ from authz.approvals.webhook import ApprovalWebhook, read_secret
 from authz.core.decision import Decider
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
-from authz.edges.authz_grpc import create_server
+from authz.edges.authz_grpc import create_server, mark_serving
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
 from authz.edges.workers import run_loop, run_workers
 from authz.grants.base import GrantKey, Grants
 from authz.grants.file import FileGrants
-from authz.limits.base import CounterStore
+from authz.limits.base import CounterStore, StoreUnavailable
 from authz.limits.memory import MemoryStore
 from authz.observe.audit import ArgumentAudit, AuditLog
+from authz.observe.logs import configure as configure_logs
 from authz.observe.metrics import PolicyTools
 from authz.observe.telemetry import OtelSettings, Telemetry
 from authz.policy.load import load_policy
@@ -50,7 +52,10 @@ from authz.protocol.identity import (
 from authz.settings import Settings, Transport
 
 log = logging.getLogger("mcp_authz")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Seconds between start-up's attempts to reach a store that did not answer.
+READY_RETRY = 1.0
+# Seconds the exporters get to flush at shutdown even when draining took all of --grace.
+EXPORT_FLOOR = 0.5
 
 
 def build_identity(settings: Settings) -> IdentitySource:
@@ -264,11 +269,29 @@ class Gateway:
         )
         return server, port
 
+    async def until_ready(self, stop: asyncio.Event) -> None:
+        """Returns once the stores have connected, loaded their scripts and answered, so no
+        Check pays that out of its per-call timeout; retries, saying why, until SIGTERM."""
+        while not stop.is_set():
+            try:
+                await self.store.ready()
+                await self.approvals.ready()
+            except StoreUnavailable as e:
+                log.warning(
+                    "waiting for the store before serving (retrying in %.0fs): %s", READY_RETRY, e
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), READY_RETRY)
+            else:
+                return
+
     async def _serve_checks(
-        self,
+        self, stop: asyncio.Event
     ) -> tuple[grpc.aio.Server | HttpServer, int, grpc_health.aio.HealthServicer | None]:
-        """The ext_authz server of the configured transport, started; gRPC's has health."""
+        """The ext_authz server of the configured transport, started once the stores are
+        ready: gRPC's binds at once with health NOT_SERVING until then, HTTP's binds after."""
         if self.settings.transport is Transport.HTTP:
+            await self.until_ready(stop)
             check = HttpCheck(
                 self.decider(),
                 self.audit,
@@ -276,21 +299,35 @@ class Gateway:
                 self.settings.identity_source,
                 self.upstream,
             )
-            server, port = await create_http_server(
+            http, port = await create_http_server(
                 self.settings.listen, check, reuse_port=self.settings.workers > 1
             )
-            return server, port, None
-        return await create_server(
-            self.settings.listen, self.decider(), self.audit, self.telemetry, self.upstream
+            return http, port, None
+        grpc_server, port, health = await create_server(
+            self.settings.listen,
+            self.decider(),
+            self.audit,
+            self.telemetry,
+            self.upstream,
+            serving=False,
         )
+        await self.until_ready(stop)
+        if not stop.is_set():
+            await mark_serving(health)
+        return grpc_server, port, health
 
     async def serve(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
-        server, port, health = await self._serve_checks()
+        server, port, health = await self._serve_checks(stop)
         log.info(
-            "serving ext_authz on port %d; transport %s; policy %s (%s); fail mode %s; "
-            "identity from %s",
+            "mcp-authz %s serving ext_authz on port %d; transport %s; policy %s (%s); "
+            "fail mode %s; identity from %s",
+            __version__,
             port,
             self.settings.transport.value,
             self.settings.policy,
@@ -308,28 +345,41 @@ class Gateway:
             if self.settings.reload_interval > 0
             else None
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down: draining for up to %.1fs", self.settings.grace)
         if reloading is not None:
             reloading.cancel()
+        await self._stop(server, health, admin[0] if admin is not None else None)
+
+    async def _stop(
+        self,
+        server: grpc.aio.Server | HttpServer,
+        health: grpc_health.aio.HealthServicer | None,
+        admin: grpc.aio.Server | None,
+    ) -> None:
+        """Everything down within --grace, and the exporters within EXPORT_FLOOR after it at
+        worst: each step gets what the earlier ones left of one deadline, never a grace of its
+        own, so the process exits before Kubernetes' SIGKILL whatever the collector does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.grace
+
+        def left() -> float:
+            return max(deadline - loop.time(), 0.0)
+
         # Health goes NOT_SERVING first so probes stop routing new work here while we drain.
         if health is not None:
             await health.enter_graceful_shutdown()
-        await server.stop(self.settings.grace)
+        await server.stop(left())
         if admin is not None:
-            await admin[0].stop(self.settings.grace)
+            await admin.stop(left())
         if self.webhook is not None:
-            await self.webhook.close(grace=self.settings.grace)
+            await self.webhook.close(grace=left())
         await self.store.close()
         await self.approvals.close()
         if self.grants is not None:
             await self.grants.close()
         self.audit.close()
-        self.telemetry.shutdown()
+        self.telemetry.shutdown(max(left(), EXPORT_FLOOR))
 
 
 def run(settings: Settings) -> int:
@@ -373,7 +423,7 @@ def require_shared_state(settings: Settings) -> None:
 
 def _worker(settings: Settings, index: int) -> None:
     """One worker process: a whole gateway on the shared port."""
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    configure_logs(settings.log_level, settings.log_format)
     gateway = Gateway.build(settings)
     log.info("worker %d serving", index)
     run_loop(gateway.serve(), uvloop=settings.transport is Transport.HTTP)

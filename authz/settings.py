@@ -7,6 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from authz.core.decision import FailMode
+from authz.observe.logs import LogFormat
 from authz.protocol.identity import IdentitySourceKind
 
 
@@ -52,6 +53,8 @@ class Settings:
     reload_interval: float = 2.0
     grace: float = 5.0
     log_level: str = "INFO"
+    # Operational logs on stderr: text, or one JSON object a line (observe/logs.py).
+    log_format: LogFormat = LogFormat.TEXT
     transport: Transport = Transport.GRPC
     # Processes sharing the listen port (SO_REUSEPORT); more than one needs Redis.
     workers: int = 1

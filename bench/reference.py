@@ -18,9 +18,10 @@ from typing import Any
 
 import grpc
 import uvloop
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from authz._gen.envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from authz._gen.google.rpc import code_pb2, status_pb2
 
 
 class Allow(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]

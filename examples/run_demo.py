@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 from types import FrameType
 
@@ -25,6 +26,27 @@ CURL_BODY = (
 )
 
 
+def python_snippet(url: str) -> str:
+    """A whole script, runnable as it is printed: 31 calls, the last one refused."""
+    return f'''import asyncio
+
+from mcp import Client, MCPError
+
+
+async def main() -> None:
+    async with Client("{url}") as client:
+        for n in range(1, 32):
+            try:
+                await client.call_tool("binance_us_create_listen_key")
+                print(n, "allowed")
+            except MCPError as e:
+                print(n, "refused:", e.error.message)
+
+
+asyncio.run(main())
+'''
+
+
 def instructions(stack: Stack, workdir: Path) -> str:
     url = stack.ports.mcp_url
     return f"""
@@ -37,11 +59,9 @@ Call a tool the policy does not list (refused with a JSON-RPC error, HTTP 200):
     -H 'mcp-method: tools/call' -H 'mcp-name: transfer_funds' \\
     -d '{CURL_BODY}'
 
-From Python (official SDK), the 31st call within a minute is refused:
-  from mcp import Client
-  async with Client("{url}") as client:
-      await client.call_tool("binance_us_create_listen_key")
-
+From Python (official SDK), the 31st call within a minute is refused; save as demo_calls.py
+and run it with .venv/bin/python demo_calls.py:
+{textwrap.indent(python_snippet(url), "  ")}
 mcp-authz decisions print below; demo server and Envoy logs are in {workdir}.
 Ctrl-C stops all three.
 """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.config.core.v3 import base_pb2
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz._gen.envoy.config.core.v3 import base_pb2
+from authz._gen.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 Attr = attribute_context_pb2.AttributeContext
 

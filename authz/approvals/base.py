@@ -127,6 +127,10 @@ class ApprovalStore(Protocol):
 
     async def pending(self) -> Sequence[Approval]: ...
 
+    async def ready(self) -> None:
+        """Connect and check the round trip before the first call (start-up waits on it)."""
+        ...
+
     async def close(self) -> None: ...
 
 

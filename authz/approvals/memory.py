@@ -62,6 +62,9 @@ class MemoryApprovals:
         self._expire()
         return [a for a in self._by_id.values() if a.status is Status.PENDING]
 
+    async def ready(self) -> None:
+        """In-process: always ready."""
+
     async def close(self) -> None:
         self._by_id.clear()
         self._by_key.clear()

@@ -36,6 +36,8 @@ _ID = re.compile(r"apr_[A-Za-z0-9_-]{1,64}")
 class RedisApprovals(RedisBacked):
     """An ApprovalStore on Redis (standalone, Sentinel or Cluster)."""
 
+    SCRIPTS = (SCRIPT,)
+
     @property
     def _keys(self) -> str:
         # One hash tag for every approval key (apart from the counters' one), so each

@@ -22,7 +22,7 @@ from authz.policy.evaluate import Verdict, evaluate, hits
 from authz.policy.model import Policy
 from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.identity import Caller, IdentitySource, caller_of
-from authz.protocol.mcp import McpCall, parse_request
+from authz.protocol.mcp import McpCall, RequestId, parse_request
 from authz.protocol.request import HttpRequest
 
 
@@ -67,16 +67,13 @@ class Decider:
         try:
             calls = parse_request(request)
         except RequestRefused as e:
-            return Outcome(
-                decision_id,
-                policy.version,
-                e.refusal,
-                "request",
-                e.message,
-                request_ids=(e.request_id,),
-            )
+            return _refused(decision_id, policy, e, (), (e.request_id,))
         ids = tuple(c.id for c in calls)
-        identified = await self._identify(request, policy)
+        try:
+            # A caller's identity and session are client-chosen too, and bounded.
+            identified = await self._identify(request, policy)
+        except RequestRefused as e:
+            return _refused(decision_id, policy, e, calls, ids)
         if isinstance(identified, str):
             return Outcome(
                 decision_id,
@@ -167,6 +164,24 @@ class Decider:
             )
         refused = Verdict(False, verdict.rule, reason + "; the fail mode is closed", verdict.grant)
         return _verdict(base, call, refused, Refusal.LIMITS_UNAVAILABLE)
+
+
+def _refused(
+    decision_id: str,
+    policy: Policy,
+    error: RequestRefused,
+    calls: tuple[McpCall, ...],
+    ids: tuple[RequestId | None, ...],
+) -> Outcome:
+    return Outcome(
+        decision_id,
+        policy.version,
+        error.refusal,
+        "request",
+        error.message,
+        calls=calls,
+        request_ids=ids,
+    )
 
 
 def _allowed(

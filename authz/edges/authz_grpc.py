@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.core.decision import Decider
 from authz.core.reply import UpstreamCredential, reply_for
 from authz.edges import envoy
@@ -18,7 +18,7 @@ from authz.observe.telemetry import Telemetry
 AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
-class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(
         self,
         decider: Decider,
@@ -48,10 +48,15 @@ async def create_server(
     audit: AuditLog,
     telemetry: Telemetry | None = None,
     upstream: UpstreamCredential | None = None,
+    *,
+    serving: bool = True,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A started server bound to `listen` (port 0 picks a free one) and the bound port."""
+    """A started server bound to `listen` (port 0 picks a free one) and the bound port.
+
+    With `serving=False` health says NOT_SERVING until `mark_serving`: the runner first
+    makes sure the stores answer."""
     server = grpc.aio.server()
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
         AuthorizationServicer(decider, audit, telemetry or Telemetry.off(), upstream), server
     )
     health_servicer = health.aio.HealthServicer()
@@ -60,6 +65,16 @@ async def create_server(
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for service in ("", AUTHORIZATION_SERVICE):
+        await health_servicer.set(service, status)
+    return server, port, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
     for service in ("", AUTHORIZATION_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from envoy.config.core.v3 import base_pb2
-from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import json_format
-from google.rpc import code_pb2
 
+from authz._gen.envoy.config.core.v3 import base_pb2
+from authz._gen.envoy.service.auth.v3 import external_auth_pb2
+from authz._gen.envoy.type.v3 import http_status_pb2
+from authz._gen.google.rpc import code_pb2
 from authz.core.outcome import Outcome
 from authz.core.reply import Reply
 from authz.protocol.request import HttpRequest
@@ -71,7 +72,8 @@ def to_check_response(outcome: Outcome, reply: Reply) -> Any:
         return response
     response.status.code = code_pb2.PERMISSION_DENIED
     denied = response.denied_response
-    denied.status.code = reply.status
+    # Any HTTP status may be sent; the enum only names the common ones.
+    denied.status.code = cast("http_status_pb2.StatusCode", reply.status)
     _add(denied.headers, reply.headers)
     denied.body = reply.body.decode("utf-8")
     return response

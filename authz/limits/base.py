@@ -99,4 +99,9 @@ class CounterStore(Protocol):
         """Forget every unit counted on `key` (an operator's reset)."""
         ...
 
+    async def ready(self) -> None:
+        """Connect and check the round trip before the first call (start-up waits on it);
+        raises StoreUnavailable when the backend does not answer."""
+        ...
+
     async def close(self) -> None: ...

@@ -73,6 +73,9 @@ class MemoryStore:
     async def reset(self, key: CounterKey) -> None:
         self._logs.pop(key, None)
 
+    async def ready(self) -> None:
+        """In-process: always ready."""
+
     async def close(self) -> None:
         self._logs.clear()
 

@@ -23,6 +23,7 @@ from authz.limits.base import CounterKey, Hit, HitResult, LimitState
 from authz.limits.redis_client import (
     _US,
     REDIS_FAILURES,
+    WARM_CONNECTIONS,
     Client,
     FirstCallAlone,
     RedisBacked,
@@ -46,6 +47,8 @@ MAX_NAME = 200
 
 class RedisStore(RedisBacked):
     """A CounterStore on Redis (standalone, Sentinel or Cluster) that fails fast when it is down."""
+
+    SCRIPTS = (HIT, USAGE)
 
     @cached_property
     def _batcher(self) -> _Batcher:
@@ -139,14 +142,22 @@ class _Batcher:
         return future
 
     async def drain(self) -> None:
-        await asyncio.gather(*self._sending, return_exceptions=True)
+        while self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
     def _flush(self) -> None:
-        while self._queue:
+        # At most WARM_CONNECTIONS script calls at once, so each has a connection that start-up
+        # opened (RedisBacked.ready): opening one more under load would spend the call's own
+        # timeout on a TCP handshake. Requests arriving meanwhile go in the next, bigger batch.
+        while self._queue and len(self._sending) < WARM_CONNECTIONS:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             task = asyncio.create_task(self._send(batch))
             self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._flush()
 
     async def _send(self, batch: list[tuple[Call, asyncio.Future[list[int]]]]) -> None:
         keys = [key for (ks, _), _ in batch for key in ks]

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
 from importlib.resources import files
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis, RedisCluster
@@ -75,6 +75,16 @@ def unavailable(name: str, timeout: float, error: BaseException) -> StoreUnavail
     return StoreUnavailable(f"{name} failed: {type(error).__name__}: {error}")
 
 
+# Seconds start-up gives Redis to connect, load the scripts and answer a PING, per attempt.
+READY_TIMEOUT = 5.0
+# Seconds a new connection may take to open, on its own clock: the per-call timeout bounds
+# every call anyway, and a busy machine can take longer than it just to connect.
+CONNECT_TIMEOUT = 1.0
+# Connections opened at start-up, and the most script calls RedisStore has in flight at once,
+# so no call waits for a connection to open within its own timeout.
+WARM_CONNECTIONS = 4
+
+
 class RedisBacked:
     """What every Redis store shares: the client, its key prefix, the per-call timeout, the
     circuit breaker, and the time the scripts use.
@@ -131,6 +141,22 @@ class RedisBacked:
             name=describe(url),
         )
 
+    # The Lua scripts this store runs, loaded by `ready`.
+    SCRIPTS: ClassVar[tuple[Script, ...]] = ()
+
+    async def ready(self) -> None:
+        """Connect, load the scripts and check the round trip, so that no call pays for it
+        out of its own timeout; raises StoreUnavailable when Redis does not answer in time."""
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                # One first: a cluster client discovers the cluster on its first command.
+                await self._client.ping()
+                await asyncio.gather(*(self._client.ping() for _ in range(WARM_CONNECTIONS)))
+                for script in self.SCRIPTS:
+                    await self._client.script_load(script.source)
+        except REDIS_FAILURES as e:
+            raise unavailable(self._name, READY_TIMEOUT, e) from e
+
     def _now(self) -> int | str:
         """The scripts' `now` argument: empty, so they read Redis's clock, except in tests."""
         return "" if self._clock is None else round(self._clock() * _US)
@@ -145,7 +171,7 @@ def connect(url: str, timeout: float) -> tuple[Client, tuple[Redis, ...]]:
     """A client for `url`, and any helper clients (Sentinels) to close with it."""
     options: dict[str, Any] = {
         "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
+        "socket_connect_timeout": max(timeout, CONNECT_TIMEOUT),
         # One immediate retry replaces a pooled connection that a Redis restart closed;
         # anything slower would not fit in the timeout anyway.
         "retry": Retry(NoBackoff(), 1),

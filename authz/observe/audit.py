@@ -24,6 +24,7 @@ from typing import Any, Final, TextIO
 
 from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
+from authz import __version__
 from authz.core.outcome import Outcome
 from authz.protocol.mcp import McpCall
 
@@ -35,6 +36,8 @@ MIN_KEY_BYTES: Final = 16
 # the agent chooses them.
 MAX_ARGUMENT_KEYS: Final = 64
 MAX_KEY_CHARS: Final = 64
+# Names the layout of every audit line; the number grows when a field changes meaning or goes.
+AUDIT_SCHEMA: Final = "mcp-authz.audit/1"
 _ABSENT: Final = object()
 
 
@@ -177,6 +180,8 @@ class AuditLog:
         caller = outcome.caller
         call = outcome.subject or next(iter(outcome.calls), None)
         return {
+            "schema": AUDIT_SCHEMA,
+            "version": __version__,
             "time": self._clock().isoformat(timespec="milliseconds"),
             "decision_id": outcome.decision_id,
             "trace_id": format_trace_id(span.trace_id) if span.is_valid else None,
@@ -224,6 +229,8 @@ class AuditLog:
             return
         valid = span is not None and span.is_valid
         line = {
+            "schema": AUDIT_SCHEMA,
+            "version": __version__,
             "time": self._clock().isoformat(timespec="milliseconds"),
             "admin_action": action,
             "trace_id": format_trace_id(span.trace_id) if span and valid else None,

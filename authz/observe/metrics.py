@@ -18,11 +18,15 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import Meter
 from prometheus_client import CollectorRegistry, start_http_server
 
+from authz import __version__
+from authz.core.decision import FailMode
 from authz.core.outcome import Outcome
 from authz.policy.model import Policy
 from authz.protocol.errors import Refusal
 
 OTHER_TOOL: Final = "other"
+# The build-info gauge: 1, labelled with the running version; not on the dashboard.
+BUILD_INFO: Final = "mcp_authz.build_info"
 # The label of requests that call no tool (initialize, tools/list, malformed bodies).
 NO_TOOL: Final = "none"
 # A decision is a parse, a policy lookup and at most two store round trips: sub-millisecond
@@ -78,6 +82,16 @@ class Metrics:
         self._spans_dropped = meter.create_counter(
             "mcp_authz.telemetry.spans_dropped", "{span}", "Spans lost before export, by reason"
         )
+        # `mcp_authz_build_info{version="..."} 1`, the usual way to tell which build is running.
+        meter.create_up_down_counter(
+            BUILD_INFO, "1", "The running build: 1, labelled with its version"
+        ).add(1, {"version": __version__})
+        # Counters the dashboard reads start at zero with every label set, so a panel shows 0,
+        # not "no data", until the first reload or fail-mode decision.
+        for result in (True, False):
+            self._reloads.add(0, {"result": _result(result)})
+        for mode in FailMode:
+            self._fail_mode.add(0, {"fail_mode": mode.value})
 
     def record_check(self, outcome: Outcome, seconds: float) -> None:
         decision = outcome.label

@@ -11,12 +11,13 @@ or absent collector costs a Check nothing but dropped spans, and those are count
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Final
 
 from opentelemetry import trace
@@ -56,6 +57,10 @@ SERVICE: Final = "mcp-authz"
 CHECK_SPAN: Final = "envoy.service.auth.v3.Authorization/Check"
 STORE_SPAN: Final = "counter store hit"
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
+# Seconds `Telemetry.shutdown` may take when the caller names no limit.
+SHUTDOWN_TIMEOUT: Final = 1.0
+# Stops one exporter or endpoint within the seconds it is given.
+Closer = Callable[[float], object]
 # gRPC invocation metadata: (key, value) pairs, bytes for binary (`-bin`) keys.
 Metadata = Iterable[tuple[str, str | bytes]]
 
@@ -110,7 +115,7 @@ class Telemetry:
         self,
         tracer: Tracer | None,
         metrics: Metrics,
-        closers: Sequence[Callable[[], object]] = (),
+        closers: Sequence[Closer] = (),
     ) -> None:
         # None when traces are not exported: then no span is ever created.
         self._tracer = tracer
@@ -131,19 +136,21 @@ class Telemetry:
         """Providers and exporters as `otel` and the Prometheus address ask; the SDK reads
         the rest of the OTEL_* variables (headers, timeouts, sampler, batch sizes) here."""
         resource = _resource()
-        closers: list[Callable[[], object]] = []
+        closers: list[Closer] = []
         meter: Meter = NoOpMeter("mcp_authz")
         readers = _metric_readers(otel.metrics, metrics_listen, closers)
         if readers:
             meters = MeterProvider(readers, resource=resource, shutdown_on_exit=False)
-            closers.insert(0, meters.shutdown)
+            closers.insert(0, lambda seconds: meters.shutdown(timeout_millis=seconds * 1000))
             meter = meters.get_meter("mcp_authz", __version__)
         metrics = Metrics(meter, known_tools)
         if otel.traces is None:
             return cls(None, metrics, closers)
         tracers = TracerProvider(resource=resource, shutdown_on_exit=False)
-        tracers.add_span_processor(_DropCountingProcessor(_span_exporter(otel.traces), metrics))
-        closers.insert(0, tracers.shutdown)
+        processor = _DropCountingProcessor(_span_exporter(otel.traces), metrics)
+        tracers.add_span_processor(processor)
+        # The processor itself, not the provider: only it takes a time limit.
+        closers.insert(0, processor.close)
         return cls(tracers.get_tracer("mcp_authz", __version__), metrics, closers)
 
     @contextmanager
@@ -184,10 +191,15 @@ class Telemetry:
     def observe(self, store: CounterStore, backend: str) -> CounterStore:
         return ObservedStore(store, backend, self._tracer, self.metrics)
 
-    def shutdown(self) -> None:
-        """Flush what is queued and stop the exporters (spans first, then metrics)."""
-        for close in self._closers:
-            close()
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Flush what is queued and stop the exporters (spans first, then metrics), all within
+        `timeout` seconds: a collector that is down or never answers must not hold a pod past
+        its termination grace period. What is still queued then is dropped and counted."""
+        deadline = monotonic() + timeout
+        for done, close in enumerate(self._closers):
+            # An equal share of what is left: a stuck span export must not leave the metrics
+            # none (the SDK's MeterProvider refuses to shut down with no time at all).
+            close(max(deadline - monotonic(), 0.0) / (len(self._closers) - done))
 
 
 class ObservedStore:
@@ -232,6 +244,9 @@ class ObservedStore:
 
     async def reset(self, key: CounterKey) -> None:
         await self._store.reset(key)
+
+    async def ready(self) -> None:
+        await self._store.ready()
 
     async def close(self) -> None:
         await self._store.close()
@@ -315,7 +330,7 @@ def _span_exporter(protocol: ExportProtocol) -> SpanExporter:
 
 
 def _metric_readers(
-    protocol: ExportProtocol | None, listen: str | None, closers: list[Callable[[], object]]
+    protocol: ExportProtocol | None, listen: str | None, closers: list[Closer]
 ) -> list[MetricReader]:
     readers: list[MetricReader] = []
     if protocol is not None:
@@ -326,7 +341,7 @@ def _metric_readers(
         readers.append(PeriodicReader(exporter))
     if listen is not None:
         endpoint = PrometheusEndpoint.start(listen)
-        closers.append(endpoint.stop)
+        closers.append(lambda _seconds: endpoint.stop())
         log.info("serving Prometheus metrics on http://%s/metrics", endpoint.address)
         readers.append(endpoint.reader)
     return readers
@@ -341,11 +356,27 @@ class _DropCountingProcessor(BatchSpanProcessor):
 
     def __init__(self, exporter: SpanExporter, metrics: Metrics) -> None:
         # Queue size, batch size and delays come from OTEL_BSP_* (default queue: 2048 spans).
-        super().__init__(_FailureCountingExporter(exporter, metrics))
+        self._exporter_counting = _FailureCountingExporter(exporter, metrics)
+        super().__init__(self._exporter_counting)
         self._metrics = metrics
         self._queue = _queue_of(self)
         if self._queue is None:
             log.warning("this opentelemetry-sdk hides its span queue: drops are not counted")
+
+    def close(self, seconds: float) -> None:
+        """Export what is queued for up to `seconds`, then stop; the rest is dropped."""
+        # The SDK's own shutdown() waits 30 s; the batch processor under it takes a limit.
+        # Past it, it stops exporting and shuts the exporter, which ends a pending export.
+        failed_before = self._exporter_counting.failed
+        self._batch_processor.shutdown(timeout_millis=int(seconds * 1000))
+        # An export the deadline cut short may still be unwinding on the SDK's thread.
+        lost = self._exporter_counting.abandon() + (len(self._queue) if self._queue else 0)
+        if lost:
+            self._metrics.record_spans_dropped(lost, "shutdown")
+        # Exports that failed outright meanwhile were counted as export_failed; say them too.
+        lost += self._exporter_counting.failed - failed_before
+        if lost:
+            log.warning("shutdown: dropped %d spans the collector had not taken in time", lost)
 
     def on_end(self, span: ReadableSpan) -> None:
         queue = self._queue
@@ -365,17 +396,37 @@ def _sampled(span: ReadableSpan) -> bool:
 
 
 class _FailureCountingExporter(SpanExporter):
-    """Counts the spans of every batch the collector did not take (after the SDK's retries)."""
+    """Counts the spans of every batch the collector did not take (after the SDK's retries),
+    and, at shutdown, those of a batch still on its way (see `abandon`)."""
 
     def __init__(self, exporter: SpanExporter, metrics: Metrics) -> None:
         self._exporter = exporter
         self._metrics = metrics
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._abandoned = False
+        # Spans of failed exports so far, counted as export_failed (read by close's report).
+        self.failed = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            self._pending = len(spans)
         result = self._exporter.export(spans)
-        if result is not SpanExportResult.SUCCESS:
+        with self._lock:
+            self._pending = 0
+            ours = result is not SpanExportResult.SUCCESS and not self._abandoned
+            if ours:
+                self.failed += len(spans)
+        if ours:
             self._metrics.record_spans_dropped(len(spans), "export_failed")
         return result
+
+    def abandon(self) -> int:
+        """The spans of an export that has not returned yet; from now on this exporter counts
+        no failure itself, so each lost span is counted once, by whoever reports it first."""
+        with self._lock:
+            self._abandoned = True
+            return self._pending
 
     def shutdown(self) -> None:
         self._exporter.shutdown()

@@ -27,6 +27,7 @@ from authz.policy.model import (
 )
 from authz.policy.reader import Pairs, Reader, child, kind
 from authz.policy.warnings import shadow_warnings
+from authz.protocol.identity import SCOPE_CLAIMS
 
 _TOP_KEYS = (
     "version",
@@ -279,6 +280,10 @@ class NativeReader(Reader):
                 isinstance(v, str | int) and not isinstance(v, bool) for v in values
             ):
                 self.fail(where, f"expected a string or a list of strings, got {kind(wanted)}")
+                continue
+            if claim in SCOPE_CLAIMS and any(isinstance(v, str) and " " in v for v in values):
+                # A token's scopes are matched one by one, so "a b" could never match.
+                self.fail(where, "a scope claim is matched per scope: list each scope separately")
                 continue
             out[claim] = tuple(values)
         return out

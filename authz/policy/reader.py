@@ -6,9 +6,10 @@ Both syntaxes (ours and Intercept's) build on it; the loader picks one and never
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,14 @@ def child(path: str, key: str | int) -> str:
 
 def kind(value: Any) -> str:
     return "an object" if isinstance(value, Pairs) else kind_of(value)
+
+
+def did_you_mean(value: Any, options: Iterable[str]) -> str:
+    """` (did you mean "X"?)` when `value` is a near miss of one option, else nothing."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, list(options), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 def get(value: Any, key: str) -> Any:
@@ -77,7 +86,8 @@ class Reader:
                 self.fail(child(path, str(key)), "duplicate key: keep only one")
             elif key not in allowed:
                 expected = ", ".join(allowed)
-                self.fail(child(path, str(key)), f"unknown key (expected one of: {expected})")
+                hint = did_you_mean(key, allowed)
+                self.fail(child(path, str(key)), f"unknown key{hint} (expected one of: {expected})")
             else:
                 out[key] = item
         return out
@@ -112,7 +122,8 @@ class Reader:
             member = None
         if member is None or member not in list(options):
             names = " or ".join(f'"{o.value}"' for o in options)
-            self.fail(path, f"expected {names}, got {json.dumps(value, default=str)}")
+            hint = did_you_mean(value, (str(o.value) for o in options))
+            self.fail(path, f"expected {names}, got {json.dumps(value, default=str)}{hint}")
             return None
         return member
 
@@ -138,7 +149,9 @@ class Reader:
             return int(value)
         names = ", ".join(f'"{n}"' for n in NAMED_WINDOWS)
         seconds = "" if named_only else f" or seconds (1 to {MAX_WINDOW})"
-        self.fail(path, f"expected {names}{seconds}, got {value!r}")
+        self.fail(
+            path, f"expected {names}{seconds}, got {value!r}{did_you_mean(value, NAMED_WINDOWS)}"
+        )
         return None
 
     def count(self, value: Any, path: str, ceiling: int = MAX_LIMIT) -> int | None:

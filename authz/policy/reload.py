@@ -4,6 +4,17 @@ Kubernetes updates a mounted ConfigMap by swapping a symlink (`..data`) to a new
 so the watcher never trusts inotify on the file or its mtime: it re-reads the path (following
 links) and compares content hashes. A file that fails to load is logged once per version and
 the last good policy stays; counters live in the store and are never reset by a reload.
+
+Torn writes. A file rewritten in place (same inode: an editor saving over it, `kubectl cp`,
+a shell redirect) can be read half-written, and a prefix of a policy may well be a valid,
+weaker policy. So a change in place is applied only once it is stable: the same content hash
+on two consecutive looks. A file *replaced* (a new inode or a new real path behind the link:
+the ConfigMap's `..data` swap, or a write to a temporary file renamed over the old one) was
+complete before the one atomic rename that made it visible, so it is applied at once.
+
+Reading, hashing, parsing and compiling run in a worker thread (a 5 MB policy takes seconds to
+parse): the event loop keeps answering checks meanwhile, and the new policy replaces the old
+in one assignment, so a request sees one policy or the other, never a mix.
 """
 
 from __future__ import annotations
@@ -11,13 +22,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from authz.policy.load import PolicyError, parse_policy
 from authz.policy.model import Policy
 
 log = logging.getLogger("mcp_authz.policy")
+
+
+@dataclass(frozen=True, slots=True)
+class _Look:
+    """What one look at the policy path found."""
+
+    # The file behind the path: its real path, device and inode. Any change means it was
+    # replaced by a rename, never written in place.
+    file: tuple[str, int, int]
+    digest: str
+    data: bytes
 
 
 class PolicyHolder:
@@ -41,12 +65,32 @@ class PolicyWatcher:
         self._path = path
         self._holder = holder
         self._on_result = on_result
-        self._seen = _digest(path)
+        first = self._look_or_none()
+        # The content in force (or refused) and the file it came from.
+        self._seen = first.digest if first else None
+        self._file = first.file if first else None
+        # A change in place seen once, waiting to be seen again unchanged.
+        self._pending: str | None = None
 
-    def check(self) -> bool | None:
-        """Reload if the content changed: True swapped in, False refused, None unchanged."""
+    async def check(self) -> bool | None:
+        """Reload if the content changed and is complete: True swapped in, False refused,
+        None unchanged (or still settling)."""
+        look = await asyncio.to_thread(self._look_or_none)
+        if look is None or look.digest == self._seen:
+            self._pending = None
+            return None
+        replaced = look.file != self._file
+        if not replaced and look.digest != self._pending:
+            # Changed in place: it may be half-written. Apply it once it holds still.
+            self._pending = look.digest
+            log.info("policy %s changed in place; applying it once it is stable", self._path)
+            return None
+        self._seen, self._file, self._pending = look.digest, look.file, None
+        return await self._load(look.data)
+
+    def _look_or_none(self) -> _Look | None:
         try:
-            data = self._path.read_bytes()
+            return _look(self._path)
         except OSError as e:
             # Mid-swap, or deleted: keep the policy and look again next time.
             log.warning(
@@ -56,16 +100,11 @@ class PolicyWatcher:
                 self._holder.current.version,
             )
             return None
-        digest = hashlib.sha256(data).hexdigest()
-        if digest == self._seen:
-            return None
-        self._seen = digest
-        return self._load(data)
 
-    def _load(self, data: bytes) -> bool:
+    async def _load(self, data: bytes) -> bool:
         old = self._holder.current.version
         try:
-            policy = parse_policy(data, str(self._path))
+            policy = await asyncio.to_thread(parse_policy, data, str(self._path))
         except PolicyError as e:
             self._holder.last_error = e
             # The problems are the message; a traceback would only bury them.
@@ -84,14 +123,20 @@ class PolicyWatcher:
         while True:
             await asyncio.sleep(interval)
             try:
-                self.check()
+                await self.check()
             except Exception:
                 # A bug here must not end reloading for the life of the process.
                 log.exception("policy reload failed unexpectedly; keeping the current policy")
 
 
-def _digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
+def _look(path: Path) -> _Look:
+    """The file behind `path` and its content, from one open file, so the identity and the
+    bytes cannot come from two different files."""
+    with path.open("rb") as f:
+        st = os.fstat(f.fileno())
+        data = f.read()
+    return _Look((os.path.realpath(path), st.st_dev, st.st_ino), _sha256(data), data)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from authz.protocol.bounds import MAX_IDENTITY, MAX_SESSION_ID, bounded
 from authz.protocol.request import HttpRequest
 
 ANONYMOUS = "anonymous"
@@ -93,15 +94,37 @@ def bearer_token(request: HttpRequest) -> str | None:
 
 
 def caller_of(request: HttpRequest, identity: str, payload_key: str = "jwt_payload") -> Caller:
-    return Caller(identity, request.header("mcp-session-id"), jwt_claims(request, payload_key))
+    """The caller; RequestRefused if its identity or session id is over its bound."""
+    session = request.header("mcp-session-id")
+    if session is not None:
+        bounded(session, MAX_SESSION_ID, "the Mcp-Session-Id header")
+    bounded(identity, MAX_IDENTITY, "the caller's identity")
+    return Caller(identity, session, jwt_claims(request, payload_key))
+
+
+# Claims that carry OAuth scopes. RFC 6749 section 3.3 (and RFC 9068 for access-token JWTs)
+# puts them in `scope` as one string of space-separated tokens; Okta and Azure AD use `scp`,
+# as an array or in the same string form. Each scope is matched on its own.
+SCOPE_CLAIMS = frozenset({"scope", "scp"})
 
 
 def claims_match(claims: Mapping[str, Any], wanted: Mapping[str, tuple[Any, ...]]) -> bool:
     """Whether any claim holds one of its wanted values; a list-valued claim (`groups`)
-    matches when any element does."""
+    matches when any element does, a scope claim when any of its scopes does."""
     for claim, values in wanted.items():
-        held = claims.get(claim)
-        for value in held if isinstance(held, list) else [held]:
+        for value in claim_values(claims, claim):
             if isinstance(value, str | int) and not isinstance(value, bool) and value in values:
                 return True
     return False
+
+
+def claim_values(claims: Mapping[str, Any], claim: str) -> list[Any]:
+    """The values a claim holds: a list's elements, a scope string's scopes, or the value."""
+    held = claims.get(claim)
+    if isinstance(held, list):
+        return held
+    if claim in SCOPE_CLAIMS and isinstance(held, str):
+        # Only U+0020 separates scope tokens (RFC 6749's scope-token excludes it); any other
+        # character, other whitespace included, is part of a token and compared exactly.
+        return [scope for scope in held.split(" ") if scope]
+    return [held]

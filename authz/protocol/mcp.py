@@ -14,6 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from authz.protocol.bounds import (
+    MAX_METHOD,
+    MAX_NAME,
+    MAX_PROTOCOL_VERSION,
+    MAX_REQUEST_ID,
+    MAX_URI,
+    bounded,
+)
 from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.request import HttpRequest
 
@@ -26,6 +34,10 @@ BATCHLESS_SINCE = "2025-06-18"
 ROUTING_HEADERS_SINCE = "2026-07-28"
 # Methods whose target the 2026-07-28 revision repeats in the Mcp-Name header.
 _NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_TARGET_CAP = {"name": MAX_NAME, "uri": MAX_URI}
+# Mcp-Name repeats a target of at most MAX_URI characters, possibly as base64 of its UTF-8
+# (up to 4 bytes a character) inside "=?base64?...?=".
+_MAX_NAME_HEADER = len("=?base64??=") + 4 * -(-4 * MAX_URI // 3)
 
 RequestId = str | int
 
@@ -136,6 +148,9 @@ def _message(msg: Any, where: str) -> McpCall:
     request_id = msg.get("id")
     if "id" in msg and not _valid_id(request_id):
         raise _invalid(where, "id must be a string or an integer", None)
+    if isinstance(request_id, str):
+        # Refused without the id: echoing an over-long one is what the bound prevents.
+        _bounded(request_id, MAX_REQUEST_ID, where, "id", None)
     if msg.get("jsonrpc") != "2.0":
         raise _invalid(where, 'jsonrpc must be "2.0"', request_id)
     if "method" in msg:
@@ -149,6 +164,7 @@ def _call(msg: dict[str, Any], where: str, request_id: RequestId | None) -> McpC
     method = msg["method"]
     if not isinstance(method, str):
         raise _invalid(where, "method must be a string", request_id)
+    _bounded(method, MAX_METHOD, where, "method", request_id)
     params = msg.get("params", {})
     if not isinstance(params, dict):
         raise _invalid(where, "params must be an object", request_id)
@@ -158,6 +174,7 @@ def _call(msg: dict[str, Any], where: str, request_id: RequestId | None) -> McpC
     target = params.get(key)
     if not isinstance(target, str):
         raise _invalid(where, f"params.{key} of {method} must be a string", request_id)
+    _bounded(target, _TARGET_CAP[key], where, f"params.{key}", request_id)
     arguments = params.get("arguments", {})
     if not isinstance(arguments, dict):
         raise _invalid(where, "params.arguments must be an object", request_id)
@@ -166,6 +183,10 @@ def _call(msg: dict[str, Any], where: str, request_id: RequestId | None) -> McpC
 
 def _valid_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _bounded(value: str, cap: int, where: str, what: str, request_id: RequestId | None) -> None:
+    bounded(value, cap, f"message {where} {what}" if where else what, request_id)
 
 
 def _invalid(where: str, problem: str, request_id: Any) -> RequestRefused:
@@ -179,6 +200,8 @@ def check_headers(calls: tuple[McpCall, ...], headers: Mapping[str, str]) -> Non
     what the gateway judged by body, or refuse after the gateway has counted the call."""
     version = headers.get("mcp-protocol-version")
     first = calls[0]
+    if version is not None:
+        bounded(version, MAX_PROTOCOL_VERSION, "the MCP-Protocol-Version header", first.id)
     # A POST without a version is 2025-03-26, which allowed batches; later revisions do not.
     if len(calls) != 1 and version is not None and version >= BATCHLESS_SINCE:
         raise RequestRefused(
@@ -186,6 +209,10 @@ def check_headers(calls: tuple[McpCall, ...], headers: Mapping[str, str]) -> Non
         )
     method_header = headers.get("mcp-method")
     name_header = headers.get("mcp-name")
+    if method_header is not None:
+        bounded(method_header, MAX_METHOD, "the Mcp-Method header", first.id)
+    if name_header is not None:
+        bounded(name_header, _MAX_NAME_HEADER, "the Mcp-Name header", first.id)
     if version is not None and version >= ROUTING_HEADERS_SINCE:
         _require_routing_headers(first, method_header, name_header, version)
     if method_header is None and name_header is None:

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import authz
 from authz._gen.mcpauthz.admin.v1 import admin_pb2 as pb
 from authz._gen.mcpauthz.admin.v1 import admin_pb2_grpc
 from authz.admin.server import AdminServicer, AdminTokens, create_admin_server
@@ -151,6 +152,8 @@ async def test_list_and_show_pending_requests(admin: Admin) -> None:
     assert shown.decided_by == ""
     assert [a["admin_action"] for a in admin.audited()] == ["list_approvals", "get_approval"]
     assert admin.audited()[1] | {"time": None, "trace_id": None, "span_id": None} == {
+        "schema": "mcp-authz.audit/1",
+        "version": authz.__version__,
         "time": None,
         "admin_action": "get_approval",
         "trace_id": None,

@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.core.decision import FailMode
 from authz.core.outcome import Outcome
 from authz.edges.authz_grpc import create_server
@@ -194,8 +194,11 @@ async def test_a_running_gateway_serves_every_series_the_dashboard_reads(
             for rid, tool in enumerate(["binance_us_create_listen_key", "transfer_funds"] * 3):
                 await stub.Check(check_request(tool_call(tool, rid=rid)))
         watcher = PolicyWatcher(policy, gateway.policy, gateway.telemetry.metrics.record_reload)
-        policy.write_text(SEED.read_text().replace('"max": 30', '"max": 20'))
-        assert watcher.check() is True
+        # Renamed over the old file, as a ConfigMap update does, so it applies at once.
+        fresh = policy.with_name("policy.new")
+        fresh.write_text(SEED.read_text().replace('"max": 30', '"max": 20'))
+        fresh.replace(policy)
+        assert await watcher.check() is True
         served = scrape(metrics_at)
     finally:
         await server.stop(None)

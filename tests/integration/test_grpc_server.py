@@ -13,10 +13,10 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.config.core.v3 import base_pb2
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from authz._gen.envoy.config.core.v3 import base_pb2
+from authz._gen.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 from authz.edges.authz_grpc import create_server
 from authz.runner import Gateway
 from authz.settings import Settings

@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 
+from authz._gen.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 from authz.core.reply import Reply
 from authz.edges.authz_grpc import create_server
 from authz.edges.authz_http import (

@@ -17,8 +17,8 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from tests.checks import check_request
 from tests.integration.otlp_receiver import (
     OtlpReceiver,

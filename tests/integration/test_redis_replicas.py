@@ -19,8 +19,8 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 
+from authz._gen.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 from tests.checks import check_request
 from tests.conftest import RedisServer
 

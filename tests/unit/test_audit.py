@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags
 
+import authz
 from authz.approvals.base import Approval, Request, Status
 from authz.core.outcome import Outcome
 from authz.observe.audit import ArgumentAudit, ArgumentPath, AuditLog
@@ -76,6 +77,8 @@ def test_a_line_answers_who_what_when_why_and_which_trace() -> None:
     audit.record(outcome(transfer({"amount": 5})), 0.0012345, SPAN)
     (line,) = written(stream)
     assert line | {"arguments": None, "hmac_key": None} == {
+        "schema": "mcp-authz.audit/1",
+        "version": authz.__version__,
         "time": "2026-01-02T03:04:05.678+00:00",
         "decision_id": "d-1",
         "trace_id": "0af7651916cd43dd8448eb211c80319c",

@@ -247,3 +247,9 @@ def test_features_we_cannot_honour_or_mistakes_are_refused(
     assert any(f"{p.path}: {p.message}".startswith(problem) for p in info.value.problems), (
         info.value
     )
+
+
+def test_the_intercept_syntax_gets_the_did_you_mean_too() -> None:
+    with pytest.raises(PolicyError) as info:
+        intercept({"version": "1", "defualt": "deny"})
+    assert any('did you mean "default"' in p.message for p in info.value.problems), info.value

@@ -9,8 +9,10 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+import authz
 from authz.core.outcome import Outcome
 from authz.observe.metrics import (
+    BUILD_INFO,
     NO_TOOL,
     OTHER_TOOL,
     PROMETHEUS_NAMES,
@@ -87,8 +89,34 @@ def test_every_instrument_has_its_declared_prometheus_name() -> None:
         for rm in data.resource_metrics
         for sm in rm.scope_metrics
         for m in sm.metrics
+        if m.name != BUILD_INFO
     }
     assert {prometheus_name(name, unit) for name, unit in instruments.items()} == PROMETHEUS_NAMES
+
+
+def points(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, Any], ...]], Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {
+        (m.name, tuple(sorted((p.attributes or {}).items()))): p.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        for p in m.data.data_points
+        if hasattr(p, "value")
+    }
+
+
+def test_build_info_and_the_dashboards_event_counters_exist_before_any_event() -> None:
+    reader = InMemoryMetricReader()
+    Metrics(MeterProvider([reader]).get_meter("t"))
+    assert points(reader) == {
+        (BUILD_INFO, (("version", authz.__version__),)): 1,
+        ("mcp_authz.policy.reloads", (("result", "ok"),)): 0,
+        ("mcp_authz.policy.reloads", (("result", "error"),)): 0,
+        ("mcp_authz.fail_mode.activations", (("fail_mode", "open"),)): 0,
+        ("mcp_authz.fail_mode.activations", (("fail_mode", "closed"),)): 0,
+    }
 
 
 def prometheus_name(name: str, unit: str | None) -> str:

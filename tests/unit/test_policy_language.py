@@ -349,3 +349,43 @@ async def test_the_github_example() -> None:
     assert (await gate("push_files", branch="feat/x")).allowed
     assert (await gate("push_files", branch="main")).refusal is Refusal.DENIED
     assert (await gate("get_issue")).allowed
+
+
+SCOPED = {
+    "version": "1",
+    "grants": {
+        "writers": {"claims": {"scope": "tools:write"}, "default": "allow"},
+        "azure": {"claims": {"scp": ["Tools.Write"]}, "default": "allow"},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("claims", "grant"),
+    [
+        # OAuth's form: one string of space-separated scopes, each matched on its own.
+        ({"scope": "tools:read tools:write"}, "writers"),
+        ({"scope": "tools:write"}, "writers"),
+        ({"scope": "  tools:write  openid"}, "writers"),
+        ({"scope": ["tools:read", "tools:write"]}, "writers"),
+        ({"scp": "openid Tools.Write"}, "azure"),
+        ({"scp": ["openid", "Tools.Write"]}, "azure"),
+        # Prefixes, other separators and case are not the same scope.
+        ({"scope": "tools:writer"}, "default"),
+        ({"scope": "tools:read,tools:write"}, "default"),
+        ({"scope": "tools:read\ttools:write"}, "default"),
+        ({"scope": "TOOLS:WRITE"}, "default"),
+        # Only scope claims are split: any other claim is compared whole.
+        ({"groups": "tools:read tools:write"}, "default"),
+    ],
+)
+def test_scope_claims_match_per_scope(claims: dict[str, Any], grant: str) -> None:
+    """Fails before the fix: a space-separated `scope` never matched one of its scopes."""
+    verdict = evaluate(policy_of(SCOPED), call("t"), Caller("bot", claims=claims))
+    assert verdict.grant == grant
+
+
+def test_a_scope_value_with_a_space_is_refused_at_load() -> None:
+    doc = {"version": "1", "grants": {"g": {"claims": {"scope": "tools:read tools:write"}}}}
+    with pytest.raises(PolicyError, match=r"grants\.g\.claims\.scope: a scope claim is matched"):
+        policy_of(doc)

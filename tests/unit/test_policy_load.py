@@ -140,6 +140,32 @@ def test_each_problem_names_the_path_and_the_fix(doc: object, expected: str) -> 
     assert any(p.startswith(expected) for p in problems(doc)), problems(doc)
 
 
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"version": "1", "defualt": "deny"}, '$.defualt: unknown key (did you mean "default"?)'),
+        ({"version": "1", "default": "denny"}, 'got "denny" (did you mean "deny"?)'),
+        (
+            {
+                "version": "1",
+                "tools": {"t": {"limits": [{"counter": "c", "window": "minutes", "max": 1}]}},
+            },
+            "got 'minutes' (did you mean \"minute\"?)",
+        ),
+        (
+            {"version": "1", "tools": {"t": {"reson": "x"}}},
+            'unknown key (did you mean "reason"?)',
+        ),
+    ],
+)
+def test_a_near_miss_gets_a_did_you_mean(doc: object, expected: str) -> None:
+    assert any(expected in p for p in problems(doc)), problems(doc)
+
+
+def test_nothing_close_gets_no_guess() -> None:
+    assert not any("did you mean" in p for p in problems({"version": "1", "zzzz": 1}))
+
+
 def test_all_problems_are_reported_at_once_with_the_file_name() -> None:
     doc = {"version": "3", "oops": 1, "tools": {"a": {"action": "x"}, "b": {"limits": 5}}}
     with pytest.raises(PolicyError) as info:

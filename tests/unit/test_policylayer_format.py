@@ -175,7 +175,7 @@ def test_repeated_predicates_get_unique_ids() -> None:
     [
         (
             {"all_tools": {"limit": []}},
-            "$.all_tools.limit: unknown key (expected one of: limits)",
+            '$.all_tools.limit: unknown key (did you mean "limits"?) (expected one of: limits)',
         ),
         ({"all_tools": {"limits": {}}}, "$.all_tools.limits: expected a list of limits"),
         (

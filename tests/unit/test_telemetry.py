@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from envoy.service.auth.v3 import attribute_context_pb2
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -18,6 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from authz._gen.envoy.service.auth.v3 import attribute_context_pb2
 from authz.core.decision import Decider, FailMode
 from authz.edges.authz_grpc import AuthorizationServicer
 from authz.limits.base import Hit, HitResult, StoreUnavailable
@@ -236,7 +236,10 @@ async def test_store_down_fail_closed_marks_both_spans_and_counts_the_activation
     assert [e.name for e in store.events] == ["exception"]
     check = h.only(CHECK_SPAN)
     assert dict(check.attributes or {})["mcp_authz.decision"] == "limits_unavailable"
-    assert h.points("mcp_authz.fail_mode.activations") == {frozenset({("fail_mode", "closed")}): 1}
+    assert h.points("mcp_authz.fail_mode.activations") == {
+        frozenset({("fail_mode", "closed")}): 1,
+        frozenset({("fail_mode", "open")}): 0,
+    }
     assert h.points("mcp_authz.store.errors") == {frozenset({("store", "memory")}): 1}
 
 
@@ -250,7 +253,10 @@ async def test_store_down_fail_open_allows_and_says_so() -> None:
         True,
     )
     assert check.status.status_code is StatusCode.UNSET
-    assert h.points("mcp_authz.fail_mode.activations") == {frozenset({("fail_mode", "open")}): 1}
+    assert h.points("mcp_authz.fail_mode.activations") == {
+        frozenset({("fail_mode", "open")}): 1,
+        frozenset({("fail_mode", "closed")}): 0,
+    }
 
 
 async def test_dry_run_rule_is_flagged_on_an_allowed_span() -> None:
