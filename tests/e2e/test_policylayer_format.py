@@ -15,12 +15,11 @@ import pytest
 from mcp import Client, MCPError
 
 from tests.e2e.conftest import GatewayFactory
+from tests.e2e.test_python_sdk import DENIED, RATE_LIMITED, refusal_data
 
 pytestmark = pytest.mark.e2e
 
 POLICY = Path(__file__).parent / "policies" / "policylayer.json"
-DENIED = -32000
-RATE_LIMITED = -32001
 TRANSFER_MESSAGE = "Transfers go to alice or bob, 100 at most"
 POLICY_MESSAGE = "Blocked by the demo policy"
 
@@ -30,10 +29,7 @@ async def refused(client: Client, tool: str, args: dict[str, Any], code: int) ->
     with pytest.raises(MCPError) as error:
         await client.call_tool(tool, args)
     assert error.value.code == code, error.value.error
-    data = error.value.error.data
-    assert isinstance(data, dict), error.value.error
-    assert data["reason"] in error.value.error.message
-    return data
+    return refusal_data(error.value)
 
 
 async def transfer(client: Client, amount: object, to: str) -> None:

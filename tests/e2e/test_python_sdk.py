@@ -37,6 +37,17 @@ def refusal_data(error: MCPError) -> dict[str, Any]:
     return data
 
 
+async def spend_the_seed_budget(client: Client) -> dict[str, Any]:
+    """Call the listen-key tool LIMIT times, all allowed; the next call's refusal data."""
+    for _ in range(LIMIT):
+        result = await client.call_tool(LISTEN_KEY)
+        assert not result.is_error, result
+    with pytest.raises(MCPError) as refused:
+        await client.call_tool(LISTEN_KEY)
+    assert refused.value.code == RATE_LIMITED
+    return refusal_data(refused.value)
+
+
 async def assert_session_usable(client: Client) -> None:
     """A request that goes over the wire (no cached listing) still gets its answer."""
     listing = await client.list_tools(cache_mode="bypass")
@@ -49,15 +60,7 @@ async def test_31st_call_in_a_minute_is_rate_limited(
 ) -> None:
     async with Client(gateway, mode=mode) as client:
         assert client.protocol_version == revision
-        for _ in range(LIMIT):
-            result = await client.call_tool(LISTEN_KEY)
-            assert not result.is_error, result
-
-        with pytest.raises(MCPError) as refused:
-            await client.call_tool(LISTEN_KEY)
-
-        assert refused.value.code == RATE_LIMITED
-        data = refusal_data(refused.value)
+        data = await spend_the_seed_budget(client)
         assert data["tool"] == LISTEN_KEY
         assert LISTEN_KEY in data["rule"]
         assert isinstance(data["retry_after"], int)
