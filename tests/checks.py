@@ -1,7 +1,9 @@
-"""Envoy CheckRequests as Envoy builds them, for tests that drive the service directly."""
+"""Envoy CheckRequests as Envoy builds them, for tests that drive the service directly, and the
+port a `mcp-authz serve` subprocess says it serves on."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from authz._gen.envoy.config.core.v3 import base_pb2
@@ -26,3 +28,11 @@ def check_request(
     else:
         http.headers.update(h)
     return external_auth_pb2.CheckRequest(attributes=Attr(request=Attr.Request(http=http)))
+
+
+def serving_port(lines: Iterator[str]) -> int:
+    """The ext_authz port from a `mcp-authz serve` process's start-up line on stderr."""
+    for line in lines:
+        if "serving ext_authz on port" in line:
+            return int(line.split("on port ")[1].split(";")[0])
+    raise AssertionError("the server never said it was serving")

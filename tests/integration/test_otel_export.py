@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
-from tests.checks import check_request
+from tests.checks import check_request, serving_port
 from tests.integration.otlp_receiver import (
     OtlpReceiver,
     ReceivedSpan,
@@ -58,7 +58,7 @@ def serve_and_check(env: dict[str, str], requests: list[Any]) -> None:
     argv += ["--listen", "127.0.0.1:0", "--audit-log", "off"]
     with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env) as proc:
         assert proc.stderr is not None
-        port = _serving_port(proc.stderr)
+        port = serving_port(proc.stderr)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             for request in requests:
@@ -66,13 +66,6 @@ def serve_and_check(env: dict[str, str], requests: list[Any]) -> None:
         proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
         assert proc.wait(timeout=30) == 0, rest
-
-
-def _serving_port(lines: Iterator[str]) -> int:
-    for line in lines:
-        if "serving ext_authz on port" in line:
-            return int(line.split("on port ")[1].split(";")[0])
-    raise AssertionError("the server never said it was serving")
 
 
 def checks(receiver: OtlpReceiver) -> list[ReceivedSpan]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.checks import serving_port
 from tests.conftest import free_port
-from tests.integration.test_shutdown import serving_port
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "policies" / "seed.json"
 

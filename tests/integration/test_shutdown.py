@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
-from tests.checks import check_request
+from tests.checks import check_request, serving_port
 from tests.conftest import free_port
 from tests.integration.test_grpc_server import tool_call
 
@@ -80,13 +80,6 @@ def test_sigterm_exits_within_the_grace_and_counts_the_spans_dropped(
     assert code == 0, rest
     # Each Check is two spans: the decision and its counter store hit.
     assert f"shutdown: dropped {2 * CHECKS} spans" in rest
-
-
-def serving_port(lines: Iterator[str]) -> int:
-    for line in lines:
-        if "serving ext_authz on port" in line:
-            return int(line.split("on port ")[1].split(";")[0])
-    raise AssertionError("the server never said it was serving")
 
 
 def test_json_logs_are_one_object_a_line() -> None:
