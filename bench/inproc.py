@@ -1,0 +1,151 @@
+"""Our own work per check, in process: no Envoy, no network but Redis (when asked).
+
+    .venv/bin/python bench/inproc.py [--checks 20000] [--redis] [--audit FILE|off]
+                                     [--concurrency 16] [--profile]
+
+Runs the HTTP transport's `HttpCheck` (decide, observe, encode) on bench/mcp.lua's requests
+(a `tools/call` of `bench_tool` from 1,000 identities in rotation) against bench/policy.json,
+with telemetry off, the audit log written to a file, and the in-process store or a private
+redis-server (`--redis`). Prints CPU microseconds per check (process time, so another
+process's load barely moves it), median of `--repeat` rounds. `--profile` prints cProfile's
+top functions instead. Compare two trees by running this in each, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from run import redis_server  # noqa: E402 - the benchmark's own redis-server launcher
+
+from authz.core.decision import Decider  # noqa: E402
+from authz.edges.authz_http import HttpCheck  # noqa: E402
+from authz.limits.base import CounterStore  # noqa: E402
+from authz.limits.memory import MemoryStore  # noqa: E402
+from authz.observe.audit import ArgumentAudit, AuditLog  # noqa: E402
+from authz.observe.telemetry import Telemetry  # noqa: E402
+from authz.policy.load import load_policy  # noqa: E402
+from authz.policy.reload import PolicyHolder  # noqa: E402
+from authz.protocol.identity import FromHeader, IdentitySourceKind  # noqa: E402
+from authz.protocol.request import HttpRequest  # noqa: E402
+from authz.runner import new_decision_id  # noqa: E402
+
+IDENTITIES = 1000
+
+
+def requests() -> list[HttpRequest]:
+    """bench/mcp.lua's requests, as the HTTP transport hands them to the check."""
+    out = []
+    for i in range(1, IDENTITIES + 1):
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": i,
+                "method": "tools/call",
+                "params": {"name": "bench_tool", "arguments": {"text": "hello"}},
+            },
+            separators=(",", ":"),
+        ).encode()
+        headers = {
+            "host": "127.0.0.1",
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2025-11-25",
+            "x-agent-id": f"agent-{i:04d}",
+            "x-request-id": f"req-{i}",
+            "content-length": str(len(body)),
+        }
+        out.append(HttpRequest("POST", "/check/mcp", headers, body))
+    return out
+
+
+async def rounds(check: HttpCheck, args: argparse.Namespace) -> list[float]:
+    batch = requests()
+    per_worker = args.checks // args.concurrency
+
+    async def worker(offset: int) -> None:
+        for n in range(per_worker):
+            await check(batch[(offset + n) % IDENTITIES])
+
+    async def one_round() -> float:
+        started = time.process_time()
+        await asyncio.gather(*(worker(w * 61) for w in range(args.concurrency)))
+        return (time.process_time() - started) / (per_worker * args.concurrency) * 1e6
+
+    await one_round()  # warm-up
+    if args.profile:
+        cprofile, pstats = _stdlib_profilers()
+        profiler = cprofile.Profile()
+        profiler.enable()
+        await one_round()
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        return []
+    return [await one_round() for _ in range(args.repeat)]
+
+
+def _stdlib_profilers() -> tuple[Any, Any]:
+    # bench/profile.py (py-spy) would shadow the standard library's `profile`, which
+    # cProfile imports: look the two up without this directory on the path.
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
+    try:
+        return importlib.import_module("cProfile"), importlib.import_module("pstats")
+    finally:
+        sys.path[:] = saved
+
+
+async def measure(store: CounterStore, audit_path: str, args: argparse.Namespace) -> list[float]:
+    await store.ready()
+    telemetry = Telemetry.off()
+    observed = telemetry.observe(store, "redis" if args.redis else "memory")
+    policy = PolicyHolder(load_policy(BENCH / "policy.json"))
+    decider = Decider(policy, FromHeader("x-agent-id"), observed, new_id=new_decision_id)
+    audit = AuditLog.open(audit_path, ArgumentAudit(b"k" * 32))
+    check = HttpCheck(decider, audit, telemetry, IdentitySourceKind.HEADER)
+    try:
+        return await rounds(check, args)
+    finally:
+        audit.close()
+        await store.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checks", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--redis", action="store_true", help="count in a private redis-server")
+    parser.add_argument("--audit", default="", help="audit log file, or off (default: a temp file)")
+    parser.add_argument("--profile", action="store_true", help="cProfile one round instead")
+    args = parser.parse_args()
+    import uvloop  # noqa: PLC0415 - as the HTTP transport runs
+
+    with tempfile.TemporaryDirectory(prefix="mcp-authz-inproc-") as tmp:
+        audit = args.audit or str(Path(tmp) / "audit.jsonl")
+        if args.redis:
+            from authz.limits.redis import RedisStore  # noqa: PLC0415
+
+            with redis_server(Path(tmp)) as url:
+                samples = uvloop.run(measure(RedisStore.from_url(url), audit, args))
+        else:
+            samples = uvloop.run(measure(MemoryStore(), audit, args))
+    if samples:
+        shown = " ".join(f"{s:.1f}" for s in samples)
+        print(f"CPU us/check: median {statistics.median(samples):.1f} (rounds: {shown})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
