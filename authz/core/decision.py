@@ -20,6 +20,7 @@ from authz.core.outcome import Outcome, whole_seconds
 from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
 from authz.policy.evaluate import Verdict, evaluate, hits
 from authz.policy.model import Policy
+from authz.protocol.echo import echo
 from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.identity import Caller, IdentitySource, caller_of
 from authz.protocol.mcp import McpCall, RequestId, parse_request
@@ -58,7 +59,9 @@ class Decider:
         self._grants = grants
 
     async def decide(self, request: HttpRequest) -> Outcome:
-        return replace(await self._decide(request), origin=request.origin())
+        outcome = await self._decide(request)
+        # Reasons repeat client-chosen text; every reply, span and audit line reads this one.
+        return replace(outcome, reason=echo(outcome.reason), origin=request.origin())
 
     async def _decide(self, request: HttpRequest) -> Outcome:
         # One policy for the whole request, even if a reload lands while it is judged.
