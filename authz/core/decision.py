@@ -113,7 +113,16 @@ class Decider:
                 waiting = await self._approvals.hold(base, call, verdict, caller)
                 if waiting.refusal is not None:
                     return waiting
-                approved.append(cast(Approval, waiting.approval))
+                approval = cast(Approval, waiting.approval)
+                if any(a.id == approval.id for a in approved):
+                    # One approval covers one call: refused here, before anything is counted.
+                    return replace(
+                        waiting,
+                        refusal=Refusal.APPROVAL_REQUIRED,
+                        reason=f"the request carries the call approved by {approval.id} more "
+                        "than once; one approval covers one call",
+                    )
+                approved.append(approval)
         states: tuple[LimitState, ...] = ()
         counted = [(c, v) for c, v in verdicts if v.uses]
         if counted:
