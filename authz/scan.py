@@ -144,7 +144,7 @@ async def _list_tools(
 ) -> Catalogue:
     http = create_mcp_http_client(headers=dict(headers), timeout=limits)
     http._transport = _Bounded(http._transport)  # the SDK takes a client, not a transport
-    transport = streamable_http_client(url, http_client=http, max_sse_event_size=MAX_TOOL_BYTES)
+    transport = streamable_http_client(url, http_client=http, max_sse_event_size=MAX_RESPONSE_BYTES)
     tools: list[ToolDefinition] = []
     skipped: list[str] = []
     async with http, Client(transport, mode=PROTOCOLS[protocol], cache=None) as client:

@@ -228,3 +228,41 @@ def test_a_bad_header_file_line_names_the_file_and_line_not_the_value(
     assert code == 2
     assert f"{path}:2: expected a 'NAME: VALUE' line" in err
     assert "s3cret" not in err
+
+
+@pytest.mark.parametrize(
+    ("bound", "value", "message"),
+    [
+        ("MAX_PAGES", 2, "tools/list has more than 2 pages"),
+        ("MAX_TOOLS", 3, "lists more than 3 tools"),
+        ("MAX_RESPONSE_BYTES", 300, "response from the server is over 300 bytes"),
+    ],
+)
+def test_what_the_server_sends_is_bounded(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    server_url: str,
+    header_file: Path,
+    bound: str,
+    value: int,
+    message: str,
+) -> None:
+    monkeypatch.setattr(f"authz.scan.{bound}", value)
+    code, out, err = scan(capsys, server_url, "--header-file", str(header_file))
+    assert (code, out) == (2, "")
+    assert message in err
+
+
+def test_an_oversized_tool_definition_is_skipped_and_said_so(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    server_url: str,
+    header_file: Path,
+) -> None:
+    # delete_account's definition is 163 bytes of JSON, get_balance's 140.
+    monkeypatch.setattr("authz.scan.MAX_TOOL_BYTES", 160)
+    code, out, _ = scan(capsys, server_url, "--header-file", str(header_file))
+    assert code == 0
+    assert "delete_account" not in classes(out)
+    assert "get_balance" in classes(out)
+    assert "note: skipped 'delete_account': its definition is over 160 bytes" in out
