@@ -20,7 +20,6 @@ import anyio
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 
 from authz.policy.load import PolicyError, parse_policy
 from authz.policy.scaffold import (
@@ -46,7 +45,8 @@ MAX_TOOL_BYTES: Final = 256 * 1024
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 2
-_TABLE_DESCRIPTION: Final = 60
+_TABLE_CELL: Final = 60
+_HINTS: Final = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
 
 
 class ScanError(Exception):
@@ -142,8 +142,8 @@ async def list_tools(
 async def _list_tools(
     url: str, headers: Sequence[tuple[str, str]], protocol: str, limits: httpx2.Timeout
 ) -> Catalogue:
-    http = create_mcp_http_client(headers=dict(headers), timeout=limits)
-    http._transport = _Bounded(http._transport)  # the SDK takes a client, not a transport
+    bounded = _Bounded(httpx2.AsyncHTTPTransport())
+    http = httpx2.AsyncClient(headers=dict(headers), timeout=limits, transport=bounded)
     transport = streamable_http_client(url, http_client=http, max_sse_event_size=MAX_RESPONSE_BYTES)
     tools: list[ToolDefinition] = []
     skipped: list[str] = []
@@ -208,17 +208,25 @@ def table(tools: Sequence[ScannedTool]) -> str:
     """The catalogue as aligned columns: name, class, open_world, annotations, description."""
     rows = [("NAME", "CLASS", "OPEN_WORLD", "ANNOTATIONS", "DESCRIPTION")]
     for item in tools:
-        hints = json.dumps(dict(item.tool.annotations), separators=(",", ":"), sort_keys=True)
-        line = summary(item.tool.description)
-        if len(line) > _TABLE_DESCRIPTION:
-            line = line[: _TABLE_DESCRIPTION - 1] + "…"
-        name = summary(item.tool.name)
-        rows.append((name, item.risk.label, str(item.tool.open_world).lower(), hints, line))
+        # Only the hints that class a tool: the rest of `annotations` is the server's to fill.
+        hints = {k: v for k, v in item.tool.annotations.items() if k in _HINTS}
+        cells = (
+            summary(item.tool.name),
+            item.risk.label,
+            str(item.tool.open_world).lower(),
+            _cell(json.dumps(hints, separators=(",", ":"), sort_keys=True)),
+            _cell(summary(item.tool.description)),
+        )
+        rows.append(cells)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
         for row in rows
     )
+
+
+def _cell(text: str) -> str:
+    return text if len(text) <= _TABLE_CELL else text[: _TABLE_CELL - 1] + "…"
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -243,7 +251,8 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException as e:  # the SDK raises groups of transport and protocol errors
         if isinstance(e, KeyboardInterrupt | SystemExit):
             raise
-        raise ScanError(f"cannot list the tools of {args.url}: {_cause(e)}") from e
+        # The cause may quote the server: one line, no control characters, bounded.
+        raise ScanError(f"cannot list the tools of {args.url}: {summary(_cause(e))}") from e
     scanned = classify_tools(catalogue.tools, trusted=args.trust_annotations)
     print(f"{args.url}: {len(scanned)} tools (protocol {catalogue.protocol})")
     print(table(scanned))

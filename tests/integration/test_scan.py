@@ -19,6 +19,9 @@ from mcp.server import Server
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from authz.cli import main
+from authz.policy.scaffold import classify_tools
+from authz.protocol.tools import parse_tool
+from authz.scan import table
 from tests.conftest import free_port
 
 TOKEN = "Bearer scan-test-t0ken"  # noqa: S105 - a test server's own token
@@ -266,3 +269,16 @@ def test_an_oversized_tool_definition_is_skipped_and_said_so(
     assert "delete_account" not in classes(out)
     assert "get_balance" in classes(out)
     assert "note: skipped 'delete_account': its definition is over 160 bytes" in out
+
+
+def test_the_table_prints_no_control_characters_and_bounded_cells() -> None:
+    entry = {
+        "name": "t",
+        "description": "\x1b]0;owned\x07" + "x" * 500,
+        "annotations": {"readOnlyHint": True, "title": "y" * 10_000},
+    }
+    [row] = table(classify_tools([parse_tool(entry)], trusted=False)).splitlines()[1:]
+    assert "\x1b" not in row
+    assert "\x07" not in row
+    assert "title" not in row
+    assert len(row) < 200
