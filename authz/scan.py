@@ -108,9 +108,8 @@ def _header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     name = name.strip()
     if not sep or not name or any(c.isspace() for c in name):
-        raise argparse.ArgumentTypeError(
-            f"expected 'NAME: VALUE', got {text.split(':', maxsplit=1)[0]!r}..."
-        )
+        # Nothing of it is echoed: a header without its name is likely a bare token.
+        raise argparse.ArgumentTypeError("expected 'NAME: VALUE', e.g. 'Authorization: Bearer ...'")
     return name, value.strip()
 
 

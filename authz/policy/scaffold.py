@@ -59,6 +59,16 @@ def expressible(tool: ToolDefinition) -> bool:
     return _GLOB.search(tool.name) is None
 
 
+def strictest(tools: Iterable[ScannedTool]) -> list[ScannedTool]:
+    """One entry per name: a server listing a name twice gets the stricter of its classes."""
+    by_name: dict[str, ScannedTool] = {}
+    for item in tools:
+        seen = by_name.get(item.tool.name)
+        if seen is None or item.risk > seen.risk:
+            by_name[item.tool.name] = item
+    return list(by_name.values())
+
+
 def summary(description: str) -> str:
     """The description's first non-empty line, without control characters, bounded."""
     line = next((s.strip() for s in description.splitlines() if s.strip()), "")
@@ -68,7 +78,7 @@ def summary(description: str) -> str:
 
 def scaffold(tools: Sequence[ScannedTool], fmt: Format, *, source: str, trusted: bool) -> str:
     """The starter policy for `tools` in `fmt`, as the text of the file to write."""
-    kept = [t for t in tools if expressible(t.tool)]
+    kept = strictest(t for t in tools if expressible(t.tool))
     hints = "trusted" if trusted else "untrusted (no tool is read from its hints alone)"
     description = (
         f"Starter policy written by `mcp-authz scan` from {source}; the server's hints were "

@@ -282,3 +282,14 @@ def test_the_table_prints_no_control_characters_and_bounded_cells() -> None:
     assert "\x07" not in row
     assert "title" not in row
     assert len(row) < 200
+
+
+def test_a_header_without_a_name_is_refused_without_echoing_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["scan", "http://127.0.0.1:1/mcp", "--header", "Bearer s3cret"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected 'NAME: VALUE'" in err
+    assert "s3cret" not in err

@@ -111,3 +111,9 @@ def test_descriptions_are_one_bounded_line_without_control_characters() -> None:
 def test_no_description_still_gives_a_reason() -> None:
     doc = json.loads(scaffold(tools(("t", WRITE, "")), Format.NATIVE, source="s", trusted=True))
     assert doc["tools"]["t"]["reason"] == "write tool: no description given"
+
+
+def test_a_name_listed_twice_gets_its_stricter_class() -> None:
+    twice = tools(("pay", DESTRUCTIVE, "first"), ("pay", READ, "second"))
+    policy = parse_policy(scaffold(twice, Format.NATIVE, source="s", trusted=True).encode(), "p")
+    assert decide(policy, "pay").approval is not None
