@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ EXIT_OK: Final = 0
 EXIT_FAILED: Final = 2
 _TABLE_CELL: Final = 60
 _HINTS: Final = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
+
+
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ScanError(Exception):
@@ -110,6 +114,9 @@ def _header(text: str) -> tuple[str, str]:
     if not sep or not name or any(c.isspace() for c in name):
         # Nothing of it is echoed: a header without its name is likely a bare token.
         raise argparse.ArgumentTypeError("expected 'NAME: VALUE', e.g. 'Authorization: Bearer ...'")
+    if _CONTROL.search(text):
+        # httpx's own refusal would quote the value.
+        raise argparse.ArgumentTypeError(f"header {name!r}: its value has a control character")
     return name, value.strip()
 
 
@@ -125,8 +132,8 @@ def read_header_file(path: Path) -> list[tuple[str, str]]:
             continue
         try:
             headers.append(_header(line))
-        except argparse.ArgumentTypeError:
-            raise ScanError(f"{path}:{number}: expected a 'NAME: VALUE' line") from None
+        except argparse.ArgumentTypeError as e:
+            raise ScanError(f"{path}:{number}: {e}") from None
     return headers
 
 
