@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -250,6 +251,11 @@ def _run(args: argparse.Namespace) -> int:
     headers = list(args.header)
     if args.header_file is not None:
         headers += read_header_file(args.header_file)
+    if headers and _in_clear(args.url):
+        print(
+            f"note: {args.url} is plain http: the headers cross the network unencrypted",
+            file=sys.stderr,
+        )
     try:
         catalogue = anyio.run(list_tools, args.url, headers, args.protocol, args.timeout)
     except ScanError:
@@ -289,6 +295,11 @@ def _notes(tools: Sequence[ScannedTool], skipped: Sequence[str], *, trusted: boo
         if not expressible(item.tool)
     ]
     return notes
+
+
+def _in_clear(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1")
 
 
 def _check_suffix(output: Path | None, fmt: Format) -> None:

@@ -304,3 +304,13 @@ def test_a_header_value_with_a_control_character_is_refused_without_echoing_it(
     assert code == 2
     assert f"{path}:1: header 'Authorization': its value has a control character" in err
     assert "s3cret" not in err
+
+
+def test_headers_over_plain_http_to_another_host_are_warned_about(
+    capsys: pytest.CaptureFixture[str], server_url: str
+) -> None:
+    url = "http://192.0.2.1:9/mcp"  # TEST-NET-1: never answers
+    _, _, err = scan(capsys, url, "--header", f"Authorization: {TOKEN}", "--timeout", "1")
+    assert f"note: {url} is plain http: the headers cross the network unencrypted" in err
+    _, _, err = scan(capsys, server_url, "--header", f"Authorization: {TOKEN}")
+    assert err == ""
