@@ -222,14 +222,24 @@ def test_a_server_that_is_not_mcp_fails_clearly(
     assert f"cannot list the tools of {url}" in err
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("# ok\nBearer s3cret-without-a-name\n", "2: expected 'NAME: VALUE'"),
+        (
+            "Authorization: Bearer s3cret\x00\n",
+            "1: header 'Authorization': its value has a control",
+        ),
+    ],
+)
 def test_a_bad_header_file_line_names_the_file_and_line_not_the_value(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, problem: str
 ) -> None:
     path = tmp_path / "headers"
-    path.write_text("# ok\nBearer s3cret-without-a-name\n")
+    path.write_text(text)
     code, _, err = scan(capsys, "http://127.0.0.1:1/mcp", "--header-file", str(path))
     assert code == 2
-    assert f"{path}:2: expected 'NAME: VALUE'" in err
+    assert f"{path}:{problem}" in err
     assert "s3cret" not in err
 
 
@@ -292,17 +302,6 @@ def test_a_header_without_a_name_is_refused_without_echoing_it(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "expected 'NAME: VALUE'" in err
-    assert "s3cret" not in err
-
-
-def test_a_header_value_with_a_control_character_is_refused_without_echoing_it(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    path = tmp_path / "headers"
-    path.write_text("Authorization: Bearer s3cret\x00\n")
-    code, _, err = scan(capsys, "http://127.0.0.1:1/mcp", "--header-file", str(path))
-    assert code == 2
-    assert f"{path}:1: header 'Authorization': its value has a control character" in err
     assert "s3cret" not in err
 
 
