@@ -6,6 +6,8 @@ fails with a message on a server it cannot reach or that is not MCP."""
 from __future__ import annotations
 
 import http.server
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from authz.cli import main
 from authz.policy.scaffold import classify_tools
 from authz.protocol.tools import parse_tool
-from authz.scan import table
+from authz.scan.command import table
 from tests.conftest import free_port
 
 TOKEN = "Bearer scan-test-t0ken"  # noqa: S105 - a test server's own token
@@ -260,7 +262,7 @@ def test_what_the_server_sends_is_bounded(
     value: int,
     message: str,
 ) -> None:
-    monkeypatch.setattr(f"authz.scan.{bound}", value)
+    monkeypatch.setattr(f"authz.scan.client.{bound}", value)
     code, out, err = scan(capsys, server_url, "--header-file", str(header_file))
     assert (code, out) == (2, "")
     assert message in err
@@ -273,7 +275,7 @@ def test_an_oversized_tool_definition_is_skipped_and_said_so(
     header_file: Path,
 ) -> None:
     # delete_account's definition is 163 bytes of JSON, get_balance's 140.
-    monkeypatch.setattr("authz.scan.MAX_TOOL_BYTES", 160)
+    monkeypatch.setattr("authz.scan.client.MAX_TOOL_BYTES", 160)
     code, out, _ = scan(capsys, server_url, "--header-file", str(header_file))
     assert code == 0
     assert "delete_account" not in classes(out)
@@ -313,3 +315,20 @@ def test_headers_over_plain_http_to_another_host_are_warned_about(
     assert f"note: {url} is plain http: the headers cross the network unencrypted" in err
     _, _, err = scan(capsys, server_url, "--header", f"Authorization: {TOKEN}")
     assert err == ""
+
+
+def test_the_cli_starts_without_the_sdk_and_scan_says_how_to_get_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `mcp` is not a runtime dependency: loading the CLI must not import it.
+    probe = "import sys, authz.cli; print('mcp' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "False"
+    # As if mcp were missing: no module, and no attribute left by an earlier scan's import.
+    monkeypatch.setitem(sys.modules, "authz.scan.client", None)
+    monkeypatch.delattr("authz.scan.client", raising=False)
+    code, _, err = scan(capsys, "http://127.0.0.1:1/mcp")
+    assert code == 2
+    assert "pip install 'mcp-authz[scan]'" in err

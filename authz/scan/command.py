@@ -1,10 +1,4 @@
-"""`mcp-authz scan URL`: list a live MCP server's tools, class them, write a starter policy.
-
-The server is asked with the official Python SDK's client over streamable HTTP, in the
-protocol revision the operator picks. It is not trusted: what it sends is bounded (bytes per
-response, pages, tools, bytes per tool) and the whole scan has a deadline, so a hostile or
-broken server ends the scan with a message, never a hang or an unbounded read.
-"""
+"""The `scan` subcommand: flags and headers, the catalogue table, the starter policy file."""
 
 from __future__ import annotations
 
@@ -12,16 +6,10 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
-
-import anyio
-import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from authz.policy.load import PolicyError, parse_policy
 from authz.policy.scaffold import (
@@ -32,39 +20,17 @@ from authz.policy.scaffold import (
     scaffold,
     summary,
 )
-from authz.protocol.errors import RequestRefused
-from authz.protocol.tools import ToolDefinition, ToolDefinitionError, parse_tool
+from authz.scan import Catalogue, ScanError
 
-# The revisions a scan can speak, as the SDK client's `mode` names them. `auto` asks
-# `server/discover` (2026-07-28) and falls back to the initialize handshake (2025-11-25).
-PROTOCOLS: Final = {"auto": "auto", "2025-11-25": "legacy", "2026-07-28": "2026-07-28"}
+# The same names as client.MODES, which cannot be imported before a scan runs.
+PROTOCOLS: Final = ("auto", "2025-11-25", "2026-07-28")
 DEFAULT_PROTOCOL: Final = "auto"
 DEFAULT_TIMEOUT: Final = 30.0
-# Far above any real server (the seed's largest catalogue is 1240 tools), far below harm.
-MAX_TOOLS: Final = 5000
-MAX_PAGES: Final = 500
-MAX_TOOL_BYTES: Final = 256 * 1024
-MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 2
 _TABLE_CELL: Final = 60
 _HINTS: Final = ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint")
-
-
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-class ScanError(Exception):
-    """A scan that could not list the server's tools; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Catalogue:
-    """What a scan found: the tools it could read and the entries it could not."""
-
-    protocol: str
-    tools: list[ToolDefinition]
-    skipped: list[str]
 
 
 def add_command(commands: Any) -> None:
@@ -138,79 +104,6 @@ def read_header_file(path: Path) -> list[tuple[str, str]]:
     return headers
 
 
-async def list_tools(
-    url: str, headers: Sequence[tuple[str, str]], protocol: str, seconds: float
-) -> Catalogue:
-    """Every tool the server lists, page by page, within the bounds above and `seconds`."""
-    with anyio.fail_after(seconds):
-        return await _list_tools(url, headers, protocol, httpx2.Timeout(seconds))
-
-
-async def _list_tools(
-    url: str, headers: Sequence[tuple[str, str]], protocol: str, limits: httpx2.Timeout
-) -> Catalogue:
-    bounded = _Bounded(httpx2.AsyncHTTPTransport())
-    http = httpx2.AsyncClient(headers=dict(headers), timeout=limits, transport=bounded)
-    transport = streamable_http_client(url, http_client=http, max_sse_event_size=MAX_RESPONSE_BYTES)
-    tools: list[ToolDefinition] = []
-    skipped: list[str] = []
-    async with http, Client(transport, mode=PROTOCOLS[protocol], cache=None) as client:
-        cursor: str | None = None
-        for _ in range(MAX_PAGES):
-            page = await client.list_tools(cursor=cursor)
-            for tool in page.tools:
-                entry = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
-                _read(entry, tools, skipped)
-            if len(tools) + len(skipped) > MAX_TOOLS:
-                raise ScanError(f"the server lists more than {MAX_TOOLS} tools")
-            cursor = page.next_cursor
-            if cursor is None:
-                return Catalogue(client.protocol_version, tools, skipped)
-    raise ScanError(f"the server's tools/list has more than {MAX_PAGES} pages")
-
-
-def _read(entry: dict[str, Any], tools: list[ToolDefinition], skipped: list[str]) -> None:
-    name = str(entry.get("name"))[:64]
-    if len(json.dumps(entry)) > MAX_TOOL_BYTES:
-        skipped.append(f"{name!r}: its definition is over {MAX_TOOL_BYTES} bytes")
-        return
-    try:
-        tools.append(parse_tool(entry))
-    except (ToolDefinitionError, RequestRefused) as e:
-        skipped.append(f"{name!r}: {e}")
-
-
-class _Bounded(httpx2.AsyncBaseTransport):
-    """Ends any response body longer than MAX_RESPONSE_BYTES (JSON answers have no SDK cap)."""
-
-    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
-        response.stream = _Capped(response.stream)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _Capped(httpx2.AsyncByteStream):
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        read = 0
-        async for chunk in self._inner:
-            read += len(chunk)
-            if read > MAX_RESPONSE_BYTES:
-                raise ScanError(f"a response from the server is over {MAX_RESPONSE_BYTES} bytes")
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 def table(tools: Sequence[ScannedTool]) -> str:
     """The catalogue as aligned columns: name, class, open_world, annotations, description."""
     rows = [("NAME", "CLASS", "OPEN_WORLD", "ANNOTATIONS", "DESCRIPTION")]
@@ -256,15 +149,7 @@ def _run(args: argparse.Namespace) -> int:
             f"note: {args.url} is plain http: the headers cross the network unencrypted",
             file=sys.stderr,
         )
-    try:
-        catalogue = anyio.run(list_tools, args.url, headers, args.protocol, args.timeout)
-    except ScanError:
-        raise
-    except BaseException as e:  # the SDK raises groups of transport and protocol errors
-        if isinstance(e, KeyboardInterrupt | SystemExit):
-            raise
-        # The cause may quote the server: one line, no control characters, bounded.
-        raise ScanError(f"cannot list the tools of {args.url}: {summary(_cause(e))}") from e
+    catalogue = _list(args.url, headers, args.protocol, args.timeout)
     scanned = classify_tools(catalogue.tools, trusted=args.trust_annotations)
     print(f"{args.url}: {len(scanned)} tools (protocol {catalogue.protocol})")
     print(table(scanned))
@@ -279,6 +164,22 @@ def _run(args: argparse.Namespace) -> int:
             f"wrote {args.output} ({fmt.value}); check it with `mcp-authz validate {args.output}`"
         )
     return EXIT_OK
+
+
+def _list(url: str, headers: list[tuple[str, str]], protocol: str, seconds: float) -> Catalogue:
+    try:
+        from authz.scan import client  # noqa: PLC0415 - the SDK is optional and slow to import
+    except ImportError as e:
+        raise ScanError(f"scan needs the MCP SDK: pip install 'mcp-authz[scan]' ({e})") from e
+    try:
+        return client.scan(url, headers, protocol, seconds)
+    except ScanError:
+        raise
+    except BaseException as e:  # the SDK raises groups of transport and protocol errors
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            raise
+        # The cause may quote the server: one line, no control characters, bounded.
+        raise ScanError(f"cannot list the tools of {url}: {summary(_cause(e))}") from e
 
 
 def _notes(tools: Sequence[ScannedTool], skipped: Sequence[str], *, trusted: bool) -> list[str]:
