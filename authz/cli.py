@@ -24,6 +24,7 @@ from authz.policy.explain import explain
 from authz.policy.load import PolicyError, load_policy
 from authz.protocol.identity import ANONYMOUS, Caller, IdentitySourceKind
 from authz.protocol.mcp import McpCall
+from authz.scan.command import add_command as add_scan_command
 from authz.settings import Settings, Transport
 
 EXIT_DENIED = 1
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check)
     add_admin_commands(commands)
     add_probe_command(commands)
+    add_scan_command(commands)
     return parser
 
 

@@ -20,6 +20,7 @@ from authz.core.outcome import Outcome, whole_seconds
 from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
 from authz.policy.evaluate import Verdict, evaluate, hits
 from authz.policy.model import Policy
+from authz.protocol.echo import echo
 from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.identity import Caller, IdentitySource, caller_of
 from authz.protocol.mcp import McpCall, RequestId, parse_request
@@ -58,7 +59,9 @@ class Decider:
         self._grants = grants
 
     async def decide(self, request: HttpRequest) -> Outcome:
-        return replace(await self._decide(request), origin=request.origin())
+        outcome = await self._decide(request)
+        # Reasons repeat client-chosen text; every reply, span and audit line reads this one.
+        return replace(outcome, reason=echo(outcome.reason), origin=request.origin())
 
     async def _decide(self, request: HttpRequest) -> Outcome:
         # One policy for the whole request, even if a reload lands while it is judged.
@@ -104,13 +107,9 @@ class Decider:
         for call, verdict in verdicts:
             if not verdict.allowed:
                 return _verdict(base, call, verdict, Refusal.DENIED)
-        approved: list[Approval] = []
-        for call, verdict in verdicts:
-            if verdict.approval is not None:
-                waiting = await self._approvals.hold(base, call, verdict, caller)
-                if waiting.refusal is not None:
-                    return waiting
-                approved.append(cast(Approval, waiting.approval))
+        approved = await self._hold(base, verdicts, caller)
+        if isinstance(approved, Outcome):
+            return approved
         states: tuple[LimitState, ...] = ()
         counted = [(c, v) for c, v in verdicts if v.uses]
         if counted:
@@ -128,6 +127,29 @@ class Decider:
             if outcome.refusal is not None:
                 return outcome
         return await self._dry_run(outcome, verdicts, caller)
+
+    async def _hold(
+        self, base: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller
+    ) -> list[Approval] | Outcome:
+        """The approvals the calls need, all approved; or the refusal that stops them."""
+        approved: list[Approval] = []
+        for call, verdict in verdicts:
+            if verdict.approval is None:
+                continue
+            waiting = await self._approvals.hold(base, call, verdict, caller)
+            if waiting.refusal is not None:
+                return waiting
+            approval = cast(Approval, waiting.approval)
+            if any(a.id == approval.id for a in approved):
+                # One approval covers one call: refused here, before anything is counted.
+                return replace(
+                    waiting,
+                    refusal=Refusal.APPROVAL_REQUIRED,
+                    reason=f"the request carries the call approved by {approval.id} more "
+                    "than once; one approval covers one call",
+                )
+            approved.append(approval)
+        return approved
 
     async def _dry_run(
         self, outcome: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller

@@ -6,11 +6,11 @@ the call and show the agent the policy's reason; an allowed request gets informa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from authz.core.outcome import Outcome, retry_seconds
+from authz.protocol.echo import json_line
 from authz.protocol.errors import Refusal
 
 DECISION_HEADER = "x-mcp-authz-decision-id"
@@ -82,7 +82,7 @@ def _refused(outcome: Outcome, refusal: Refusal) -> Reply:
         headers.append(("retry-after", str(retry)))
     if refusal is Refusal.UNAUTHENTICATED:
         headers.append(CHALLENGE)
-    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    body = json_line(doc).encode()
     return Reply(status, tuple(headers), body=body)
 
 

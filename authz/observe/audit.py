@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
 from authz import __version__
 from authz.core.outcome import Outcome
+from authz.protocol.echo import json_line
 from authz.protocol.mcp import McpCall
 
 log = logging.getLogger("mcp_authz.audit")
@@ -174,7 +175,7 @@ class AuditLog:
         if self._stream is None:
             return
         line = self.line(outcome, latency, span)
-        self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._stream.write(json_line(line) + "\n")
 
     def line(self, outcome: Outcome, latency: float, span: SpanContext) -> dict[str, Any]:
         caller = outcome.caller
@@ -240,7 +241,7 @@ class AuditLog:
             "result": result,
             "note": note or None,
         }
-        self._stream.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._stream.write(json_line(line) + "\n")
 
     def close(self) -> None:
         if self._owned and self._stream is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from authz.protocol.bounds import (
     MAX_URI,
     bounded,
 )
+from authz.protocol.echo import echo
 from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.request import HttpRequest
 
@@ -105,6 +107,7 @@ def _load_json(body: bytes) -> Any:
             body.decode("utf-8"),
             object_pairs_hook=_unique_keys,
             parse_constant=_reject_constant,
+            parse_float=_finite,
         )
     except UnicodeDecodeError as e:
         raise RequestRefused(Refusal.PARSE_ERROR, f"body is not UTF-8: {e.reason}") from None
@@ -121,7 +124,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {echo(key, MAX_NAME)!r}")
         obj[key] = value
     return obj
 
@@ -130,16 +133,42 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    # 1e400 reads as infinity, which no budget can count and no comparison judges soundly.
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {echo(text, 32)} is out of range")
+    return number
+
+
 def _check_depth(doc: Any) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, and any string that is not valid Unicode."""
     stack = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise RequestRefused(Refusal.PARSE_ERROR, f"JSON nesting deeper than {MAX_DEPTH}")
-        children = (
-            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        )
-        stack.extend((c, depth + 1) for c in children)
+        if isinstance(node, str):
+            _check_unicode(node)
+        elif isinstance(node, dict):
+            for key in node:
+                _check_unicode(key)
+            stack.extend((c, depth + 1) for c in node.values())
+        elif isinstance(node, list):
+            stack.extend((c, depth + 1) for c in node)
+
+
+def _check_unicode(text: str) -> None:
+    # A lone surrogate (a \ud800 escape) is valid JSON but no UTF-8 text: servers, regexes
+    # and log writers each treat it differently, so the gateway cannot judge it.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestRefused(
+                Refusal.INVALID_REQUEST,
+                "a string is not valid Unicode: it holds a lone UTF-16 surrogate escape (\\ud800)",
+            ) from None
 
 
 def _message(msg: Any, where: str) -> McpCall:

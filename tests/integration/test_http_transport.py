@@ -145,12 +145,22 @@ async def test_allows_with_headers_then_refuses_the_31st(client: Client) -> None
     assert error["error"]["data"]["decision_id"] == refused.headers["x-mcp-authz-decision-id"]
 
 
+# Bodies that once crashed the audit writer or the budget count (issue #12, item 7).
+HOSTILE = (
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+    b'"arguments":{"text":"\\ud800"}}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
+    b'"arguments":{"n":1e400}}}',
+)
+
 CASES = [
     pytest.param(tool_call("transfer_funds"), {}, id="denied-tool"),
     pytest.param(b'{"jsonrpc":"2.0","id":1,"method":', {}, id="malformed-json"),
     pytest.param(b'{"jsonrpc":"2.0","id":1,"method":"x","method":"y"}', {}, id="duplicate-key"),
     pytest.param(b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}', {}, id="no-id"),
     pytest.param(b'{"a":"\xff"}', {}, id="not-utf-8"),
+    pytest.param(HOSTILE[0], {}, id="lone-surrogate"),
+    pytest.param(HOSTILE[1], {}, id="float-overflow"),
     pytest.param(b"", {}, id="no-body"),
     pytest.param(tool_call(), {"content_type": "text/plain"}, id="not-json-media-type"),
     pytest.param(tool_call(), {"content_encoding": "gzip"}, id="compressed"),
@@ -179,6 +189,21 @@ async def test_refusals_match_the_grpc_path(
     assert status == denied.status.code
     assert without_ids(over_http.headers) == without_ids(grpc_headers)
     assert without_ids(json.loads(over_http.body)) == without_ids(json.loads(denied.body))
+
+
+async def test_hostile_bodies_get_one_audit_line_on_each_transport(
+    servers: tuple[int, int], client: Client, tmp_path: Path
+) -> None:
+    for body in HOSTILE:
+        assert (await client.check(body)).status == 400
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{servers[1]}") as channel:
+            response = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(
+                check_request(body, **{"content-length": str(len(body))})
+            )
+        assert response.HasField("denied_response")
+    for transport in ("http", "grpc"):
+        lines = (tmp_path / f"audit-{transport}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["decision"] for line in lines] == ["invalid", "malformed"]
 
 
 def without_ids(value: Any) -> Any:

@@ -12,7 +12,8 @@ from authz.approvals.base import ApprovalError, Status, may_approve
 from authz.core.reply import reply_for
 from authz.policy.load import PolicyError, parse_policy
 from authz.protocol.errors import Refusal
-from tests.unit.support import Gate
+from authz.protocol.request import HttpRequest
+from tests.unit.support import IDENTITY_HEADER, Gate
 
 POLICY = {
     "version": "1",
@@ -188,3 +189,24 @@ def test_approval_policy_errors(rule: dict[str, Any], problem: str) -> None:
 def test_approve_is_not_a_default_posture() -> None:
     with pytest.raises(PolicyError, match=r'\$.default: expected "allow" or "deny"'):
         parse_policy(b'{"version": "1", "default": "approve"}', "p.json")
+
+
+async def test_a_batch_carrying_the_approved_call_twice_is_refused_and_charges_nothing(
+    flow: Gate,
+) -> None:
+    asked = await flow("withdraw", amount=900)
+    assert asked.approval is not None
+    await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
+    call = {"method": "tools/call", "params": {"name": "withdraw", "arguments": {"amount": 900}}}
+    batch = [{"jsonrpc": "2.0", "id": i, **call} for i in (1, 2)]
+    headers = {"content-type": "application/json", IDENTITY_HEADER: "agent"}
+    twice = await flow.decider.decide(
+        HttpRequest("POST", "/mcp", headers, json.dumps(batch).encode())
+    )
+    assert twice.refusal is Refusal.APPROVAL_REQUIRED
+    assert "more than once" in twice.reason
+    # Neither spent nor charged: the approved call still passes, and the budget of 3 is whole.
+    assert (await flow("withdraw", amount=900)).allowed
+    assert (await flow("withdraw", amount=10)).allowed
+    assert (await flow("withdraw", amount=10)).allowed
+    assert (await flow("withdraw", amount=10)).refusal is Refusal.RATE_LIMITED
