@@ -13,7 +13,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -22,56 +22,26 @@ import grpc
 
 from authz._gen.mcpauthz.admin.v1 import admin_pb2 as pb
 from authz._gen.mcpauthz.admin.v1 import admin_pb2_grpc
-from authz.admin.roles import Permission, may
-from authz.approvals.base import Approval, ApprovalError, ApprovalStore, Status, may_approve
-from authz.grants.base import Grant, GrantError, GrantExistsError, GrantNotFoundError, Grants
-from authz.limits.base import CounterKey, CounterStore, Hit, LimitState, StoreUnavailable
+from authz.admin.actions import AdminActions, Code, Operator, PolicyStatus, Refused
+from authz.approvals.base import Approval, ApprovalStore, Status
+from authz.grants.base import Grant, Grants
+from authz.limits.base import CounterStore, LimitState
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
 from authz.policy.load import PolicyError, parse_policy
-from authz.policy.model import Limit, Policy, Rule, Scope
 from authz.policy.reload import PolicyHolder
 
 log = logging.getLogger("mcp_authz.admin")
 
-SERVICE: Final = "mcpauthz.admin.v1.AdminService"
 # Shorter tokens could be guessed; `openssl rand -hex 32` makes a good one.
 MIN_TOKEN_CHARS: Final = 16
-# The subject parts each scope keys its budgets by (see policy.evaluate.hits).
-SUBJECT_PARTS: Final = {
-    Scope.GRANT: ("grant", "identity"),
-    Scope.IDENTITY: ("identity",),
-    Scope.SESSION: ("identity", "session"),
-    Scope.GLOBAL: (),
-}
 _STATUS: Final = {
     Status.PENDING: pb.APPROVAL_STATUS_PENDING,
     Status.APPROVED: pb.APPROVAL_STATUS_APPROVED,
     Status.DENIED: pb.APPROVAL_STATUS_DENIED,
 }
 # What each admin action needs (authz/admin/roles.py); every other action is a read.
-NEEDS: Final = {
-    "approve": Permission.DECIDE_APPROVALS,
-    "deny": Permission.DECIDE_APPROVALS,
-    "reset_counter": Permission.RESET_COUNTERS,
-    "create_grant": Permission.MANAGE_GRANTS,
-    "rotate_grant": Permission.MANAGE_GRANTS,
-    "revoke_grant": Permission.MANAGE_GRANTS,
-    "list_grants": Permission.MANAGE_GRANTS,
-}
-_GRANT_ERRORS: Final = {
-    GrantExistsError: grpc.StatusCode.ALREADY_EXISTS,
-    GrantNotFoundError: grpc.StatusCode.NOT_FOUND,
-}
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Operator:
-    """Who an admin token stands for, and the claims `may_approve` checks."""
-
-    identity: str
-    claims: Mapping[str, list[str]] = field(default_factory=dict)
 
 
 class AdminTokens:
@@ -134,19 +104,12 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Refused(Exception):  # noqa: N818 - an answer, like grpc's own status codes
-    """An admin call answered with a gRPC error status."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """A thin gRPC front on `AdminActions`: tokens to an `Operator`, results to messages."""
+
     def __init__(
         self,
         tokens: AdminTokens,
@@ -160,24 +123,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> None:
         self._grants = grants
         self._tokens = tokens
-        self._approvals = approvals
-        self._counters = counters
-        self._policy = policy
-        self._audit = audit
-        self._telemetry = telemetry or Telemetry.off()
+        self._actions = AdminActions(approvals, counters, policy, audit, telemetry)
 
     async def ListApprovals(self, request: pb.ListApprovalsRequest, context: Context) -> Any:  # noqa: N802 - gRPC method name
-        async def work(_: Operator) -> pb.ListApprovalsResponse:
-            pending = await self._approvals.pending()
-            return pb.ListApprovalsResponse(approvals=[approval_message(a) for a in pending])
-
-        return await self._call(context, "list_approvals", "", work)
+        pending = await self._answer(context, self._actions.pending)
+        return pb.ListApprovalsResponse(approvals=[approval_message(a) for a in pending])
 
     async def GetApproval(self, request: pb.GetApprovalRequest, context: Context) -> Any:  # noqa: N802
-        async def work(_: Operator) -> pb.Approval:
-            return approval_message(await self._live(request.id))
-
-        return await self._call(context, "get_approval", request.id, work)
+        found = await self._answer(context, lambda op: self._actions.approval(op, request.id))
+        return approval_message(found)
 
     async def Approve(self, request: pb.DecideRequest, context: Context) -> Any:  # noqa: N802
         return await self._decide(request, context, approve=True)
@@ -186,25 +140,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return await self._decide(request, context, approve=False)
 
     async def GetUsage(self, request: pb.CounterRequest, context: Context) -> Any:  # noqa: N802
-        async def work(_: Operator) -> pb.Usage:
-            hit = self._budget(request)
-            return usage_message(await self._counters.usage(hit))
-
-        return await self._call(context, "get_usage", _counter_target(request), work)
+        state = await self._answer(
+            context,
+            lambda op: self._actions.usage(op, request.counter, request.scope, request.subject),
+        )
+        return usage_message(state)
 
     async def ResetCounter(self, request: pb.CounterRequest, context: Context) -> Any:  # noqa: N802
-        async def work(_: Operator) -> pb.Usage:
-            hit = self._budget(request)
-            await self._counters.reset(hit.key)
-            return usage_message(await self._counters.usage(hit))
-
-        return await self._call(context, "reset_counter", _counter_target(request), work)
+        state = await self._answer(
+            context,
+            lambda op: self._actions.reset(op, request.counter, request.scope, request.subject),
+        )
+        return usage_message(state)
 
     async def GetPolicyStatus(self, request: pb.GetPolicyStatusRequest, context: Context) -> Any:  # noqa: N802
-        async def work(_: Operator) -> pb.PolicyStatus:
-            return policy_status(self._policy)
-
-        return await self._call(context, "get_policy_status", "", work)
+        return policy_status_message(await self._answer(context, self._actions.policy_status))
 
     async def CreateGrant(self, request: pb.CreateGrantRequest, context: Context) -> Any:  # noqa: N802
         async def work(_: Operator) -> pb.GrantWithToken:
@@ -241,7 +191,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def _grant_store(self) -> Grants:
         if self._grants is None:
             raise Refused(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                Code.FAILED_PRECONDITION,
                 "this gateway does not use grant tokens (serve --identity-source token)",
             )
         return self._grants
@@ -250,108 +200,29 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         try:
             parse_policy(text.encode(), f"grant:{label}")
         except PolicyError as e:
-            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+            raise Refused(Code.INVALID_ARGUMENT, str(e)) from None
 
     async def _decide(self, request: pb.DecideRequest, context: Context, *, approve: bool) -> Any:
-        async def work(operator: Operator) -> pb.Approval:
-            approval = await self._live(request.id)
-            if not may_approve(approval, operator.identity, operator.claims):
-                raise Refused(grpc.StatusCode.PERMISSION_DENIED, _not_allowed(approval, operator))
-            try:
-                decided = await self._approvals.decide(request.id, approve, operator.identity)
-            except ApprovalError as e:
-                raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
-            return approval_message(decided)
-
-        action = "approve" if approve else "deny"
-        return await self._call(context, action, request.id, work, note=request.note)
-
-    async def _live(self, approval_id: str) -> Approval:
-        approval = await self._approvals.get(approval_id)
-        if approval is None:
-            raise Refused(
-                grpc.StatusCode.NOT_FOUND,
-                f"no live approval {approval_id!r} (unknown, used or expired)",
-            )
-        return approval
-
-    def _budget(self, request: pb.CounterRequest) -> Hit:
-        policy = self._policy.current
-        limit = limits_of(policy).get(request.counter)
-        if limit is None:
-            raise Refused(
-                grpc.StatusCode.NOT_FOUND,
-                f"no counter {request.counter!r} in the policy in force ({policy.version})",
-            )
-        if request.scope and request.scope != limit.scope.value:
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f'counter "{limit.counter}" is kept per {limit.scope.value}, not {request.scope}',
-            )
-        parts = SUBJECT_PARTS[limit.scope]
-        if len(request.subject) != len(parts):
-            wanted = " ".join(p.upper() for p in parts) or "nothing"
-            raise Refused(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f'counter "{limit.counter}" is kept per {limit.scope.value}: its subject is '
-                f"{wanted}, got {len(request.subject)} part(s)",
-            )
-        key = CounterKey(limit.counter, limit.scope.value, tuple(request.subject))
-        return Hit(key, limit.max, limit.window)
+        decided = await self._answer(
+            context,
+            lambda op: self._actions.decide(op, request.id, approve=approve, note=request.note),
+        )
+        return approval_message(decided)
 
     async def _call(
-        self,
-        context: Context,
-        action: str,
-        target: str,
-        work: Callable[[Operator], Awaitable[T]],
-        note: str = "",
+        self, context: Context, action: str, target: str, work: Callable[[Operator], Awaitable[T]]
     ) -> T:
-        """Authenticate, run `work`, and audit and trace the call whatever its end."""
+        return await self._answer(context, lambda op: self._actions.run(op, action, target, work))
+
+    async def _answer(
+        self, context: Context, action: Callable[[Operator | None], Awaitable[T]]
+    ) -> T:
+        """Runs an action as the caller's token says, turning a refusal into a gRPC status."""
         operator = self._tokens.identify(context.invocation_metadata() or ())
-        identity = operator.identity if operator else None
-        attributes = {"mcp_authz.admin.action": action, "mcp_authz.admin.target": target}
-        with self._telemetry.admin(f"{SERVICE}/{action}", attributes) as span:
-            try:
-                result = await work(_permitted(_authenticated(operator), action))
-            except GrantError as e:
-                refusal = Refused(
-                    _GRANT_ERRORS.get(type(e), grpc.StatusCode.INVALID_ARGUMENT), str(e)
-                )
-            except StoreUnavailable as e:
-                refusal = Refused(grpc.StatusCode.UNAVAILABLE, f"the store is unavailable: {e}")
-            except Refused as e:
-                refusal = e
-            else:
-                self._audit.record_admin(
-                    action, identity, target, "ok", note=note, span=span.get_span_context()
-                )
-                return result
-            result_label = refusal.code.name.lower()
-            span.set_attribute("mcp_authz.admin.result", result_label)
-            self._audit.record_admin(
-                action, identity, target, result_label, note=note, span=span.get_span_context()
-            )
-        return await context.abort(refusal.code, refusal.message)
-
-
-def _authenticated(operator: Operator | None) -> Operator:
-    if operator is None:
-        raise Refused(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "a known admin token is required (authorization: Bearer TOKEN)",
-        )
-    return operator
-
-
-def _permitted(operator: Operator, action: str) -> Operator:
-    needed = NEEDS.get(action, Permission.READ)
-    if not may(operator.claims, needed):
-        raise Refused(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"{operator.identity} may not {action.replace('_', ' ')}: it needs {needed.value}",
-        )
-    return operator
+        try:
+            return await action(operator)
+        except Refused as e:
+            return await context.abort(grpc.StatusCode[e.code.name], e.message)
 
 
 def grant_message(grant: Grant) -> pb.GrantInfo:
@@ -364,22 +235,6 @@ def grant_message(grant: Grant) -> pb.GrantInfo:
     if grant.rotated_at is not None:
         message.rotated_at.FromDatetime(datetime.fromtimestamp(grant.rotated_at, UTC))
     return message
-
-
-def _not_allowed(approval: Approval, operator: Operator) -> str:
-    request = approval.request
-    if operator.identity == request.identity:
-        return f"{operator.identity} asked for {approval.id} and cannot decide it"
-    names = [
-        *request.approvers,
-        *(f"{k}={v}" for k, vs in request.approver_claims.items() for v in vs),
-    ]
-    allowed = ", ".join(names)
-    return f"{operator.identity} may not decide {approval.id}: rule {request.rule} names {allowed}"
-
-
-def _counter_target(request: pb.CounterRequest) -> str:
-    return json.dumps([request.counter, request.scope, *request.subject], ensure_ascii=False)
 
 
 def approval_message(approval: Approval) -> pb.Approval:
@@ -417,27 +272,14 @@ def usage_message(state: LimitState) -> pb.Usage:
     )
 
 
-def policy_status(holder: PolicyHolder) -> pb.PolicyStatus:
-    policy, error = holder.current, holder.last_error
+def policy_status_message(status: PolicyStatus) -> pb.PolicyStatus:
     return pb.PolicyStatus(
-        version=policy.version,
-        source=policy.source,
-        warnings=list(policy.warnings),
-        reload_failed=error is not None,
-        reload_errors=[f"{p.path}: {p.message}" for p in error.problems] if error else [],
+        version=status.version,
+        source=status.source,
+        warnings=list(status.warnings),
+        reload_failed=status.reload_errors is not None,
+        reload_errors=list(status.reload_errors or ()),
     )
-
-
-def limits_of(policy: Policy) -> dict[str, Limit]:
-    """Every counter of the policy by name (a counter has one definition in a policy)."""
-    rules: list[Rule] = []
-    for grant in (policy.everyone, *policy.grants):
-        entries = [*grant.tools.exact.values(), *(p.entry for p in grant.tools.patterns)]
-        rules += [rule for entry in entries for rule in entry.rules]
-        rules += grant.every_tool
-    methods = [*policy.methods.exact.values(), *(p.entry for p in policy.methods.patterns)]
-    rules += [rule for entry in methods for rule in entry.rules]
-    return {c.limit.counter: c.limit for rule in rules for c in rule.counts}
 
 
 def is_loopback(listen: str) -> bool:
