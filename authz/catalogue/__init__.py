@@ -1,0 +1,1 @@
+"""What each upstream MCP server offers: its tools' definitions, pinned by fingerprint."""
