@@ -11,8 +11,9 @@ an operator's `accept` (or the policy's `on_change`) moves the pin.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol
 
@@ -47,6 +48,9 @@ class CatalogueEntry:
     # Missing from the last complete listing. The pin stays, so a tool removed and listed
     # again with another definition is a change, never a fresh "first seen".
     removed: bool = False
+    # The pending definition was over the size bound: only its fingerprint is known (the
+    # `pending` held is a stub with no schema), so it cannot be accepted, only refused.
+    oversized: bool = False
 
     @property
     def drifted(self) -> bool:
@@ -76,10 +80,29 @@ class Bounds:
     max_definition_bytes: int = 65536  # canonical JSON of one tool's defining fields
 
 
+DEFAULT_BOUNDS = Bounds()
+
 # The upstream name of a deployment that does not configure one (a sidecar fronting one server).
 DEFAULT_UPSTREAM = "default"
 # The setting value that names each upstream by the request's `:authority` instead.
 AUTHORITY = ":authority"
+
+
+TOO_LARGE_TO_ACCEPT = (
+    "the pending definition was over the catalogue's size bound and was never stored; "
+    "raise the bound (--catalogue-max-definition-bytes) and let the server list it again"
+)
+
+
+def size_of(tool: ToolDefinition) -> int:
+    """The bytes of a definition as the bound counts them: its fields as compact JSON."""
+    fields = (tool.name, tool.description, tool.input_schema, tool.output_schema, tool.annotations)
+    return len(json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def stub(tool: ToolDefinition) -> ToolDefinition:
+    """What an oversized definition is kept as: its name and fingerprint, nothing to trust."""
+    return replace(tool, description="", input_schema={}, output_schema=None, annotations={})
 
 
 def upstream_of(request: HttpRequest, setting: str) -> str:
