@@ -10,7 +10,17 @@ from dataclasses import dataclass
 
 from authz.limits.base import CounterKey, Hit
 from authz.policy.conditions import fires, is_number, resolve
-from authz.policy.model import Action, Counting, Entry, Grant, Mode, Policy, Rule, Scope
+from authz.policy.model import (
+    UNKNOWN_RISK,
+    Action,
+    Counting,
+    Entry,
+    Grant,
+    Mode,
+    Policy,
+    Rule,
+    Scope,
+)
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall
 
@@ -46,7 +56,9 @@ class Verdict:
     approval: Rule | None = None
 
 
-def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
+def evaluate(policy: Policy, call: McpCall, caller: Caller, risk: str = UNKNOWN_RISK) -> Verdict:
+    """The verdict on one call; `risk` is the called tool's class (a label of RISK_LABELS),
+    which the decision core gets from the catalogue."""
     if call.method is None:
         # A client's answer to a server request (sampling, elicitation): it invokes nothing.
         return Verdict(True, UNLISTED_METHOD_RULE, "responses are not governed")
@@ -55,7 +67,7 @@ def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
         if grant is None:
             reason = f'the grant token names policy grant "{caller.policy_grant}", which is gone'
             return Verdict(False, NO_POLICY_RULE, reason)
-        return _tool(policy, grant, call, call.target)
+        return _tool(policy, grant, call, call.target, risk)
     entry = policy.methods.match(call.method)
     if entry is None:
         return Verdict(True, UNLISTED_METHOD_RULE, f"method {call.method} is not governed")
@@ -63,17 +75,19 @@ def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
     return _rules(entry.rules, entry, policy.everyone, call, what, on_deny=policy.on_deny)
 
 
-def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str) -> Verdict:
+def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str, risk: str) -> Verdict:
     what = f'tool "{tool}"'
     if policy.is_hidden(tool):
         reason = policy.on_deny or f'Tool "{tool}" is hidden by policy'
         return _refused(grant.mode, HIDDEN_RULE, reason, grant)
     entry = grant.tools.match(tool)
-    if entry is None and grant.default is Action.DENY:
+    # A class with rules governs the tools the grant does not name, as their entry would.
+    classed = grant.risk.get(risk)
+    if entry is None and classed is None and grant.default is Action.DENY:
         reason = policy.on_deny or f"{what} is not in the policy, which denies by default"
         return _refused(grant.mode, DEFAULT_DENY_RULE, reason, grant)
-    rules = (entry.rules if entry else ()) + grant.every_tool
-    return _rules(rules, entry, grant, call, what, on_deny=policy.on_deny)
+    rules = (entry.rules if entry else ()) + (classed.rules if classed else ()) + grant.every_tool
+    return _rules(rules, entry or classed, grant, call, what, on_deny=policy.on_deny)
 
 
 def _refused(mode: Mode, rule: str, reason: str, grant: Grant) -> Verdict:
