@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, cast
 
@@ -34,6 +35,15 @@ MAX_COMPILED: Final = 1024
 MAX_QUOTE: Final = 120
 
 
+@dataclass(frozen=True, slots=True)
+class ArgumentProblem:
+    """Why a call's arguments cannot pass: the failing JSON path ("$" for the arguments
+    object, or for a schema that cannot judge) and the sentence the agent is shown."""
+
+    path: str
+    message: str
+
+
 class Schemas:
     """Argument checks for any tool: `problem(tool, arguments)` is None when they validate."""
 
@@ -41,19 +51,20 @@ class Schemas:
         self._capacity = capacity
         self._compiled: OrderedDict[str, Validator | str] = OrderedDict()
 
-    def problem(self, tool: ToolDefinition, arguments: Mapping[str, Any]) -> str | None:
-        """Why `arguments` do not validate against the tool's schema, with the failing JSON
-        path; None when they do."""
+    def problem(self, tool: ToolDefinition, arguments: Mapping[str, Any]) -> ArgumentProblem | None:
+        """Why `arguments` do not validate against the tool's schema; None when they do."""
         check = self._compile(tool)
         if isinstance(check, str):
-            return check
+            return ArgumentProblem("$", check)
         try:
             error = best_match(check.iter_errors(arguments))
         except Unresolvable as e:
-            return f"the tool's inputSchema refers to {e} which the gateway does not fetch"
+            why = f"the tool's inputSchema refers to {e} which the gateway does not fetch"
+            return ArgumentProblem("$", why)
         except re2.error as e:
-            return f"the tool's inputSchema has a pattern the gateway cannot run ({e})"
-        return None if error is None else describe(error)
+            why = f"the tool's inputSchema has a pattern the gateway cannot run ({e})"
+            return ArgumentProblem("$", why)
+        return None if error is None else ArgumentProblem(error.json_path, describe(error))
 
     def __len__(self) -> int:
         """How many compiled schemas are kept."""

@@ -31,7 +31,11 @@ def tool(schema: dict[str, Any], name: str = "pay") -> ToolDefinition:
 
 
 def problem(arguments: dict[str, Any], schema: dict[str, Any] = PAYMENT) -> str | None:
-    return Schemas().problem(tool(schema), arguments)
+    found = Schemas().problem(tool(schema), arguments)
+    if found is not None:
+        # The path is given apart too (the refusal's `data.path`) and always in the message.
+        assert f" {found.path} " in f" {found.message} " or found.path == "$"
+    return None if found is None else found.message
 
 
 def test_valid_arguments_pass() -> None:
