@@ -153,6 +153,35 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.upstream_header,
     )
     opt("--upstream-bearer-file", "file holding the upstream's credential", type=Path)
+    opt(
+        "--catalogue",
+        "pin tool definitions, validate arguments, class tools by risk (needs ext_proc)",
+        default="off",
+        choices=["off", "on"],
+    )
+    opt(
+        "--catalogue-upstream",
+        'the upstream\'s catalogue name, or ":authority" to name each by its host',
+        default=_D.catalogue_upstream,
+    )
+    opt(
+        "--catalogue-max-upstreams",
+        "most upstreams catalogued",
+        default=_D.catalogue_max_upstreams,
+        type=int,
+    )
+    opt(
+        "--catalogue-max-tools",
+        "most tools catalogued per upstream",
+        default=_D.catalogue_max_tools,
+        type=int,
+    )
+    opt(
+        "--catalogue-max-definition-bytes",
+        "largest tool definition catalogued (JSON bytes)",
+        default=_D.catalogue_max_definition_bytes,
+        type=int,
+    )
     opt("--log-level", "DEBUG, INFO, WARNING or ERROR", default=_D.log_level)
     opt(
         "--log-format",
@@ -201,6 +230,11 @@ def _serve(args: argparse.Namespace) -> int:
             grants_file=args.grants_file,
             upstream_header=args.upstream_header,
             upstream_bearer_file=args.upstream_bearer_file,
+            catalogue=args.catalogue == "on",
+            catalogue_upstream=args.catalogue_upstream,
+            catalogue_max_upstreams=int(args.catalogue_max_upstreams),
+            catalogue_max_tools=int(args.catalogue_max_tools),
+            catalogue_max_definition_bytes=int(args.catalogue_max_definition_bytes),
         )
         return run(settings)
     except PolicyError as e:

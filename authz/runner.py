@@ -25,9 +25,12 @@ from authz.admin.server import (
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
-from authz.core.decision import Decider
+from authz.catalogue.base import Bounds, Catalogue
+from authz.catalogue.memory import MemoryCatalogue
+from authz.core.decision import Decider, FailMode
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
+from authz.core.tool_check import ToolCheck
 from authz.edges.authz_grpc import create_server, mark_serving
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
 from authz.edges.workers import run_loop, run_workers
@@ -35,11 +38,14 @@ from authz.grants.base import GrantKey, Grants
 from authz.grants.file import FileGrants
 from authz.limits.base import CounterStore, StoreUnavailable
 from authz.limits.memory import MemoryStore
+from authz.limits.redis_client import RedisBacked
 from authz.observe.audit import ArgumentAudit, AuditLog
+from authz.observe.catalogue_audit import AuditedCatalogue
 from authz.observe.logs import configure as configure_logs
 from authz.observe.metrics import PolicyTools
 from authz.observe.telemetry import OtelSettings, Telemetry
 from authz.policy.load import load_policy
+from authz.policy.model import Policy
 from authz.policy.reload import PolicyHolder, PolicyWatcher
 from authz.protocol.identity import (
     Anonymous,
@@ -80,6 +86,30 @@ def build_store(settings: Settings) -> CounterStore:
 
     return RedisStore.from_url(
         settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+    )
+
+
+def build_catalogue(settings: Settings) -> Catalogue | None:
+    """The tool catalogue, when on: kept with the counters (Redis, shared by every replica,
+    or this process), bounded by the settings."""
+    if not settings.catalogue:
+        return None
+    bounds = Bounds(
+        settings.catalogue_max_upstreams,
+        settings.catalogue_max_tools,
+        settings.catalogue_max_definition_bytes,
+    )
+    if min(bounds.max_upstreams, bounds.max_tools, bounds.max_definition_bytes) < 1:
+        raise ValueError("the --catalogue-max-* bounds must be at least 1")
+    if settings.redis_url is None:
+        return MemoryCatalogue(bounds)
+    from authz.catalogue.redis import RedisCatalogue  # noqa: PLC0415 - only with Redis
+
+    return RedisCatalogue.connect(
+        settings.redis_url,
+        bounds=bounds,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
     )
 
 
@@ -191,6 +221,10 @@ class Gateway:
     admin: AdminConfig | None = None
     grants: Grants | None = None
     upstream: UpstreamCredential | None = None
+    # The tool catalogue every edge uses (None when off); its changes reach the audit log.
+    catalogue: Catalogue | None = None
+    # The same backend unwrapped, to connect it at start-up.
+    catalogue_backend: Catalogue | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -208,6 +242,8 @@ class Gateway:
         audit = AuditLog.open(settings.audit_log, arguments)
         approvals = build_approvals(settings)
         grants, upstream = build_grants(settings), build_upstream(settings)
+        catalogue = build_catalogue(settings)
+        _warn_unclassed(policy.current, catalogue is not None)
         return cls(
             settings,
             policy,
@@ -219,6 +255,8 @@ class Gateway:
             admin=admin,
             grants=grants,
             upstream=upstream,
+            catalogue=AuditedCatalogue(catalogue, audit) if catalogue is not None else None,
+            catalogue_backend=catalogue,
         )
 
     def decider(self) -> Decider:
@@ -235,6 +273,15 @@ class Gateway:
             grants=(
                 GrantIdentity(self.grants, self.settings.jwt_payload_key)
                 if self.grants is not None
+                else None
+            ),
+            tools=(
+                ToolCheck(
+                    self.catalogue,
+                    self.settings.catalogue_upstream,
+                    fail_open=self.settings.fail_mode is FailMode.OPEN,
+                )
+                if self.catalogue is not None
                 else None
             ),
         )
@@ -276,6 +323,8 @@ class Gateway:
             try:
                 await self.store.ready()
                 await self.approvals.ready()
+                if isinstance(self.catalogue_backend, RedisBacked):
+                    await self.catalogue_backend.ready()
             except StoreUnavailable as e:
                 log.warning(
                     "waiting for the store before serving (retrying in %.0fs): %s", READY_RETRY, e
@@ -378,8 +427,20 @@ class Gateway:
         await self.approvals.close()
         if self.grants is not None:
             await self.grants.close()
+        if self.catalogue is not None:
+            await self.catalogue.close()
         self.audit.close()
         self.telemetry.shutdown(max(left(), EXPORT_FLOOR))
+
+
+def _warn_unclassed(policy: Policy, catalogue: bool) -> None:
+    """Risk rules without a catalogue only ever see the class `unknown`: say so at start-up."""
+    if catalogue or not any(g.risk for g in (policy.everyone, *policy.grants)):
+        return
+    log.warning(
+        "the policy keys rules on risk classes but --catalogue is off: every tool is classed "
+        "unknown, so only risk.unknown rules apply"
+    )
 
 
 def run(settings: Settings) -> int:
