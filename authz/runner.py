@@ -309,6 +309,7 @@ class Gateway:
             self.audit,
             telemetry=self.telemetry,
             grants=self.grants,
+            catalogue=self.catalogue,
         )
         server, port = await create_admin_server(self.admin.listen, servicer, self.admin.tls)
         log.info(

@@ -25,7 +25,7 @@ from authz.policy.model import UNKNOWN_RISK, Action, ApprovalRule, OnChange, Pol
 from authz.protocol.errors import Refusal
 from authz.protocol.mcp import McpCall
 from authz.protocol.request import HttpRequest
-from authz.protocol.tools import RiskClass, ToolDefinition, classify
+from authz.protocol.tools import RiskClass, classify
 
 # The rule ids of refusals the catalogue makes, as the policy's own are named.
 UNKNOWN_TOOL_RULE = "(unknown tool)"
@@ -73,16 +73,9 @@ class ToolCheck:
             return Looked(ToolFacts(upstream, UNKNOWN_RISK), error=str(e))
         if entry is None:
             return Looked(ToolFacts(upstream, UNKNOWN_RISK))
-        rules = policy.catalogue
-        trusted = upstream in rules.trusted
-        baseline = rules.baseline(name)
-        risk = _class(entry.pinned, baseline, trusted=trusted)
-        if entry.pending is not None:
-            # Drifted: judged as the stricter of the two definitions.
-            risk = max(risk, _class(entry.pending, baseline, trusted=trusted))
         facts = ToolFacts(
             upstream,
-            risk.label,
+            risk_of(policy, entry).label,
             entry.current.open_world,
             entry.pinned.fingerprint,
             entry.pending.fingerprint if entry.pending else None,
@@ -139,8 +132,17 @@ def _calls_tool(call: McpCall) -> bool:
     return call.method == "tools/call" and call.target is not None
 
 
-def _class(tool: ToolDefinition, baseline: RiskClass | None, *, trusted: bool) -> RiskClass:
-    return classify(tool.annotations, baseline, trusted=trusted)
+def risk_of(policy: Policy, entry: CatalogueEntry) -> RiskClass:
+    """A catalogued tool's class under `policy`: its hints as far as the policy trusts its
+    upstream, never below the operator's baseline; a drifted tool is the stricter of its two
+    definitions. The one reading of a class, for decisions and the admin API alike."""
+    rules = policy.catalogue
+    trusted = entry.upstream in rules.trusted
+    baseline = rules.baseline(entry.pinned.name)
+    risk = classify(entry.pinned.annotations, baseline, trusted=trusted)
+    if entry.pending is not None:
+        risk = max(risk, classify(entry.pending.annotations, baseline, trusted=trusted))
+    return risk
 
 
 def _changed(name: str, entry: CatalogueEntry, on_change: OnChange) -> str | Rule | None:
