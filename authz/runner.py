@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import grpc
-from grpc_health.v1 import health as grpc_health
 
 from authz import __version__
 from authz.admin.server import (
@@ -25,11 +24,12 @@ from authz.admin.server import (
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
-from authz.core.decision import Decider
+from authz.core.decision import Decider, FailMode
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
-from authz.edges.authz_grpc import create_server, mark_serving
+from authz.edges.authz_grpc import create_server
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
+from authz.edges.health import ReplicaHealth
 from authz.edges.workers import run_loop, run_workers
 from authz.grants.base import GrantKey, Grants
 from authz.grants.file import FileGrants
@@ -274,8 +274,7 @@ class Gateway:
         Check pays that out of its per-call timeout; retries, saying why, until SIGTERM."""
         while not stop.is_set():
             try:
-                await self.store.ready()
-                await self.approvals.ready()
+                await self.stores_answer()
             except StoreUnavailable as e:
                 log.warning(
                     "waiting for the store before serving (retrying in %.0fs): %s", READY_RETRY, e
@@ -285,9 +284,14 @@ class Gateway:
             else:
                 return
 
+    async def stores_answer(self) -> None:
+        """Raises StoreUnavailable unless every store a Check may need answers."""
+        await self.store.ready()
+        await self.approvals.ready()
+
     async def _serve_checks(
         self, stop: asyncio.Event
-    ) -> tuple[grpc.aio.Server | HttpServer, int, grpc_health.aio.HealthServicer | None]:
+    ) -> tuple[grpc.aio.Server | HttpServer, int, ReplicaHealth | None]:
         """The ext_authz server of the configured transport, started once the stores are
         ready: gRPC's binds at once with health NOT_SERVING until then, HTTP's binds after."""
         if self.settings.transport is Transport.HTTP:
@@ -313,7 +317,7 @@ class Gateway:
         )
         await self.until_ready(stop)
         if not stop.is_set():
-            await mark_serving(health)
+            await health.set_judging(True)
         return grpc_server, port, health
 
     async def serve(self) -> None:
@@ -345,16 +349,26 @@ class Gateway:
             if self.settings.reload_interval > 0
             else None
         )
+        watching = self._watch_stores(health)
         await stop.wait()
         log.info("shutting down: draining for up to %.1fs", self.settings.grace)
-        if reloading is not None:
-            reloading.cancel()
+        for task in (reloading, watching):
+            if task is not None:
+                task.cancel()
         await self._stop(server, health, admin[0] if admin is not None else None)
+
+    def _watch_stores(self, health: ReplicaHealth | None) -> asyncio.Task[None] | None:
+        """In fail-closed mode, health follows the stores: a replica that would refuse every
+        limited call says so, and Envoy's health checks send the calls elsewhere. In
+        fail-open mode it keeps serving, as the operator chose answers over judgement."""
+        if health is None or self.settings.fail_mode is not FailMode.CLOSED:
+            return None
+        return asyncio.create_task(health.watch(self.stores_answer))
 
     async def _stop(
         self,
         server: grpc.aio.Server | HttpServer,
-        health: grpc_health.aio.HealthServicer | None,
+        health: ReplicaHealth | None,
         admin: grpc.aio.Server | None,
     ) -> None:
         """Everything down within --grace, and the exporters within EXPORT_FLOOR after it at
@@ -368,7 +382,7 @@ class Gateway:
 
         # Health goes NOT_SERVING first so probes stop routing new work here while we drain.
         if health is not None:
-            await health.enter_graceful_shutdown()
+            await health.drain()
         await server.stop(left())
         if admin is not None:
             await admin.stop(left())
