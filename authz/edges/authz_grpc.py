@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.core.decision import Decider
@@ -48,21 +48,19 @@ async def create_server(
     telemetry: Telemetry | None = None,
     upstream: UpstreamCredential | None = None,
     *,
-    serving: bool = True,
+    health: ReplicaHealth | None = None,
 ) -> tuple[grpc.aio.Server, int, ReplicaHealth]:
-    """A started server bound to `listen` (port 0 picks a free one), the bound port and its
-    health statuses.
-
-    With `serving=False` health says NOT_SERVING until `set_judging(True)`: the runner first
-    makes sure the stores answer."""
+    """A started server bound to `listen` (port 0 picks a free one), the bound port and the
+    health it serves: `health` (the runner's, NOT_SERVING until the stores answer), or one
+    that says SERVING from the start."""
+    health = health or await ReplicaHealth.start(judging=True)
     server = grpc.aio.server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
         AuthorizationServicer(decider, audit, telemetry or Telemetry.off(), upstream), server
     )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
-    return server, port, await ReplicaHealth.start(health_servicer, judging=serving)
+    return server, port, health

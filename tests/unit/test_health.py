@@ -31,16 +31,16 @@ def judging(status: int) -> dict[str, int]:
 
 
 async def test_liveness_serves_while_start_up_waits_for_the_store() -> None:
-    servicer = health.aio.HealthServicer()
-    replica = await ReplicaHealth.start(servicer, judging=False)
+    replica = await ReplicaHealth.start(judging=False)
+    servicer = replica.servicer
     assert await statuses(servicer) == judging(NOT_SERVING)
     await replica.set_judging(True)
     assert await statuses(servicer) == judging(SERVING)
 
 
 async def test_drain_is_not_serving_everywhere_for_good() -> None:
-    servicer = health.aio.HealthServicer()
-    replica = await ReplicaHealth.start(servicer, judging=True)
+    replica = await ReplicaHealth.start(judging=True)
+    servicer = replica.servicer
     await replica.drain()
     await replica.set_judging(True)
     assert set((await statuses(servicer)).values()) == {NOT_SERVING}
@@ -79,8 +79,8 @@ def quick_looks(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_watch_follows_the_store(
     failure: BaseException | str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    servicer = health.aio.HealthServicer()
-    replica = await ReplicaHealth.start(servicer, judging=True)
+    replica = await ReplicaHealth.start(judging=True)
+    servicer = replica.servicer
     store = Store()
     watching = asyncio.create_task(replica.watch(store))
     try:
@@ -98,8 +98,8 @@ async def test_watch_follows_the_store(
 
 
 async def test_watch_after_drain_never_serves_again() -> None:
-    servicer = health.aio.HealthServicer()
-    replica = await ReplicaHealth.start(servicer, judging=False)
+    replica = await ReplicaHealth.start(judging=False)
+    servicer = replica.servicer
     await replica.drain()
     store = Store()
     watching = asyncio.create_task(replica.watch(store))
@@ -108,3 +108,10 @@ async def test_watch_after_drain_never_serves_again() -> None:
         assert set((await statuses(servicer)).values()) == {NOT_SERVING}
     finally:
         watching.cancel()
+
+
+async def test_drain_ends_ready_and_live_for_the_http_endpoint() -> None:
+    replica = await ReplicaHealth.start(judging=True)
+    assert (replica.judging, replica.live) == (True, True)
+    await replica.drain()
+    assert (replica.judging, replica.live) == (False, False)
