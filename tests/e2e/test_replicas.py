@@ -23,7 +23,17 @@ from typing import Any
 import pytest
 import yaml
 from mcp import Client
-from stack import HOST, Ports, Process, envoy_ready, executable, launch, start_authz
+from stack import (
+    HOST,
+    SEED_POLICY,
+    Ports,
+    Process,
+    envoy_ready,
+    executable,
+    launch,
+    start_authz,
+    start_envoy,
+)
 
 from tests.conftest import RedisServer
 from tests.e2e.conftest import PROCESSES
@@ -84,12 +94,12 @@ def admin_get(ports: Ports, path: str) -> str:
         conn.close()
 
 
-def health_flags(ports: Ports) -> dict[int, str]:
-    """Each payments mcp-authz endpoint's health flags, as Envoy's admin /clusters says."""
+def health_flags(ports: Ports, cluster: str = AUTHZ_CLUSTER) -> dict[int, str]:
+    """Each endpoint's health flags in `cluster`, as Envoy's admin /clusters says."""
     flags: dict[int, str] = {}
     for line in admin_get(ports, "/clusters").splitlines():
         parts = line.split("::")
-        if parts[0] == AUTHZ_CLUSTER and len(parts) == 4 and parts[2] == "health_flags":
+        if parts[0] == cluster and len(parts) == 4 and parts[2] == "health_flags":
             flags[int(parts[1].rpartition(":")[2])] = parts[3]
     return flags
 
@@ -237,3 +247,29 @@ async def test_a_replica_without_its_redis_leaves_rotation_and_comes_back(
     assert "failed_active_hc" in flags, flags
     assert not agents.failed_after(out), agents.failed_after(out)[:3]
     assert replicas.authz[0].running()
+
+
+def test_each_shipped_sidecar_config_health_checks_its_mcp_authz(
+    request: pytest.FixtureRequest,
+    demo_server: tuple[Ports, Process],
+    tmp_path: Path,
+    transport: str,
+) -> None:
+    """envoy.yaml asks the gRPC health service, envoy-http.yaml the HTTP endpoint on its own
+    port: both must find the replica healthy, or a real outage could not be told apart."""
+    demo_ports, demo_process = demo_server
+    ports = replace(Ports.free(), mcp_server=demo_ports.mcp_server)
+    processes = request.node.stash[PROCESSES] = [demo_process]
+    with ExitStack() as stack:
+        log = tmp_path / "mcp-authz.log"
+        processes.append(
+            stack.enter_context(start_authz(ports, SEED_POLICY, log, transport=transport))
+        )
+        envoy = start_envoy(ports, tmp_path, tmp_path / "envoy.log", transport=transport)
+        processes.append(stack.enter_context(envoy))
+        envoy.wait_ready(
+            lambda: health_flags(ports, "mcp_authz") == {ports.authz: "healthy"}, "healthy"
+        )
+        stats = admin_get(ports, "/stats?filter=^cluster.mcp_authz.health_check.")
+        counts = dict(line.split(": ") for line in stats.splitlines())
+        assert int(counts["cluster.mcp_authz.health_check.success"]) >= 1, stats
