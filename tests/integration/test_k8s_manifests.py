@@ -242,10 +242,9 @@ def envoy_http_filters(config: Doc) -> list[Doc]:
 
 
 def envoy_cluster_address(config: Doc, cluster: str) -> tuple[str, int]:
-    socket = envoy_cluster(config, cluster)["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
-        "endpoint"
-    ]["address"]
-    return socket["socket_address"]["address"], int(socket["socket_address"]["port_value"])
+    locality = envoy_cluster(config, cluster)["load_assignment"]["endpoints"][0]
+    socket = locality["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    return socket["address"], int(socket["port_value"])
 
 
 def envoy_cluster(config: Doc, name: str) -> Doc:
