@@ -22,6 +22,7 @@ from authz.observe.logs import LogFormat
 from authz.observe.logs import configure as configure_logs
 from authz.policy.explain import explain
 from authz.policy.load import PolicyError, load_policy
+from authz.policy.model import RISK_LABELS, UNKNOWN_RISK
 from authz.protocol.identity import ANONYMOUS, Caller, IdentitySourceKind
 from authz.protocol.mcp import McpCall
 from authz.scan.command import add_command as add_scan_command
@@ -66,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--identity", default=ANONYMOUS)
     check.add_argument("--session")
     check.add_argument("--claims", default="{}", help="verified JWT claims as a JSON object")
+    check.add_argument(
+        "--risk",
+        default=UNKNOWN_RISK,
+        choices=RISK_LABELS,
+        help="the tool's risk class, as the catalogue would give it (default: unknown)",
+    )
     check.add_argument("--json", action="store_true", help="print the explanation as JSON")
     check.set_defaults(handler=_check)
     add_admin_commands(commands)
@@ -305,7 +312,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"mcp-authz check: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     caller = Caller(identity=args.identity, session=args.session, claims=claims)
-    explanation = explain(policy, call, caller)
+    explanation = explain(policy, call, caller, args.risk)
     print(
         json.dumps(explanation, indent=2, ensure_ascii=False)
         if args.json

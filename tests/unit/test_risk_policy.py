@@ -163,3 +163,17 @@ def test_bad_risk_and_catalogue_sections_name_path_and_fix(
     with pytest.raises(PolicyError) as e:
         native({"version": "1", **patch})
     assert any(p.path == path and message in p.message for p in e.value.problems), e.value
+
+
+def test_check_explains_a_decision_for_a_class(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from authz.cli import main  # noqa: PLC0415 - the CLI, as an operator runs it
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(NATIVE))
+    assert main(["check", str(path), "--tool", "drop_table", "--risk", "read", "--json"]) == 0
+    explained = json.loads(capsys.readouterr().out)
+    assert explained["risk"] == "read"
+    assert explained["rule"] == "/risk/read"
+    assert main(["check", str(path), "--tool", "drop_table"]) != 0
