@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from authz.limits.base import CounterKey, Hit
 from authz.policy.conditions import fires, is_number, resolve
-from authz.policy.model import Action, Counting, Entry, Grant, Mode, Policy, Rule, Scope
+from authz.policy.model import Action, Counting, Entry, Grant, ListView, Mode, Policy, Rule, Scope
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall
 
@@ -74,6 +74,32 @@ def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str) -> Verdict:
         return _refused(grant.mode, DEFAULT_DENY_RULE, reason, grant)
     rules = (entry.rules if entry else ()) + grant.every_tool
     return _rules(rules, entry, grant, call, what, on_deny=policy.on_deny)
+
+
+def visible(policy: Policy, grant: str, tool: str) -> bool:
+    """Whether a `tools/list` answer shows `tool` to a caller of grant `grant`.
+
+    A tool is left out when no call to it could pass for this caller, whatever its arguments:
+    `hide` names it, the grant denies it by default, or one of its enforced rules is a plain
+    deny. Every other tool is shown: allowed, limited, conditional and approval-gated ones,
+    since some call to them may pass, and every tool of a dry-run grant, whose calls pass.
+    A grant the policy no longer has (a reload between the request and its answer) shows
+    nothing, as its calls would be refused. `tools_list: whole` shows every tool.
+    """
+    if policy.list_view is ListView.WHOLE:
+        return True
+    found = policy.grant_named(grant)
+    if found is None:
+        return False
+    if found.mode is Mode.DRY_RUN:
+        return True
+    if policy.is_hidden(tool):
+        return False
+    entry = found.tools.match(tool)
+    if entry is None and found.default is Action.DENY:
+        return False
+    rules = (entry.rules if entry else ()) + found.every_tool
+    return not any(r.action is Action.DENY and r.mode is Mode.ENFORCE for r in rules)
 
 
 def _refused(mode: Mode, rule: str, reason: str, grant: Grant) -> Verdict:

@@ -30,7 +30,7 @@ from authz.policy.model import (
 from authz.policy.reader import Pairs, Reader, child, get
 from authz.policy.warnings import shadow_warnings
 
-_TOP_KEYS = ("version", "description", "default", "hide", "tools")
+_TOP_KEYS = ("version", "description", "default", "hide", "tools", "tools_list")
 _RULE_KEYS = ("name", "action", "conditions", "on_deny", "rate_limit", "state")
 _STATE_KEYS = ("counter", "window", "increment", "increment_from")
 _WINDOWS = ("minute", "hour", "day")
@@ -76,7 +76,12 @@ class InterceptReader(Reader):
         policy = Policy(everyone, hidden=hidden, version=version, source=source)
         self.warnings += shadow_warnings(policy)
         return Policy(
-            everyone, hidden=hidden, version=version, source=source, warnings=tuple(self.warnings)
+            everyone,
+            hidden=hidden,
+            version=version,
+            source=source,
+            warnings=tuple(self.warnings),
+            list_view=self.list_view(top),
         )
 
     def hide(self, value: Any) -> frozenset[str]:
@@ -87,12 +92,6 @@ class InterceptReader(Reader):
                 self.fail(where, f'duplicate entry "{name}"')
             elif name:
                 names.append(name)
-        if names:
-            self.warn(
-                "$.hide",
-                "hidden tools are refused when called, but still appear in "
-                "tools/list: ext_authz cannot rewrite the server's answers",
-            )
         return frozenset(names)
 
     def entry(self, tool: str, value: Any, path: str) -> Entry:

@@ -15,7 +15,7 @@ from typing import Any
 
 from authz.policy.conditions import ConditionError, Op, compile_condition
 from authz.policy.conditions import kind as kind_of
-from authz.policy.model import NAMED_WINDOWS, Limit, Policy
+from authz.policy.model import NAMED_WINDOWS, Limit, ListView, Policy
 
 MAX_LIMIT = 1_000_000_000_000
 MAX_WINDOW = 366 * 86400
@@ -126,6 +126,11 @@ class Reader:
             self.fail(path, f"expected {names}, got {json.dumps(value, default=str)}{hint}")
             return None
         return member
+
+    def list_view(self, top: dict[str, Any]) -> ListView:
+        """`tools_list`: "filtered" (the default) or "whole"; the same key in both syntaxes."""
+        value = top.get("tools_list", ListView.FILTERED.value)
+        return self.choice(value, "$.tools_list", ListView, ListView) or ListView.FILTERED
 
     def text(self, value: Any, path: str) -> str | None:
         if isinstance(value, str) and value.strip():
