@@ -99,5 +99,5 @@ def test_encode_reads_back_with_type_and_id() -> None:
 
 
 def test_only_cr_and_lf_end_lines() -> None:
-    [event] = read(['data: a\u2028b\x85c\x0bd\n\n'.encode()])
+    [event] = read(["data: a\u2028b\x85c\x0bd\n\n".encode()])
     assert event.data == "a\u2028b\x85c\x0bd"

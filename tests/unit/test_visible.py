@@ -90,7 +90,10 @@ def test_tools_list_whole_keeps_the_list_whole_in_both_syntaxes() -> None:
 
 
 def test_intercept_syntax_filters_by_default() -> None:
-    doc = 'version: "1"\ndefault: allow\nhide: [b]\ntools:\n  c:\n    rules:\n      - name: never\n        action: deny\n'
+    doc = (
+        'version: "1"\ndefault: allow\nhide: [b]\n'
+        "tools:\n  c:\n    rules:\n      - name: never\n        action: deny\n"
+    )
     assert shown(intercept(doc), ["a", "b", "c"]) == ["a"]
 
 
