@@ -34,6 +34,10 @@ class Outcome:
     approval: Approval | None = None
     request_ids: tuple[RequestId | None, ...] = ()
     origin: Origin = UNKNOWN_ORIGIN
+    # The caller's grant when the answer may list tools (a tools/list, or a GET event
+    # stream): the response side filters the list for it. "" when the caller's grant token
+    # names a grant the policy lacks (nothing is then shown).
+    view_grant: str | None = None
 
     @property
     def allowed(self) -> bool:
