@@ -25,11 +25,19 @@ from authz.admin.server import (
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
+from authz.catalogue.base import DEFAULT_UPSTREAM, Catalogue
 from authz.core.decision import Decider
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
-from authz.edges.authz_grpc import create_server, mark_serving
+from authz.core.response_side import ResponseSide
+from authz.edges.authz_grpc import (
+    AUTHORIZATION_SERVICE,
+    create_extproc_server,
+    create_server,
+    mark_serving,
+)
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
+from authz.edges.extproc import EXTERNAL_PROCESSOR_SERVICE
 from authz.edges.workers import run_loop, run_workers
 from authz.grants.base import GrantKey, Grants
 from authz.grants.file import FileGrants
@@ -191,6 +199,8 @@ class Gateway:
     admin: AdminConfig | None = None
     grants: Grants | None = None
     upstream: UpstreamCredential | None = None
+    # The tool catalogue ext_proc records every tools/list answer in; None keeps none.
+    catalogue: Catalogue | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -238,6 +248,23 @@ class Gateway:
                 else None
             ),
         )
+
+    def response_side(self) -> ResponseSide | None:
+        """What ext_proc runs on answers; None when --extproc off."""
+        if not self.settings.extproc:
+            return None
+        return ResponseSide(self.policy, self.store, self.catalogue, DEFAULT_UPSTREAM)
+
+    async def serve_extproc(self) -> tuple[grpc.aio.Server, int] | None:
+        """ext_proc on its own port, for --transport http (with gRPC it shares the listener)."""
+        side = self.response_side()
+        if side is None or self.settings.transport is not Transport.HTTP:
+            return None
+        server, port, _ = await create_extproc_server(
+            self.settings.extproc_listen, side, self.audit
+        )
+        log.info("serving ext_proc on port %d", port)
+        return server, port
 
     def _announce(self, approval: Approval) -> None:
         log.info(
@@ -303,6 +330,7 @@ class Gateway:
                 self.settings.listen, check, reuse_port=self.settings.workers > 1
             )
             return http, port, None
+        side = self.response_side()
         grpc_server, port, health = await create_server(
             self.settings.listen,
             self.decider(),
@@ -310,10 +338,12 @@ class Gateway:
             self.telemetry,
             self.upstream,
             serving=False,
+            response_side=side,
         )
         await self.until_ready(stop)
         if not stop.is_set():
-            await mark_serving(health)
+            extproc = (EXTERNAL_PROCESSOR_SERVICE,) if side is not None else ()
+            await mark_serving(health, ("", AUTHORIZATION_SERVICE, *extproc))
         return grpc_server, port, health
 
     async def serve(self) -> None:
@@ -323,6 +353,7 @@ class Gateway:
             loop.add_signal_handler(sig, stop.set)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
+        extproc = await self.serve_extproc()
         server, port, health = await self._serve_checks(stop)
         log.info(
             "mcp-authz %s serving ext_authz on port %d; transport %s; policy %s (%s); "
@@ -349,6 +380,8 @@ class Gateway:
         log.info("shutting down: draining for up to %.1fs", self.settings.grace)
         if reloading is not None:
             reloading.cancel()
+        if extproc is not None:
+            await extproc[0].stop(self.settings.grace)
         await self._stop(server, health, admin[0] if admin is not None else None)
 
     async def _stop(

@@ -26,6 +26,7 @@ from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
 from authz import __version__
 from authz.core.outcome import Outcome
+from authz.core.response_side import ResponseEvent
 from authz.protocol.echo import json_line
 from authz.protocol.mcp import McpCall
 
@@ -240,6 +241,20 @@ class AuditLog:
             "target": target,
             "result": result,
             "note": note or None,
+        }
+        self._stream.write(json_line(line) + "\n")
+
+    def record_response(self, event: ResponseEvent) -> None:
+        """One thing the response side did (a list filtered, a refund, a withheld answer)."""
+        if self._stream is None:
+            return
+        line = {
+            "schema": AUDIT_SCHEMA,
+            "version": __version__,
+            "time": self._clock().isoformat(timespec="milliseconds"),
+            "response_event": event.kind,
+            "decision_id": event.decision_id or None,
+            **event.detail,
         }
         self._stream.write(json_line(line) + "\n")
 

@@ -25,6 +25,9 @@ class Refusal(Enum):
     BODY_UNREADABLE = (-32004, 400, "unreadable")
     APPROVAL_REQUIRED = (-32005, 200, "approval_required")
     APPROVAL_DENIED = (-32006, 200, "approval_denied")
+    # The server's answer could not be judged (a tools/list the gateway cannot read with
+    # certainty, over its bound, compressed): withheld rather than passed unfiltered.
+    RESPONSE_WITHHELD = (-32010, 502, "response_withheld")
 
     @property
     def code(self) -> int:
