@@ -46,28 +46,30 @@ class StartupError(RuntimeError):
 
 @dataclass(frozen=True)
 class Ports:
-    """The stack's four ports; the defaults are the ones in the shipped Envoy config."""
+    """The stack's ports; the defaults are the ones in the shipped Envoy config. `extproc` is
+    mcp-authz's ext_proc port with --transport http (with gRPC it shares `authz`)."""
 
     mcp_server: int = 8000
     authz: int = 9191
     envoy: int = 10000
     admin: int = 9901
+    extproc: int = 9192
 
     @classmethod
     def free(cls) -> Ports:
-        """Four distinct ports the kernel has just handed out as free."""
-        sockets = [socket.socket() for _ in range(4)]
+        """Distinct ports the kernel has just handed out as free."""
+        sockets = [socket.socket() for _ in range(5)]
         with ExitStack() as stack:
             for sock in sockets:
                 stack.enter_context(sock)
                 sock.bind((HOST, 0))
-            mcp_server, authz, envoy, admin = (sock.getsockname()[1] for sock in sockets)
-        return cls(mcp_server=mcp_server, authz=authz, envoy=envoy, admin=admin)
+            mcp_server, authz, envoy, admin, extproc = (s.getsockname()[1] for s in sockets)
+        return cls(mcp_server, authz, envoy, admin, extproc)
 
     def ensure_free(self) -> None:
         """Fail early and plainly on a busy port: a probe would take whatever holds it for
         the process we started."""
-        for port in (self.mcp_server, self.authz, self.envoy, self.admin):
+        for port in (self.mcp_server, self.authz, self.envoy, self.admin, self.extproc):
             with socket.socket() as sock:
                 # As the servers do, so a port left in TIME_WAIT by the last run counts as free.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -210,7 +212,11 @@ def render_envoy_config(
         manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
         exporter = manager["tracing"]["provider"]["typed_config"]["grpc_service"]
         exporter["google_grpc"]["target_uri"] = f"{HOST}:{collector}"
-    cluster_ports = {"mcp_server": ports.mcp_server, "mcp_authz": ports.authz}
+    cluster_ports = {
+        "mcp_server": ports.mcp_server,
+        "mcp_authz": ports.authz,
+        "mcp_authz_extproc": ports.extproc,
+    }
     for cluster in config["static_resources"]["clusters"]:
         for locality in cluster["load_assignment"]["endpoints"]:
             for lb_endpoint in locality["lb_endpoints"]:
@@ -235,7 +241,8 @@ def start_authz(
 ) -> Process:
     """mcp-authz serving `policy`; `options` are further `serve` flags (e.g. --redis-url)."""
     if transport != "grpc":
-        options = ("--transport", transport, *options)
+        extproc = ("--extproc-listen", f"{HOST}:{ports.extproc}")
+        options = ("--transport", transport, *extproc, *options)
     argv = [
         executable("mcp-authz"),
         "serve",
