@@ -53,7 +53,7 @@ class Ports:
     authz: int = 9191
     envoy: int = 10000
     admin: int = 9901
-    extproc: int = 9193
+    extproc: int = 9194
 
     @classmethod
     def free(cls) -> Ports:
