@@ -95,6 +95,17 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.transport.value,
         choices=[t.value for t in Transport],
     )
+    opt(
+        "--extproc",
+        "serve Envoy's ext_proc (tools/list filtering, quota refunds): on or off",
+        default="on",
+        choices=["on", "off"],
+    )
+    opt(
+        "--extproc-listen",
+        "ext_proc's own gRPC address with --transport http (with grpc it shares --listen)",
+        default=_D.extproc_listen,
+    )
     opt("--workers", "processes sharing the port (more than 1 needs --redis-url)", default=1)
     opt("--redis-url", "Redis URL; without one the in-process store is used")
     opt("--redis-prefix", "prefix of every Redis key", default=_D.redis_prefix)
@@ -237,6 +248,8 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             log_format=LogFormat(args.log_format),
             transport=Transport(args.transport),
+            extproc=args.extproc == "on",
+            extproc_listen=args.extproc_listen,
             workers=int(args.workers),
             grant_key_file=args.grant_key_file,
             grants_file=args.grants_file,

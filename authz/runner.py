@@ -29,8 +29,9 @@ from authz.catalogue.memory import MemoryCatalogue
 from authz.core.decision import Decider, FailMode
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
+from authz.core.response_side import ResponseSide
 from authz.core.tool_check import ToolCheck
-from authz.edges.authz_grpc import create_server
+from authz.edges.authz_grpc import create_extproc_server, create_server
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
 from authz.edges.health import ReplicaHealth, serve_http
 from authz.edges.workers import run_loop, run_workers
@@ -94,6 +95,11 @@ def build_catalogue(settings: Settings) -> Catalogue | None:
     or this process), bounded by the settings."""
     if not settings.catalogue:
         return None
+    if not settings.extproc:
+        raise ValueError(
+            "--catalogue on needs --extproc on: only ext_proc sees tools/list answers, so "
+            "every tool would stay unlisted and every tool call be refused"
+        )
     bounds = Bounds(
         settings.catalogue_max_upstreams,
         settings.catalogue_max_tools,
@@ -286,6 +292,26 @@ class Gateway:
             ),
         )
 
+    def response_side(self) -> ResponseSide | None:
+        """What ext_proc runs on answers; None when --extproc off."""
+        if not self.settings.extproc:
+            return None
+        return ResponseSide(
+            self.policy, self.store, self.catalogue, self.settings.catalogue_upstream
+        )
+
+    async def serve_extproc(self, health: ReplicaHealth) -> grpc.aio.Server | None:
+        """ext_proc on its own port, for --transport http (with gRPC it shares the listener);
+        it serves the replica's gRPC health too."""
+        side = self.response_side()
+        if side is None or self.settings.transport is not Transport.HTTP:
+            return None
+        server, port = await create_extproc_server(
+            self.settings.extproc_listen, side, self.audit, health
+        )
+        log.info("serving ext_proc on port %d", port)
+        return server
+
     def _announce(self, approval: Approval) -> None:
         log.info(
             "approval %s requested: %s by %s (rule %s)",
@@ -365,6 +391,7 @@ class Gateway:
                 self.telemetry,
                 self.upstream,
                 health=health,
+                response_side=self.response_side(),
             )
             await self.until_ready(stop)
         if not stop.is_set():
@@ -391,6 +418,7 @@ class Gateway:
         health_http = await self.serve_health(health)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
+        extproc = await self.serve_extproc(health)
         server, port = await self._serve_checks(stop, health)
         log.info(
             "mcp-authz %s serving ext_authz on port %d; transport %s; policy %s (%s); "
@@ -419,6 +447,8 @@ class Gateway:
         for task in (reloading, watching):
             if task is not None:
                 task.cancel()
+        if extproc is not None:
+            await extproc.stop(self.settings.grace)
         await self._stop(server, health, admin[0] if admin is not None else None)
         if health_http is not None:
             health_http.close()

@@ -60,6 +60,10 @@ class Settings:
     # Operational logs on stderr: text, or one JSON object a line (observe/logs.py).
     log_format: LogFormat = LogFormat.TEXT
     transport: Transport = Transport.GRPC
+    # The response side (ext_proc): served on the ext_authz gRPC listener with --transport
+    # grpc, on this address of its own with --transport http; False serves none.
+    extproc: bool = True
+    extproc_listen: str = "127.0.0.1:9194"
     # Processes sharing the listen port (SO_REUSEPORT); more than one needs Redis.
     workers: int = 1
     # Identity source `token`: the key of the grant tokens' hashes, and the grants file used

@@ -96,7 +96,11 @@ class Decider:
         base = Outcome(
             decision_id, policy.version, None, "", "", calls=calls, caller=caller, request_ids=ids
         )
-        return await self._judge(policy, base, caller, request)
+        outcome = await self._judge(policy, base, caller, request)
+        if outcome.allowed and _may_list_tools(calls):
+            grant = policy.grant_of(caller)
+            return replace(outcome, view_grant="" if grant is None else grant.name)
+        return outcome
 
     async def _identify(self, request: HttpRequest, policy: Policy) -> Identified | str:
         if self._grants is not None:
@@ -235,6 +239,12 @@ class Decider:
             )
         refused = Verdict(False, verdict.rule, reason + "; the fail mode is closed", verdict.grant)
         return _verdict(base, call, refused, Refusal.LIMITS_UNAVAILABLE)
+
+
+def _may_list_tools(calls: tuple[McpCall, ...]) -> bool:
+    """A tools/list, or a bodiless request (a GET opens the server's event stream, where a
+    resumed stream may replay a list answer)."""
+    return not calls or any(c.method == "tools/list" for c in calls)
 
 
 def _refused(

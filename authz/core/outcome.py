@@ -52,6 +52,10 @@ class Outcome:
     origin: Origin = UNKNOWN_ORIGIN
     # The catalogue's word on the subject's tool, when a catalogue is configured.
     tool: ToolFacts | None = None
+    # The caller's grant when the answer may list tools (a tools/list, or a GET event
+    # stream): the response side filters the list for it. "" when the caller's grant token
+    # names a grant the policy lacks (nothing is then shown).
+    view_grant: str | None = None
 
     @property
     def allowed(self) -> bool:

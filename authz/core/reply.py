@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.core.outcome import Outcome, ToolFacts, retry_seconds
+from authz.core.response_plan import PLAN_HEADER, ResponsePlan
 from authz.protocol.echo import json_line
 from authz.protocol.errors import Refusal
 
@@ -97,11 +98,18 @@ def _allowed(outcome: Outcome, upstream: UpstreamCredential | None) -> Reply:
             ("x-ratelimit-remaining", str(tightest.remaining)),
             ("x-ratelimit-window", str(tightest.hit.window)),
         ]
-    added = ((DECISION_HEADER, outcome.decision_id), *(upstream.headers if upstream else ()))
+    added = [(DECISION_HEADER, outcome.decision_id), *(upstream.headers if upstream else ())]
     # The upstream's own credential overwrites the agent's when it uses the same header;
     # removing that header as well would drop the credential just set.
     same = upstream is not None and upstream.header == AGENT_CREDENTIAL
-    return Reply(200, tuple(headers), added, upstream_removed=() if same else (AGENT_CREDENTIAL,))
+    removed = [] if same else [AGENT_CREDENTIAL]
+    # The response side's plan is always ours: set, or a client's copy removed.
+    plan = ResponsePlan.of(outcome)
+    if plan is None:
+        removed.append(PLAN_HEADER)
+    else:
+        added.append((PLAN_HEADER, plan.encode()))
+    return Reply(200, tuple(headers), tuple(added), upstream_removed=tuple(removed))
 
 
 def _message(outcome: Outcome, refusal: Refusal) -> str:

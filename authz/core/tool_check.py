@@ -16,6 +16,7 @@ from authz.catalogue.base import (
     Catalogue,
     CatalogueEntry,
     CatalogueUnavailable,
+    Observed,
     upstream_of,
 )
 from authz.catalogue.validation import Schemas
@@ -130,6 +131,24 @@ class ToolCheck:
 
 def _calls_tool(call: McpCall) -> bool:
     return call.method == "tools/call" and call.target is not None
+
+
+def listing(policy: Policy, seen: Observed | None) -> tuple[bool, str]:
+    """Whether a tool a `tools/list` answer carries may be shown, as far as the catalogue
+    goes, and its class. Left out: a tool whose calls the catalogue refuses outright (over a
+    bound while never-listed tools are denied, or drifted under `on_change: deny`), so the
+    new definition's description, the very thing a swap would use to steer the agent, never
+    reaches it. `seen` is None without a catalogue."""
+    if seen is None:
+        return True, UNKNOWN_RISK
+    entry = seen.entry
+    if entry is None:
+        return policy.catalogue.on_unknown is Action.ALLOW, UNKNOWN_RISK
+    risk = risk_of(policy, entry).label
+    if entry.pending is None:
+        return True, risk
+    refused = entry.oversized or policy.catalogue.on_change is OnChange.DENY
+    return not refused, risk
 
 
 def risk_of(policy: Policy, entry: CatalogueEntry) -> RiskClass:

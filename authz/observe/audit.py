@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 from authz import __version__
 from authz.catalogue.base import Change, Observed
 from authz.core.outcome import Outcome, ToolFacts
+from authz.core.response_side import ResponseEvent
 from authz.protocol.echo import json_line
 from authz.protocol.mcp import McpCall
 
@@ -280,6 +281,20 @@ class AuditLog:
                 "oversized": entry.oversized if entry else None,
             }
             self._stream.write(json_line(line) + "\n")
+
+    def record_response(self, event: ResponseEvent) -> None:
+        """One thing the response side did (a list filtered, a refund, a withheld answer)."""
+        if self._stream is None:
+            return
+        line = {
+            "schema": AUDIT_SCHEMA,
+            "version": __version__,
+            "time": self._clock().isoformat(timespec="milliseconds"),
+            "response_event": event.kind,
+            "decision_id": event.decision_id or None,
+            **event.detail,
+        }
+        self._stream.write(json_line(line) + "\n")
 
     def close(self) -> None:
         if self._owned and self._stream is not None:

@@ -239,6 +239,9 @@ class ObservedStore:
         self._metrics.record_store(self._backend, perf_counter() - started, failed=False)
         return result
 
+    async def refund(self, decision_id: str, hits: Sequence[Hit]) -> bool:
+        return await self._store.refund(decision_id, hits)
+
     async def usage(self, hit: Hit) -> LimitState:
         return await self._store.usage(hit)
 

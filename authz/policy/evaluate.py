@@ -16,6 +16,7 @@ from authz.policy.model import (
     Counting,
     Entry,
     Grant,
+    ListView,
     Mode,
     Policy,
     Rule,
@@ -80,14 +81,48 @@ def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str, risk: str) -> 
     if policy.is_hidden(tool):
         reason = policy.on_deny or f'Tool "{tool}" is hidden by policy'
         return _refused(grant.mode, HIDDEN_RULE, reason, grant)
+    entry, rules = governing(grant, tool, risk)
+    if entry is None and grant.default is Action.DENY:
+        reason = policy.on_deny or f"{what} is not in the policy, which denies by default"
+        return _refused(grant.mode, DEFAULT_DENY_RULE, reason, grant)
+    return _rules(rules, entry, grant, call, what, on_deny=policy.on_deny)
+
+
+def governing(grant: Grant, tool: str, risk: str) -> tuple[Entry | None, tuple[Rule, ...]]:
+    """The entry that governs `tool` in `grant` (its own, else its class's; None leaves it to
+    the default) and every rule a call of it must pass: its own, its class's, then the
+    grant's rules for every tool."""
     entry = grant.tools.match(tool)
     # A class with rules governs the tools the grant does not name, as their entry would.
     classed = grant.risk.get(risk)
-    if entry is None and classed is None and grant.default is Action.DENY:
-        reason = policy.on_deny or f"{what} is not in the policy, which denies by default"
-        return _refused(grant.mode, DEFAULT_DENY_RULE, reason, grant)
     rules = (entry.rules if entry else ()) + (classed.rules if classed else ()) + grant.every_tool
-    return _rules(rules, entry or classed, grant, call, what, on_deny=policy.on_deny)
+    return entry or classed, rules
+
+
+def visible(policy: Policy, grant: str, tool: str, risk: str = UNKNOWN_RISK) -> bool:
+    """Whether a `tools/list` answer shows `tool` to a caller of grant `grant`.
+
+    A tool is left out when no call to it could pass for this caller, whatever its arguments:
+    `hide` names it, the grant denies it by default, or one of its enforced rules is a plain
+    deny. Every other tool is shown: allowed, limited, conditional and approval-gated ones,
+    since some call to them may pass, and every tool of a dry-run grant, whose calls pass.
+    A grant the policy no longer has (a reload between the request and its answer) shows
+    nothing, as its calls would be refused. `tools_list: whole` shows every tool. `risk` is
+    the tool's class, as for `evaluate`.
+    """
+    if policy.list_view is ListView.WHOLE:
+        return True
+    found = policy.grant_named(grant)
+    if found is None:
+        return False
+    if found.mode is Mode.DRY_RUN:
+        return True
+    if policy.is_hidden(tool):
+        return False
+    entry, rules = governing(found, tool, risk)
+    if entry is None and found.default is Action.DENY:
+        return False
+    return not any(r.action is Action.DENY and r.mode is Mode.ENFORCE for r in rules)
 
 
 def _refused(mode: Mode, rule: str, reason: str, grant: Grant) -> Verdict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from authz.policy.conditions import resolve
-from authz.policy.evaluate import evaluate, hits
+from authz.policy.evaluate import evaluate, governing, hits
 from authz.policy.model import UNKNOWN_RISK, Policy, Rule
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall
@@ -18,13 +18,7 @@ def explain(
     catalogue would give it."""
     verdict = evaluate(policy, call, caller, risk)
     grant = policy.grant_for(caller.identity, caller.claims)
-    entry = grant.tools.match(call.tool) if call.tool is not None else None
-    classed = grant.risk.get(risk) if call.tool is not None else None
-    rules = (
-        (entry.rules if entry else ())
-        + (classed.rules if classed else ())
-        + (grant.every_tool if call.tool else ())
-    )
+    rules = governing(grant, call.tool, risk)[1] if call.tool is not None else ()
     return {
         "policy": policy.source,
         "policy_version": policy.version,

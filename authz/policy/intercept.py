@@ -30,7 +30,16 @@ from authz.policy.model import (
 from authz.policy.reader import Pairs, Reader, child, get
 from authz.policy.warnings import shadow_warnings
 
-_TOP_KEYS = ("version", "description", "default", "hide", "tools", "risk", "catalogue")
+_TOP_KEYS = (
+    "version",
+    "description",
+    "default",
+    "hide",
+    "tools",
+    "tools_list",
+    "risk",
+    "catalogue",
+)
 _RULE_KEYS = ("name", "action", "conditions", "on_deny", "rate_limit", "state")
 _STATE_KEYS = ("counter", "window", "increment", "increment_from")
 _WINDOWS = ("minute", "hour", "day")
@@ -87,6 +96,7 @@ class InterceptReader(Reader):
             source=source,
             warnings=tuple(self.warnings),
             catalogue=catalogue,
+            list_view=self.list_view(top),
         )
 
     def risk(self, value: Any) -> dict[str, Entry]:
@@ -105,12 +115,6 @@ class InterceptReader(Reader):
                 self.fail(where, f'duplicate entry "{name}"')
             elif name:
                 names.append(name)
-        if names:
-            self.warn(
-                "$.hide",
-                "hidden tools are refused when called, but still appear in "
-                "tools/list: ext_authz cannot rewrite the server's answers",
-            )
         return frozenset(names)
 
     def entry(self, tool: str, value: Any, path: str, section: str = "tools") -> Entry:

@@ -47,6 +47,15 @@ UNKNOWN_RISK = "unknown"
 RISK_LABELS = (*(c.label for c in RiskClass), UNKNOWN_RISK)
 
 
+class ListView(StrEnum):
+    """What a caller's `tools/list` shows (`tools_list` in both syntaxes)."""
+
+    # Only the tools this caller could call: hidden and outright-denied ones are left out.
+    FILTERED = "filtered"
+    # Every tool the server lists; calls are still judged one by one.
+    WHOLE = "whole"
+
+
 class Mode(StrEnum):
     ENFORCE = "enforce"
     # Evaluate and record "would deny", but let the call through.
@@ -241,6 +250,7 @@ class Policy:
     # the gateway's own sentence.
     on_deny: str | None = None
     catalogue: CatalogueRules = field(default_factory=CatalogueRules)
+    list_view: ListView = ListView.FILTERED
 
     @property
     def default(self) -> Action:
@@ -259,6 +269,12 @@ class Policy:
         if caller.policy_grant is None:
             return self.grant_for(caller.identity, caller.claims)
         return next((g for g in self.grants if g.name == caller.policy_grant), None)
+
+    def grant_named(self, name: str) -> Grant | None:
+        """The grant called `name` (the top level is "default"), None when there is none."""
+        if name == self.everyone.name:
+            return self.everyone
+        return next((g for g in self.grants if g.name == name), None)
 
     def is_hidden(self, tool: str) -> bool:
         """Whether `hide` names the tool: pure, for the call-time refusal and for whatever

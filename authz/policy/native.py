@@ -42,6 +42,7 @@ _TOP_KEYS = (
     "on_deny",
     "risk",
     "catalogue",
+    "tools_list",
 )
 _RULE_KEYS = (
     "action",
@@ -117,6 +118,7 @@ class NativeReader(Reader):
             tuple(self.warnings),
             on_deny,
             catalogue,
+            self.list_view(top),
         )
 
     def message(self, spec: dict[str, Any], path: str) -> str | None:
@@ -150,12 +152,6 @@ class NativeReader(Reader):
         names = [
             self.text(item, where) for item, where in self.items(value, "$.hide", "tool names")
         ]
-        if names:
-            self.warn(
-                "$.hide",
-                "hidden tools are refused when called, but still appear in "
-                "tools/list: ext_authz cannot rewrite the server's answers",
-            )
         return frozenset(n for n in names if n)
 
     def rules(self, value: Any, path: str, mode: Mode) -> RuleSet:

@@ -23,6 +23,7 @@ from authz.policy.model import (
     CatalogueRules,
     Entry,
     Limit,
+    ListView,
     OnChange,
     Policy,
     RuleSet,
@@ -141,6 +142,11 @@ class Reader:
             self.fail(path, f"expected {names}, got {json.dumps(value, default=str)}{hint}")
             return None
         return member
+
+    def list_view(self, top: dict[str, Any]) -> ListView:
+        """`tools_list`: "filtered" (the default) or "whole"; the same key in both syntaxes."""
+        value = top.get("tools_list", ListView.FILTERED.value)
+        return self.choice(value, "$.tools_list", ListView, ListView) or ListView.FILTERED
 
     def text(self, value: Any, path: str) -> str | None:
         if isinstance(value, str) and value.strip():

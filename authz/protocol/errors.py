@@ -30,6 +30,9 @@ class Refusal(Enum):
     TOOL_CHANGED = (-32008, 200, "tool_changed")
     # The call's arguments do not validate strictly against the tool's inputSchema.
     INVALID_ARGUMENTS = (-32009, 200, "invalid_arguments")
+    # The server's answer could not be judged (a tools/list the gateway cannot read with
+    # certainty, over its bound, compressed): withheld rather than passed unfiltered.
+    RESPONSE_WITHHELD = (-32010, 502, "response_withheld")
 
     @property
     def code(self) -> int:
