@@ -242,3 +242,27 @@ async def test_a_list_answer_that_cannot_be_read_is_withheld(
         body_message(body, end=True),
     )
     assert answers[-1].immediate_response.status.code == 502
+
+
+async def test_a_store_that_fails_unexpectedly_withholds_the_answer(
+    stub: Stub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = await stub.upstream_headers(call_request())
+
+    async def broken(*_: Any) -> bool:
+        raise RuntimeError("not a StoreUnavailable")
+
+    monkeypatch.setattr(stub.gateway.store, "refund", broken)
+    _, status = await stub.process(
+        headers_message(headers), headers_message({":status": "503"}, response=True)
+    )
+    assert status.immediate_response.status.code == 502
+    assert audit(tmp_path)[-1]["reason"] == "internal error (RuntimeError)"
+
+
+async def test_an_unreadable_status_is_refused(stub: Stub) -> None:
+    headers = await stub.upstream_headers(call_request())
+    _, status = await stub.process(
+        headers_message(headers), headers_message({":status": "5O3"}, response=True)
+    )
+    assert status.immediate_response.status.code == 502
