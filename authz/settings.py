@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from authz.catalogue.base import DEFAULT_BOUNDS, DEFAULT_UPSTREAM
 from authz.core.decision import FailMode
 from authz.observe.logs import LogFormat
 from authz.protocol.identity import IdentitySourceKind
@@ -73,3 +74,12 @@ class Settings:
     # agent's: the header, and the file holding its (bearer) value.
     upstream_header: str = "authorization"
     upstream_bearer_file: Path | None = None
+    # The tool catalogue (docs/catalogue.md): pins each upstream's tool definitions, checks
+    # tools/call arguments against their schema and classes tools by risk. Off until the
+    # ext_proc filter feeds it tools/list answers: on, a tool never listed is refused.
+    catalogue: bool = False
+    # Which catalogue a request belongs to: a fixed upstream name, or ":authority".
+    catalogue_upstream: str = DEFAULT_UPSTREAM
+    catalogue_max_upstreams: int = DEFAULT_BOUNDS.max_upstreams
+    catalogue_max_tools: int = DEFAULT_BOUNDS.max_tools
+    catalogue_max_definition_bytes: int = DEFAULT_BOUNDS.max_definition_bytes

@@ -96,8 +96,7 @@ TOO_LARGE_TO_ACCEPT = (
 
 def size_of(tool: ToolDefinition) -> int:
     """The bytes of a definition as the bound counts them: its fields as compact JSON."""
-    fields = (tool.name, tool.description, tool.input_schema, tool.output_schema, tool.annotations)
-    return len(json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode())
+    return len(json.dumps(tool.fields(), separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def stub(tool: ToolDefinition) -> ToolDefinition:

@@ -255,18 +255,8 @@ class RedisCatalogue(RedisBacked):
 
 
 def _blob(tool: ToolDefinition) -> str:
-    return json.dumps(
-        {
-            "name": tool.name,
-            "description": tool.description,
-            "inputSchema": tool.input_schema,
-            "outputSchema": tool.output_schema,
-            "annotations": tool.annotations,
-            "fingerprint": tool.fingerprint,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    stored = tool.fields() | {"fingerprint": tool.fingerprint}
+    return json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
 
 
 def _definition(blob: str) -> ToolDefinition:

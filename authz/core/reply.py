@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from authz.core.outcome import Outcome, retry_seconds
+from authz.core.outcome import Outcome, ToolFacts, retry_seconds
 from authz.core.response_plan import PLAN_HEADER, ResponsePlan
 from authz.protocol.echo import json_line
 from authz.protocol.errors import Refusal
@@ -28,6 +28,8 @@ _MESSAGES = {
     Refusal.UNAUTHENTICATED: "Unauthenticated: {reason}",
     Refusal.APPROVAL_REQUIRED: "Approval required: {reason}",
     Refusal.APPROVAL_DENIED: "Approval denied: {reason}",
+    Refusal.TOOL_CHANGED: "Tool changed: {reason}",
+    Refusal.INVALID_ARGUMENTS: "Invalid arguments: {reason}",
 }
 
 
@@ -130,10 +132,22 @@ def _data(outcome: Outcome) -> dict[str, Any]:
         data["approval_id"] = outcome.approval.id
         data["approval_status"] = outcome.approval.status.value
         data["approval_expires_at"] = outcome.approval.expires_at
+    if outcome.tool is not None:
+        data |= _tool_data(outcome.tool)
     blocking = [s for s in outcome.limits if s.retry_after != 0]
     if outcome.refusal is Refusal.RATE_LIMITED and blocking:
         data["counter"] = blocking[0].hit.key.counter
         data["retry_after"] = retry_seconds(outcome)
+    return data
+
+
+def _tool_data(tool: ToolFacts) -> dict[str, Any]:
+    data: dict[str, Any] = {"risk": tool.risk}
+    if tool.offered is not None:
+        data["pinned_fingerprint"] = tool.fingerprint
+        data["offered_fingerprint"] = tool.offered
+    if tool.argument_path is not None:
+        data["path"] = tool.argument_path
     return data
 
 

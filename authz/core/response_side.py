@@ -21,8 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from authz.catalogue.base import Catalogue, CatalogueUnavailable, upstream_of
+from authz.catalogue.base import Catalogue, CatalogueUnavailable, Observed, upstream_of
 from authz.core.response_plan import ResponsePlan
+from authz.core.tool_check import listing
 from authz.limits.base import CounterStore, StoreUnavailable
 from authz.policy.evaluate import visible
 from authz.policy.model import Policy
@@ -128,10 +129,10 @@ class _Lister:
         parsed = [(entry, _definition(entry)) for entry in entries]
         definitions = [d for _, d in parsed if d is not None]
         complete = not self._plan.paged and result.get("nextCursor") is None
-        await self._observe(definitions, complete=complete)
+        observed = await self._observe(definitions, complete=complete)
         policy = self._side.policy()
         grant = self._plan.grant or ""
-        shown = [d is not None and visible(policy, grant, d.name) for _, d in parsed]
+        shown = [d is not None and self._shown(policy, grant, d, observed) for _, d in parsed]
         kept = [e for (e, _), show in zip(parsed, shown, strict=True) if show]
         hidden = [
             d.name if d else "(unreadable)"
@@ -154,17 +155,33 @@ class _Lister:
         )
         return {**result, "tools": kept}
 
-    async def _observe(self, definitions: list[ToolDefinition], *, complete: bool) -> None:
+    def _shown(
+        self,
+        policy: Policy,
+        grant: str,
+        tool: ToolDefinition,
+        observed: dict[str, Observed] | None,
+    ) -> bool:
+        """Whether this caller sees `tool`: the catalogue's word (a tool whose calls it would
+        refuse outright is left out), then the policy's for the tool's class."""
+        listed, risk = listing(policy, None if observed is None else observed.get(tool.name))
+        return listed and visible(policy, grant, tool.name, risk)
+
+    async def _observe(
+        self, definitions: list[ToolDefinition], *, complete: bool
+    ) -> dict[str, Observed] | None:
+        """What the catalogue made of the page, by tool name; None without a catalogue (or
+        one that did not answer), when only the policy filters."""
         catalogue = self._side.catalogue
         if catalogue is None:
-            return
+            return None
         try:
             observed = await catalogue.observe(self._upstream, definitions, complete=complete)
         except CatalogueUnavailable as e:
             # The list is still filtered by policy; the request side judges calls against the
             # catalogue with its own fail mode.
             log.warning("the catalogue did not record a tools/list answer: %s", e)
-            return
+            return None
         changes = {o.name: o.change.value for o in observed if o.change.value != "unchanged"}
         if changes:
             self.events.append(
@@ -177,6 +194,7 @@ class _Lister:
                     },
                 )
             )
+        return {o.name: o for o in observed}
 
 
 def _definition(entry: Any) -> ToolDefinition | None:
