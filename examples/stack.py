@@ -236,11 +236,15 @@ def render_envoy_config(
     return dest
 
 
-def start_demo_server(ports: Ports, log: Path | None, header_log: Path | None = None) -> Process:
-    """The demo MCP server; with `header_log`, it records every request's headers there."""
+def start_demo_server(
+    ports: Ports, log: Path | None, header_log: Path | None = None, *options: str
+) -> Process:
+    """The demo MCP server; with `header_log`, it records every request's headers there;
+    `options` are further flags (`--rug-pull`)."""
     argv = [sys.executable, str(DEMO_SERVER), "--host", HOST, "--port", str(ports.mcp_server)]
     if header_log is not None:
         argv += ["--header-log", str(header_log)]
+    argv += options
     process = launch("demo MCP server", argv, log)
     process.wait_ready(accepts_tcp(ports.mcp_server), "accepting connections")
     return process
