@@ -3,8 +3,9 @@
     python tools/check_release.py v0.2.0
 
 The tag vX.Y.Z must equal the package's version (authz/__init__.py, the wheel's and the
-image's), the chart's version and appVersion, and the tag of the chart's default image, so
-`helm install` of chart X.Y.Z pulls image X.Y.Z, and that image is the one this tag builds.
+image's), the chart's version and appVersion, and the tag of the default image of the chart
+and of the kustomize base, so `helm install` of chart X.Y.Z pulls image X.Y.Z, and that image
+is the one this tag builds.
 Exits 1 naming each file that disagrees and what to set there.
 """
 
@@ -18,6 +19,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "k8s" / "helm" / "mcp-authz"
+KUSTOMIZE_BASE = ROOT / "deploy" / "k8s" / "base" / "deployment.yaml"
+IMAGE = "ghcr.io/mcp-authz/mcp-authz"
 TAG = re.compile(r"^v(\d+\.\d+\.\d+)$")
 
 
@@ -28,11 +31,14 @@ def versions(root: Path = ROOT) -> dict[str, str]:
     chart_dir = root / CHART.relative_to(ROOT)
     chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
     values = yaml.safe_load((chart_dir / "values.yaml").read_text())
+    base = (root / KUSTOMIZE_BASE.relative_to(ROOT)).read_text()
+    base_tags = sorted(set(re.findall(rf"image: {re.escape(IMAGE)}:(\S+)", base)))
     return {
         "authz/__init__.py __version__": found[1] if found else "",
         "Chart.yaml version": str(chart["version"]),
         "Chart.yaml appVersion": str(chart["appVersion"]),
         "values.yaml image.tag": str(values["image"]["tag"]),
+        "deploy/k8s/base/deployment.yaml images": ",".join(base_tags),
     }
 
 

@@ -58,6 +58,8 @@ def mounted_file(deployment: Doc, c: Doc, path: str) -> Doc:
     ]
     source = volume.get("secret") or volume.get("configMap")
     assert source, f"{path} is not from a Secret or ConfigMap"
+    if "items" not in source:  # every key of it, each a file of its name
+        return {"volume": volume, "key": file.name}
     (item,) = [i for i in source["items"] if i["path"] == file.name]
     return {"volume": volume, "key": item["key"]}
 
@@ -99,22 +101,6 @@ def test_tokens_and_client_secret_come_from_secrets(
     # No secret in a ConfigMap: a secret setting names a file.
     for key in env:
         assert "SECRET" not in key or key.endswith("_FILE"), key
-    for key in (
-        "MCP_AUTHZ_ADMIN_TLS_CERT",
-        "MCP_AUTHZ_ADMIN_TLS_KEY",
-        "MCP_AUTHZ_ADMIN_TLS_CLIENT_CA",
-    ):
-        if key in env:
-            file = PurePosixPath(env[key])
-            (mount,) = [
-                m for m in authz["volumeMounts"] if file.parent == PurePosixPath(m["mountPath"])
-            ]
-            (volume,) = [
-                v
-                for v in deployment["spec"]["template"]["spec"]["volumes"]
-                if v["name"] == mount["name"]
-            ]
-            assert volume["secret"]["secretName"]
 
 
 def test_the_chart_mounts_tls_and_roles(renders: dict[str, tuple[Doc, ...]]) -> None:
@@ -122,11 +108,11 @@ def test_the_chart_mounts_tls_and_roles(renders: dict[str, tuple[Doc, ...]]) -> 
     deployment = sidecar_deployment(docs)
     authz = container(deployment, "mcp-authz")
     env = env_of(docs, authz)
-    assert {
-        "MCP_AUTHZ_ADMIN_TLS_CERT",
-        "MCP_AUTHZ_ADMIN_TLS_KEY",
-        "MCP_AUTHZ_ADMIN_TLS_CLIENT_CA",
-    } <= set(env)
+    tls = ("MCP_AUTHZ_ADMIN_TLS_CERT", "MCP_AUTHZ_ADMIN_TLS_KEY", "MCP_AUTHZ_ADMIN_TLS_CLIENT_CA")
+    for setting, key in zip(tls, ("tls.crt", "tls.key", "ca.crt"), strict=True):
+        found = mounted_file(deployment, authz, env[setting])
+        assert found["volume"]["secret"]["secretName"] == "mcp-authz-admin-tls"
+        assert found["key"] == key
     roles = mounted_file(deployment, authz, env["MCP_AUTHZ_CONSOLE_ROLES_FILE"])
     assert roles["volume"]["configMap"]["name"] == "mcp-authz-console-roles"
     assert env["MCP_AUTHZ_CONSOLE_TRACE_URL"].startswith("https://grafana.example.com/")

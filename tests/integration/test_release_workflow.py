@@ -155,6 +155,7 @@ def test_the_release_check_names_the_file_that_disagrees(tmp_path: Path) -> None
         "authz/__init__.py",
         "deploy/k8s/helm/mcp-authz/Chart.yaml",
         "deploy/k8s/helm/mcp-authz/values.yaml",
+        "deploy/k8s/base/deployment.yaml",
     ):
         (tmp_path / part).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / part).write_text((ROOT / part).read_text())
