@@ -800,9 +800,10 @@ def test_helm_itself_refuses_bad_values(name: str, tmp_path: Path) -> None:
     assert "schema" in result.stderr
 
 
-def test_helm_lint_is_clean(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["defaults", "production", "admin-and-console"])
+def test_helm_lint_is_clean(case: str, tmp_path: Path) -> None:
     values_file = tmp_path / "values.json"
-    values_file.write_text(json.dumps({"mcpServer": MCP_IMAGE}))
+    values_file.write_text(json.dumps(helm_values(case)))
     run(tool("helm"), "lint", "--strict", str(CHART), "-f", str(values_file))
 
 
