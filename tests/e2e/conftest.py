@@ -69,6 +69,8 @@ class UpstreamRequests:
         self._start = path.stat().st_size if path.exists() else 0
 
     def seen(self) -> list[dict[str, Any]]:
+        if not self._path.exists():  # the demo server has not been sent a request yet
+            return []
         with self._path.open("rb") as log:
             log.seek(self._start)
             return [json.loads(line) for line in log.read().splitlines()]
