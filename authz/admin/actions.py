@@ -12,16 +12,20 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from authz.admin.roles import Permission, may
 from authz.approvals.base import Approval, ApprovalError, ApprovalStore, may_approve
+from authz.catalogue.base import Catalogue, CatalogueEntry, CatalogueUnavailable
 from authz.grants.base import GrantError, GrantExistsError, GrantNotFoundError
 from authz.limits.base import CounterKey, CounterStore, Hit, LimitState, StoreUnavailable
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
+from authz.policy.explain import explain
 from authz.policy.model import Limit, Policy, Rule, Scope
 from authz.policy.reload import PolicyHolder
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
 
 T = TypeVar("T")
 SERVICE: Final = "mcpauthz.admin.v1.AdminService"
@@ -41,6 +45,7 @@ NEEDS: Final = {
     "rotate_grant": Permission.MANAGE_GRANTS,
     "revoke_grant": Permission.MANAGE_GRANTS,
     "list_grants": Permission.MANAGE_GRANTS,
+    "accept_tool": Permission.MANAGE_POLICIES,
 }
 
 
@@ -95,12 +100,16 @@ class AdminActions:
         policy: PolicyHolder,
         audit: AuditLog,
         telemetry: Telemetry | None = None,
+        *,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self._approvals = approvals
         self._counters = counters
         self._policy = policy
         self._audit = audit
         self._telemetry = telemetry or Telemetry.off()
+        # None until the response side (ext_proc) keeps a catalogue.
+        self.catalogue = catalogue
 
     @property
     def policy(self) -> Policy:
@@ -159,6 +168,44 @@ class AdminActions:
 
         return await self.run(operator, "get_policy_status", "", work)
 
+    async def tools(self, operator: Operator | None) -> list[CatalogueEntry]:
+        return await self.run(operator, "list_tools", "", lambda _: self._tools().entries())
+
+    async def accept_tool(
+        self, operator: Operator | None, upstream: str, name: str, fingerprint: str
+    ) -> CatalogueEntry:
+        """Pin `name` of `upstream` to its pending definition `fingerprint`."""
+
+        async def work(who: Operator) -> CatalogueEntry:
+            try:
+                return await self._tools().accept(upstream, name, fingerprint, by=who.identity)
+            except KeyError:
+                raise Refused(
+                    Code.FAILED_PRECONDITION,
+                    f"{name} of {upstream} has no pending definition {fingerprint[:12]}",
+                ) from None
+
+        target = json.dumps([upstream, name, fingerprint], ensure_ascii=False)
+        return await self.run(operator, "accept_tool", target, work)
+
+    async def explain(
+        self, operator: Operator | None, call: McpCall, caller: Caller
+    ) -> dict[str, Any]:
+        """How the policy in force decides `call` by `caller`: `mcp-authz check`'s answer."""
+
+        async def work(_: Operator) -> dict[str, Any]:
+            return explain(self._policy.current, call, caller)
+
+        return await self.run(operator, "explain", call.tool or call.method, work)
+
+    def _tools(self) -> Catalogue:
+        if self.catalogue is None:
+            raise Refused(
+                Code.FAILED_PRECONDITION,
+                "no tool catalogue is configured (it is kept by the response side, ext_proc)",
+            )
+        return self.catalogue
+
     def budget(self, counter: str, scope: str, subject: Sequence[str]) -> Hit:
         """The policy's budget `counter` for `subject`; Refused if there is none such."""
         policy = self._policy.current
@@ -200,7 +247,7 @@ class AdminActions:
                 result = await work(_permitted(_authenticated(operator), action))
             except GrantError as e:
                 refusal = Refused(_GRANT_ERRORS.get(type(e), Code.INVALID_ARGUMENT), str(e))
-            except StoreUnavailable as e:
+            except (StoreUnavailable, CatalogueUnavailable) as e:
                 refusal = Refused(Code.UNAVAILABLE, f"the store is unavailable: {e}")
             except Refused as e:
                 refusal = e
