@@ -10,11 +10,13 @@ import secrets
 import signal
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health as grpc_health
 
 from authz import __version__
+from authz.admin.actions import AdminActions
 from authz.admin.server import (
     AdminServicer,
     AdminTls,
@@ -25,6 +27,7 @@ from authz.admin.server import (
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
+from authz.console.config import ConsoleConfig, build_console
 from authz.core.decision import Decider
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
@@ -38,6 +41,7 @@ from authz.limits.memory import MemoryStore
 from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.observe.logs import configure as configure_logs
 from authz.observe.metrics import PolicyTools
+from authz.observe.recent import RecentRecords
 from authz.observe.telemetry import OtelSettings, Telemetry
 from authz.policy.load import load_policy
 from authz.policy.reload import PolicyHolder, PolicyWatcher
@@ -50,6 +54,9 @@ from authz.protocol.identity import (
     IdentitySourceKind,
 )
 from authz.settings import Settings, Transport
+
+if TYPE_CHECKING:
+    from authz.console.server import ConsoleServer
 
 log = logging.getLogger("mcp_authz")
 # Seconds between start-up's attempts to reach a store that did not answer.
@@ -99,7 +106,27 @@ def build_webhook(settings: Settings) -> ApprovalWebhook | None:
         return None
     secret_file = settings.approval_webhook_secret_file
     secret = read_secret(secret_file) if secret_file else None
-    return ApprovalWebhook(settings.approval_webhook, secret)
+    return ApprovalWebhook(
+        settings.approval_webhook, secret, console_url=settings.console_public_url
+    )
+
+
+def console_config(settings: Settings) -> ConsoleConfig | None:
+    """The console's settings, checked now; None when --console-listen is not given."""
+    if settings.console_listen is None:
+        return None
+    return build_console(
+        settings.console_listen,
+        public_url=settings.console_public_url,
+        roles_file=settings.console_roles_file,
+        oidc_issuer=settings.console_oidc_issuer,
+        oidc_client_id=settings.console_oidc_client_id,
+        oidc_client_secret_file=settings.console_oidc_client_secret_file,
+        trusted_header=settings.console_trusted_header,
+        trace_url=settings.console_trace_url,
+        session_secret_file=settings.console_session_secret_file,
+        redact=settings.console_redact_args,
+    )
 
 
 def build_grants(settings: Settings) -> Grants | None:
@@ -191,6 +218,9 @@ class Gateway:
     admin: AdminConfig | None = None
     grants: Grants | None = None
     upstream: UpstreamCredential | None = None
+    console: ConsoleConfig | None = None
+    # The decisions and admin actions the console shows (fed by the audit log).
+    recent: RecentRecords | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -199,13 +229,15 @@ class Gateway:
         if settings.transport is Transport.HTTP:
             require_http_identity(settings.identity_source)
         admin, webhook = build_admin(settings), build_webhook(settings)
+        console = console_config(settings)
+        recent = RecentRecords() if console is not None else None
         arguments = ArgumentAudit.configure(settings.audit_args, settings.audit_hash_key_file)
         # The only read of the OTEL_* variables (the SDK reads the rest inside start()).
         otel = OtelSettings.from_env(os.environ)
         telemetry = Telemetry.start(otel, PolicyTools(policy), settings.metrics_listen)
         backend = "memory" if settings.redis_url is None else "redis"
         store = telemetry.observe(build_store(settings), backend)
-        audit = AuditLog.open(settings.audit_log, arguments)
+        audit = AuditLog.open(settings.audit_log, arguments, recent)
         approvals = build_approvals(settings)
         grants, upstream = build_grants(settings), build_upstream(settings)
         return cls(
@@ -219,6 +251,8 @@ class Gateway:
             admin=admin,
             grants=grants,
             upstream=upstream,
+            console=console,
+            recent=recent,
         )
 
     def decider(self) -> Decider:
@@ -268,6 +302,21 @@ class Gateway:
             "serving the admin API on port %d (%s)", port, "TLS" if self.admin.tls else "plaintext"
         )
         return server, port
+
+    async def serve_console(self) -> ConsoleServer | None:
+        """The web console, when configured: on its own port, in this event loop, started."""
+        if self.console is None or self.recent is None:
+            return None
+        from authz.console.app import create_app  # noqa: PLC0415 - only with a console
+        from authz.console.server import ConsoleServer, bind  # noqa: PLC0415
+
+        actions = AdminActions(self.approvals, self.store, self.policy, self.audit, self.telemetry)
+        server = ConsoleServer(
+            create_app(self.console, actions, self.recent), bind(self.console.listen)
+        )
+        await server.start()
+        log.info("serving the console on port %d (%s)", server.port, self.console.public_url)
+        return server
 
     async def until_ready(self, stop: asyncio.Event) -> None:
         """Returns once the stores have connected, loaded their scripts and answered, so no
@@ -323,6 +372,7 @@ class Gateway:
             loop.add_signal_handler(sig, stop.set)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
+        console = await self.serve_console()
         server, port, health = await self._serve_checks(stop)
         log.info(
             "mcp-authz %s serving ext_authz on port %d; transport %s; policy %s (%s); "
@@ -349,13 +399,14 @@ class Gateway:
         log.info("shutting down: draining for up to %.1fs", self.settings.grace)
         if reloading is not None:
             reloading.cancel()
-        await self._stop(server, health, admin[0] if admin is not None else None)
+        await self._stop(server, health, admin[0] if admin is not None else None, console)
 
     async def _stop(
         self,
         server: grpc.aio.Server | HttpServer,
         health: grpc_health.aio.HealthServicer | None,
         admin: grpc.aio.Server | None,
+        console: ConsoleServer | None = None,
     ) -> None:
         """Everything down within --grace, and the exporters within EXPORT_FLOOR after it at
         worst: each step gets what the earlier ones left of one deadline, never a grace of its
@@ -372,6 +423,8 @@ class Gateway:
         await server.stop(left())
         if admin is not None:
             await admin.stop(left())
+        if console is not None:
+            await console.stop()
         if self.webhook is not None:
             await self.webhook.close(grace=left())
         await self.store.close()
@@ -416,6 +469,11 @@ def require_shared_state(settings: Settings) -> None:
         raise ValueError(
             f"--metrics-listen serves one process's metrics and --workers {settings.workers} "
             "starts several: export metrics over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT) instead"
+        )
+    if settings.console_listen is not None:
+        raise ValueError(
+            f"--console-listen serves from one process and --workers {settings.workers} "
+            "starts several: run the console in a gateway of its own with --workers 1"
         )
     if settings.listen.rpartition(":")[2] == "0":
         raise ValueError("--workers needs a fixed port in --listen: port 0 differs per worker")

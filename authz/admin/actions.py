@@ -145,6 +145,16 @@ class AdminActions:
         target = _counter_target(counter, scope, subject)
         return await self.run(operator, "get_usage", target, lambda _: self._counters.usage(hit))
 
+    async def usages(
+        self, operator: Operator | None, budgets: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> list[LimitState]:
+        """Several counters' usage, as one audited read (the console's Usage page)."""
+
+        async def work(_: Operator) -> list[LimitState]:
+            return [await self._counters.usage(self.budget(*b)) for b in budgets]
+
+        return await self.run(operator, "get_usage", f"{len(budgets)} counter(s)", work)
+
     async def reset(
         self, operator: Operator | None, counter: str, scope: str, subject: Sequence[str]
     ) -> LimitState:
@@ -196,7 +206,7 @@ class AdminActions:
         async def work(_: Operator) -> dict[str, Any]:
             return explain(self._policy.current, call, caller)
 
-        return await self.run(operator, "explain", call.tool or call.method, work)
+        return await self.run(operator, "explain", call.target or call.method or "", work)
 
     def _tools(self) -> Catalogue:
         if self.catalogue is None:
