@@ -69,7 +69,7 @@ class Console:
     # Rendering
 
     def render(
-        self, request: Request, name: str, operator: Operator | None, status: int = 200, **ctx: Any
+        self, request: Request, name: str, operator: Operator | None, code: int = 200, **ctx: Any
     ) -> HTMLResponse:
         template = self.templates.get_template(name)
         html = template.render(
@@ -82,7 +82,7 @@ class Console:
             oidc=self.signin.uses_oidc,
             **ctx,
         )
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(html, status_code=code)
 
     def live(self, request: Request, name: str, operator: Operator, **ctx: Any) -> Response:
         """A live fragment: 204 when it is what the page already shows, else the new HTML."""
@@ -258,10 +258,8 @@ class Console:
         )
         call = McpCall("tools/call", 1, tool, json_field(form, "arguments", dict, "{}"))
         explanation = await self.actions.explain(operator, call, caller)
-        ctx = await self._policy(operator)
-        return self.render(
-            request, "policy.html", operator, explanation=explanation, tried=form, **ctx
-        )
+        ctx = {**await self._policy(operator), "explanation": explanation, "tried": form}
+        return self.render(request, "policy.html", operator, **ctx)
 
     async def _policy(self, operator: Operator) -> dict[str, Any]:
         return {"status": await self.actions.policy_status(operator), "explanation": None,
