@@ -151,7 +151,7 @@ async def make_console(
     roles.write_text(yaml.safe_dump(ROLES))
     config = build_console(
         "127.0.0.1:0",
-        public_url=BASE,
+        public_url=flags.pop("public_url", BASE),
         roles_file=roles,
         trusted_header=USER,
         trace_url="https://grafana.example/explore?traceId={trace_id}",
@@ -431,3 +431,45 @@ async def test_tools_page_lists_the_catalogue_and_accepts_a_new_definition(
         assert [a["result"] for a in console.audited("accept_tool")] == [
             "ok", "failed_precondition"
         ]  # fmt: skip
+
+
+async def test_an_https_console_sets_secure_cookies_and_hsts(tmp_path: Path) -> None:
+    async for console in make_console(tmp_path, public_url="https://console.example"):
+        page = await console.get("/approvals")
+        cookie = page.headers["set-cookie"].lower()
+        assert "secure" in cookie
+        assert "httponly" in cookie
+        assert page.headers["strict-transport-security"].startswith("max-age=")
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        ({"roles_file": None}, "needs --console-roles-file"),
+        ({"trusted_header": None}, "one way to sign people in"),
+        ({"oidc_issuer": "https://idp.example"}, "one way to sign people in"),
+        ({"trace_url": "https://grafana.example/explore"}, "has no {trace_id}"),
+        ({"public_url": "console.example"}, "is not an http:// or https:// URL"),
+    ],
+)
+def test_unsafe_or_incomplete_console_flags_stop_start_up(
+    tmp_path: Path, flags: dict[str, Any], problem: str
+) -> None:
+    roles = tmp_path / "roles.yaml"
+    roles.write_text(yaml.safe_dump(ROLES))
+    given: dict[str, Any] = {"public_url": BASE, "roles_file": roles, "trusted_header": USER}
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        build_console("127.0.0.1:0", **{**given, **flags})
+
+
+def test_a_plain_http_issuer_off_loopback_is_refused(tmp_path: Path) -> None:
+    roles = tmp_path / "roles.yaml"
+    roles.write_text(yaml.safe_dump(ROLES))
+    with pytest.raises(ValueError, match="must be https"):
+        build_console(
+            "127.0.0.1:0",
+            public_url=BASE,
+            roles_file=roles,
+            oidc_issuer="http://idp.example",
+            oidc_client_id="c",
+        )
