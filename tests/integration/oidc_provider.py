@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 CLIENT_ID = "mcp-authz-console"
-CLIENT_SECRET = "console-client-secret-0123456789"
+CLIENT_SECRET = "console-client-secret-0123456789"  # noqa: S105 - a test client's
 
 
 @dataclass
