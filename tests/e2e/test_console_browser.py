@@ -1,0 +1,239 @@
+"""The console in a real browser: Debian's chromium, headless, driven by Playwright.
+
+A person signs in through a local OIDC provider (code flow with PKCE), watches an agent's
+withdrawal appear while the agent (the official MCP SDK client, through Envoy) waits,
+approves it and sees the agent's retry pass, denies another, filters the decisions and
+resets a counter. Each page is photographed; `make console-screenshots` keeps the pictures
+in docs/console/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+import yaml
+from mcp import Client, MCPError
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import free_port
+from tests.e2e.conftest import GatewayFactory
+from tests.integration.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider
+
+pytestmark = pytest.mark.e2e
+
+POLICY = Path(__file__).parent / "policies" / "console.yaml"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+APPROVAL_REQUIRED = -32005
+APPROVAL_DENIED = -32006
+# How long an agent keeps retrying while its request waits for a person.
+AGENT_PATIENCE = 60.0
+# Playwright's wait for what a person would see (milliseconds).
+SEE = 20_000
+SCREENSHOTS = "MCP_AUTHZ_CONSOLE_SCREENSHOTS"
+ROLES = {"roles": {"approver": ["group:treasury"], "policy_manager": ["group:treasury"]}}
+TRACE_LINK = re.compile(r"^http://grafana\.invalid/explore\?traceId=[0-9a-f]{32}$")
+ALICE = {"sub": "u-alice", "email": "alice@example.com", "groups": ["treasury"]}
+
+
+class Agent(threading.Thread):
+    """An agent asking to transfer `amount` and retrying while its request is pending."""
+
+    def __init__(self, url: str, amount: int) -> None:
+        super().__init__(daemon=True)
+        self.url, self.amount = url, amount
+        self.codes: list[int] = []
+        self.result = ""
+
+    def run(self) -> None:
+        self.result = asyncio.run(self._transfer())
+
+    async def _transfer(self) -> str:
+        deadline = time.monotonic() + AGENT_PATIENCE
+        async with Client(self.url) as client:
+            while True:
+                try:
+                    await client.call_tool(
+                        "transfer_funds", {"amount": self.amount, "to": "acct-1"}
+                    )
+                except MCPError as e:
+                    self.codes.append(e.code)
+                    if e.code == APPROVAL_DENIED:
+                        return "denied"
+                    if e.code != APPROVAL_REQUIRED or time.monotonic() > deadline:
+                        return f"refused {e.code}"
+                    await asyncio.sleep(0.25)
+                else:
+                    return "passed"
+
+
+@pytest.fixture
+def provider() -> Iterator[Provider]:
+    """The local OIDC provider, signing Alice of treasury in, on a real port."""
+    port = free_port()
+    provider = Provider(issuer=f"http://127.0.0.1:{port}", user=ALICE)
+    server = uvicorn.Server(
+        uvicorn.Config(provider.app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield provider
+    server.should_exit = True
+    thread.join()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        yield chromium
+        chromium.close()
+
+
+class Shots:
+    def __init__(self, page: Page, folder: Path) -> None:
+        self.page, self.folder = page, folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def take(self, name: str) -> None:
+        self.page.screenshot(path=self.folder / f"{name}.png", full_page=True)
+
+
+def wait_for(agent: Agent) -> str:
+    agent.join(AGENT_PATIENCE + 10)
+    return agent.result
+
+
+@pytest.mark.parametrize("transport", ["grpc"])
+def test_approve_deny_filter_and_reset_in_the_browser(
+    gateway_for: GatewayFactory,
+    provider: Provider,
+    browser: Browser,
+    tmp_path: Path,
+) -> None:
+    roles, secret = tmp_path / "roles.yaml", tmp_path / "client-secret"
+    roles.write_text(yaml.safe_dump(ROLES))
+    secret.write_text(CLIENT_SECRET)
+    console = f"http://127.0.0.1:{free_port()}"
+    flags = [
+        "--console-listen", console.removeprefix("http://"),
+        "--console-public-url", console,
+        "--console-roles-file", str(roles),
+        "--console-oidc-issuer", provider.issuer,
+        "--console-oidc-client-id", CLIENT_ID,
+        "--console-oidc-client-secret-file", str(secret),
+        "--console-trace-url", "http://grafana.invalid/explore?traceId={trace_id}",
+    ]  # fmt: skip
+    with gateway_for(POLICY, *flags) as mcp_url:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        shots = Shots(page, tmp_path / "screens")
+
+        # Sign in: the console sends the browser to the provider and back.
+        page.goto(f"{console}/approvals")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        shots.take("signin")
+        page.get_by_role("link", name="Sign in with your identity provider").click()
+        expect(page.get_by_text("alice@example.com")).to_be_visible()
+        expect(page.get_by_role("heading", name="Pending (0)")).to_be_visible()
+        # Keyboard: the first Tab reaches the skip link.
+        page.keyboard.press("Tab")
+        expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+
+        # An agent asks to move 500; the queue shows it without a reload.
+        first = Agent(mcp_url, 500)
+        first.start()
+        row = page.get_by_role("row").filter(has_text="transfer_funds")
+        expect(row).to_be_visible(timeout=SEE)
+        expect(row).to_contain_text("anonymous")
+        shots.take("approvals")
+        row.get_by_role("link", name="Review").click()
+        expect(page.locator("pre.arguments")).to_contain_text('"amount": 500')
+        page.get_by_label("Note (kept in the audit log)").fill("payroll run, checked")
+        shots.take("approval")
+        page.get_by_role("button", name="Approve").click()
+        expect(page.get_by_role("status")).to_contain_text("Approved")
+        assert wait_for(first) == "passed"
+        assert first.codes[0] == APPROVAL_REQUIRED
+
+        # Another agent asks to move 700; this one is denied.
+        second = Agent(mcp_url, 700)
+        second.start()
+        row = page.get_by_role("row").filter(has_text="transfer_funds")
+        expect(row).to_be_visible(timeout=SEE)
+        row.get_by_role("link", name="Review").click()
+        expect(page.locator("pre.arguments")).to_contain_text('"amount": 700')
+        page.get_by_label("Note (kept in the audit log)").fill("not in this quarter's plan")
+        page.get_by_role("button", name="Deny").click()
+        expect(page.get_by_role("status")).to_contain_text("Denied")
+        assert wait_for(second) == "denied"
+        decided = page.get_by_role("region", name="Decided")
+        expect(decided).to_contain_text("not in this quarter's plan")
+        expect(decided).to_contain_text("payroll run, checked")
+
+        # The denial among the decisions, by filter, with its trace link.
+        page.get_by_role("link", name="Decisions").click()
+        page.get_by_label("Outcome").select_option("approval_denied")
+        page.get_by_role("button", name="Filter").click()
+        rows = page.locator("table.decisions tbody tr")
+        expect(rows.first).to_contain_text("approval_denied")
+        for text in rows.all_inner_texts():
+            assert "approval_denied" in text
+        expect(rows.first.get_by_role("link", name="trace")).to_have_attribute("href", TRACE_LINK)
+        page.get_by_label("Outcome").select_option("")
+        page.get_by_role("button", name="Filter").click()
+        shots.take("decisions")
+
+        # The approved transfer drew one of ten; reset the counter.
+        page.get_by_role("link", name="Usage").click()
+        budget = page.get_by_role("row").filter(has_text="transfers")
+        expect(budget).to_contain_text("1 / 10")
+        shots.take("usage")
+        budget.get_by_role("button", name="Reset").click()
+        expect(page.get_by_role("status")).to_contain_text("Reset transfers")
+        expect(page.get_by_role("row").filter(has_text="transfers")).to_contain_text("0 / 10")
+
+        page.get_by_role("link", name="Tools").click()
+        expect(page.get_by_text("catalogue is not configured")).to_be_visible()
+        shots.take("tools")
+
+        page.get_by_role("link", name="Policy").click()
+        page.get_by_label("Tool").fill("transfer_funds")
+        page.get_by_label("Arguments (JSON object)").fill('{"amount": 5000, "to": "acct-1"}')
+        page.get_by_role("button", name="Explain").click()
+        expect(page.locator(".answer")).to_contain_text("transfers")
+        shots.take("policy")
+
+        # No script or style was refused by the Content-Security-Policy, nothing failed.
+        assert errors == []
+    _keep(tmp_path / "screens")
+
+
+def _keep(screens: Path) -> None:
+    """Copies the screenshots to $MCP_AUTHZ_CONSOLE_SCREENSHOTS when it is set."""
+    target = os.environ.get(SCREENSHOTS)
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for shot in screens.glob("*.png"):
+            shutil.copy(shot, Path(target) / shot.name)
