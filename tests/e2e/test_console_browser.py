@@ -1,10 +1,10 @@
 """The console in a real browser: Debian's chromium, headless, driven by Playwright.
 
-A person signs in through a local OIDC provider (code flow with PKCE), watches an agent's
-withdrawal appear while the agent (the official MCP SDK client, through Envoy) waits,
-approves it and sees the agent's retry pass, denies another, filters the decisions and
-resets a counter. Each page is photographed; `make console-screenshots` keeps the pictures
-in docs/console/.
+With the `make run` demo's policy and roles file, a person signs in through a local OIDC
+provider (code flow with PKCE), watches an agent's withdrawal appear while the agent (the
+official MCP SDK client, through Envoy) waits, approves it and sees the agent's retry pass,
+denies another, filters the decisions and resets a counter. Each page is photographed;
+`make console-screenshots` keeps the pictures in docs/console/.
 """
 
 from __future__ import annotations
@@ -20,17 +20,23 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-import yaml
+from demo_oidc import (  # examples/, on sys.path
+    CLIENT_ID,
+    CLIENT_SECRET,
+    DEMO_ACCOUNTS,
+    DEMO_PASSWORD,
+    Provider,
+)
 from mcp import Client, MCPError
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import free_port
-from tests.e2e.conftest import GatewayFactory
-from tests.integration.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider
+from tests.e2e.conftest import REPO, GatewayFactory
 
 pytestmark = pytest.mark.e2e
 
-POLICY = Path(__file__).parent / "policies" / "console.yaml"
+POLICY = REPO / "examples" / "policies" / "demo.yaml"
+ROLES_FILE = REPO / "examples" / "console-roles.yaml"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -44,12 +50,11 @@ APPROVAL_REQUIRED = -32005
 APPROVAL_DENIED = -32006
 # How long an agent keeps retrying while its request waits for a person.
 AGENT_PATIENCE = 60.0
+RETRY_EVERY = 1.0
 # Playwright's wait for what a person would see (milliseconds).
 SEE = 20_000
 SCREENSHOTS = "MCP_AUTHZ_CONSOLE_SCREENSHOTS"
-ROLES = {"roles": {"approver": ["group:treasury"], "policy_manager": ["group:treasury"]}}
 TRACE_LINK = re.compile(r"^http://grafana\.invalid/explore\?traceId=[0-9a-f]{32}$")
-ALICE = {"sub": "u-alice", "email": "alice@example.com", "groups": ["treasury"]}
 
 
 class Agent(threading.Thread):
@@ -78,16 +83,16 @@ class Agent(threading.Thread):
                         return "denied"
                     if e.code != APPROVAL_REQUIRED or time.monotonic() > deadline:
                         return f"refused {e.code}"
-                    await asyncio.sleep(0.25)
+                    await asyncio.sleep(RETRY_EVERY)
                 else:
                     return "passed"
 
 
 @pytest.fixture
 def provider() -> Iterator[Provider]:
-    """The local OIDC provider, signing Alice of treasury in, on a real port."""
+    """The demo's OIDC provider, with its login page and accounts, on a real port."""
     port = free_port()
-    provider = Provider(issuer=f"http://127.0.0.1:{port}", user=ALICE)
+    provider = Provider(issuer=f"http://127.0.0.1:{port}", accounts=DEMO_ACCOUNTS)
     server = uvicorn.Server(
         uvicorn.Config(provider.app(), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -131,14 +136,13 @@ def test_approve_deny_filter_and_reset_in_the_browser(
     browser: Browser,
     tmp_path: Path,
 ) -> None:
-    roles, secret = tmp_path / "roles.yaml", tmp_path / "client-secret"
-    roles.write_text(yaml.safe_dump(ROLES))
+    secret = tmp_path / "client-secret"
     secret.write_text(CLIENT_SECRET)
     console = f"http://127.0.0.1:{free_port()}"
     flags = [
         "--console-listen", console.removeprefix("http://"),
         "--console-public-url", console,
-        "--console-roles-file", str(roles),
+        "--console-roles-file", str(ROLES_FILE),
         "--console-oidc-issuer", provider.issuer,
         "--console-oidc-client-id", CLIENT_ID,
         "--console-oidc-client-secret-file", str(secret),
@@ -147,7 +151,16 @@ def test_approve_deny_filter_and_reset_in_the_browser(
     with gateway_for(POLICY, *flags) as mcp_url:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         errors: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        # Errors the console's pages report: a CSP refusal, a failed script or fetch (the
+        # provider's login page is not ours, and has no favicon).
+        page.on(
+            "console",
+            lambda m: (
+                errors.append(m.text)
+                if m.type == "error" and m.location.get("url", "").startswith(console)
+                else None
+            ),
+        )
         shots = Shots(page, tmp_path / "screens")
 
         # Sign in: the console sends the browser to the provider and back.
@@ -155,12 +168,11 @@ def test_approve_deny_filter_and_reset_in_the_browser(
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
         shots.take("signin")
         page.get_by_role("link", name="Sign in with your identity provider").click()
+        page.get_by_label("Account").fill("alice")
+        page.get_by_label("Password").fill(DEMO_PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_text("alice@example.com")).to_be_visible()
         expect(page.get_by_role("heading", name="Pending (0)")).to_be_visible()
-        # Keyboard: the first Tab reaches the skip link.
-        page.keyboard.press("Tab")
-        expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
-
         # An agent asks to move 500; the queue shows it without a reload.
         first = Agent(mcp_url, 500)
         first.start()
@@ -217,6 +229,11 @@ def test_approve_deny_filter_and_reset_in_the_browser(
         page.get_by_role("link", name="Tools").click()
         expect(page.get_by_text("catalogue is not configured")).to_be_visible()
         shots.take("tools")
+        # Keyboard: the first Tab reaches the skip link, the next ones the navigation.
+        page.keyboard.press("Tab")
+        expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(page.get_by_role("link", name="Approvals")).to_be_focused()
 
         page.get_by_role("link", name="Policy").click()
         page.get_by_label("Tool").fill("transfer_funds")

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import yaml
+from demo_oidc import CLIENT_ID, CLIENT_SECRET, Provider  # examples/, on sys.path
 
 from authz.admin.actions import AdminActions
 from authz.approvals.memory import MemoryApprovals
@@ -23,7 +24,6 @@ from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.observe.recent import RecentRecords
 from authz.policy.load import parse_policy
 from authz.policy.reload import PolicyHolder
-from tests.integration.oidc_provider import CLIENT_ID, CLIENT_SECRET, Provider
 
 ROLES = {"groups_claim": "groups", "roles": {"approver": ["group:treasury"]}}
 

@@ -1,29 +1,44 @@
-"""A small OpenID Connect provider for the console's sign-in tests, served over real HTTP.
+"""A small OpenID Connect provider: the `make run` demo's sign-in and the console's tests'.
 
 It speaks the authorization code flow with PKCE (S256 only, required) and signs ID tokens
-with an RSA key made per test, published at its JWKS endpoint. It signs in whoever
-`user` names without asking, as an identity provider with a live session would.
+with an RSA key made at start, published at its JWKS endpoint. With `user` set it signs that
+person in without asking, as an identity provider with a live session would (the tests);
+otherwise it asks for one of `accounts` and a password on a login page (the demo).
+
+Demo only: it keeps codes in memory, has one client and trusts whoever knows a password.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
+import html
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+import uvicorn
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 CLIENT_ID = "mcp-authz-console"
-CLIENT_SECRET = "console-client-secret-0123456789"  # noqa: S105 - a test client's
+CLIENT_SECRET = "console-client-secret-0123456789"  # noqa: S105 - the demo client's
+# The demo's people: name -> (password, claims). The console's demo roles file makes
+# treasury approvers (and policy managers) and everyone else a viewer.
+DEMO_PASSWORD = "demo"  # noqa: S105 - printed by `make run`
+DEMO_ACCOUNTS = {
+    "alice": (DEMO_PASSWORD, {"email": "alice@example.com", "groups": ["treasury"]}),
+    "victor": (DEMO_PASSWORD, {"email": "victor@example.com", "groups": ["engineering"]}),
+}
+_FLOW = ("client_id", "redirect_uri", "state", "nonce", "code_challenge",
+         "code_challenge_method", "response_type")  # fmt: skip
 
 
 @dataclass
@@ -37,7 +52,9 @@ class Grant:
 @dataclass
 class Provider:
     issuer: str = ""
+    # Signed in without asking when set (tests); else the login page asks for an account.
     user: dict[str, Any] = field(default_factory=dict)
+    accounts: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, {"kid": "test-key"}))
     codes: dict[str, Grant] = field(default_factory=dict)
     tokens_issued: int = 0
@@ -46,7 +63,7 @@ class Provider:
         return Starlette(
             routes=[
                 Route("/.well-known/openid-configuration", self.metadata),
-                Route("/authorize", self.authorize),
+                Route("/authorize", self.authorize, methods=["GET", "POST"]),
                 Route("/token", self.token, methods=["POST"]),
                 Route("/jwks", self.jwks),
             ]
@@ -68,17 +85,41 @@ class Provider:
         )
 
     async def authorize(self, request: Request) -> Response:
-        q = request.query_params
+        q: dict[str, str] = dict(request.query_params)
+        claims = dict(self.user)
+        if request.method == "POST":
+            form = await request.form()
+            q = {k: str(form.get(k, "")) for k in _FLOW}
+            password, claims = self.accounts.get(str(form.get("username")), ("", {}))
+            if not password or not secrets.compare_digest(password, str(form.get("password"))):
+                return self._login(q, "unknown account or wrong password")
         if q.get("client_id") != CLIENT_ID or q.get("response_type") != "code":
             return JSONResponse({"error": "unauthorized_client"}, status_code=400)
         if q.get("code_challenge_method") != "S256" or not q.get("code_challenge"):
             return JSONResponse({"error": "invalid_request", "why": "PKCE"}, status_code=400)
+        if not claims:
+            return self._login(q, "")
         code = secrets.token_urlsafe(16)
         self.codes[code] = Grant(
-            q["code_challenge"], q.get("nonce", ""), q["redirect_uri"], dict(self.user)
+            q["code_challenge"], q.get("nonce", ""), q["redirect_uri"], {"sub": "", **claims}
         )
         back = urlencode({"code": code, "state": q.get("state", "")})
         return RedirectResponse(f"{q['redirect_uri']}?{back}", status_code=302)
+
+    def _login(self, flow: dict[str, str], problem: str) -> Response:
+        hidden = "".join(
+            f'<input type="hidden" name="{k}" value="{html.escape(flow.get(k, ""))}">'
+            for k in _FLOW
+        )
+        names = ", ".join(sorted(self.accounts))
+        page = f"""<!doctype html><html lang="en"><title>Demo sign-in</title>
+<h1>Demo identity provider</h1><p>Accounts: {names}; password: {DEMO_PASSWORD}</p>
+<p role="alert">{html.escape(problem)}</p>
+<form method="post" action="/authorize">{hidden}
+<label>Account <input name="username" autocomplete="username" required></label>
+<label>Password <input name="password" type="password" required></label>
+<button type="submit">Sign in</button></form></html>"""
+        return HTMLResponse(page, status_code=401 if problem else 200)
 
     async def token(self, request: Request) -> Response:
         form = await request.form()
@@ -101,6 +142,7 @@ class Provider:
             "nonce": grant.nonce,
             **grant.claims,
         }
+        claims["sub"] = claims["sub"] or claims.get("email", "")
         id_token = jwt.encode({"alg": "RS256", "kid": "test-key"}, claims, self.key)
         self.tokens_issued += 1
         return JSONResponse(
@@ -114,3 +156,16 @@ class Provider:
 
     async def jwks(self, request: Request) -> Response:
         return JSONResponse({"keys": [self.key.as_dict(private=False)]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9400)
+    args = parser.parse_args()
+    provider = Provider(issuer=f"http://{args.host}:{args.port}", accounts=DEMO_ACCOUNTS)
+    uvicorn.run(provider.app(), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
