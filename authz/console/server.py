@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
-# Seconds requests in flight get to finish once the gateway stops the console.
-GRACE = 2
+# Seconds requests in flight get at most once the gateway stops the console.
+GRACE = 2.0
 
 
 class _Server(uvicorn.Server):
@@ -32,7 +32,7 @@ class ConsoleServer:
             log_level="warning",
             access_log=False,
             server_header=False,
-            timeout_graceful_shutdown=GRACE,
+            timeout_graceful_shutdown=int(GRACE),
             # Forwarded headers are not read: the public URL is configured, not inferred.
             proxy_headers=False,
         )
@@ -53,11 +53,18 @@ class ConsoleServer:
                 raise RuntimeError("the console server stopped while starting")
             await asyncio.sleep(0.01)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = GRACE) -> None:
+        """Stop accepting, let requests in flight finish for up to `grace` seconds, then end
+        whatever is left."""
         if self._task is None:
             return
         self._server.should_exit = True
-        await self._task
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         self._task = None
 
 
