@@ -90,6 +90,9 @@ class PolicyStatus:
     source: str
     warnings: tuple[str, ...]
     reload_errors: tuple[str, ...] | None  # None: the last reload (if any) succeeded
+    # Unix seconds: the policy in force was loaded; a reload was last refused (None: never).
+    loaded_at: float | None = None
+    refused_at: float | None = None
 
 
 class AdminActions:
@@ -174,6 +177,8 @@ class AdminActions:
                 policy.source,
                 tuple(policy.warnings),
                 tuple(f"{p.path}: {p.message}" for p in error.problems) if error else None,
+                self._policy.loaded_at,
+                self._policy.refused_at,
             )
 
         return await self.run(operator, "get_policy_status", "", work)

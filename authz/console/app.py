@@ -40,6 +40,7 @@ COOKIE: Final = "mcp_authz_console"
 SESSION_SECONDS: Final = 8 * 3600
 LIVE_VERSION: Final = "x-live-version"
 PAGE_ROWS: Final = 200
+ASKED: Final = DecisionFilter(outcome=Refusal.APPROVAL_REQUIRED.label)
 OUTCOMES: Final = ("allowed", *(r.label for r in Refusal))
 STATUS: Final = {
     Code.UNAUTHENTICATED: 401,
@@ -151,8 +152,16 @@ class Console:
         self.remembered.keep(pending)
         entries = await self._catalogue(operator)
         lines = self.recent.admin(frozenset({"approve", "deny"}), PAGE_ROWS)
+        labels = views.grant_labels(self.recent.decisions(ASKED, len(self.recent)))
         return {
-            "pending": [{"a": a, "risk": views.risk_of(a.request.tool, entries)} for a in pending],
+            "pending": [
+                {
+                    "a": a,
+                    "risk": views.risk_of(a.request.tool, entries),
+                    "label": labels.get(a.id),
+                }
+                for a in pending
+            ],
             "decided": views.decided(lines, self.remembered),
             "when": views.when,
         }
@@ -262,8 +271,8 @@ class Console:
         return self.render(request, "policy.html", operator, **ctx)
 
     async def _policy(self, operator: Operator) -> dict[str, Any]:
-        return {"status": await self.actions.policy_status(operator), "explanation": None,
-                "tried": {}}  # fmt: skip
+        status = await self.actions.policy_status(operator)
+        return {"status": status, "explanation": None, "tried": {}, "when": views.when}
 
     # Sign-in
 

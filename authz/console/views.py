@@ -42,7 +42,9 @@ class Can:
         )
 
 
-def when(stamp: float) -> str:
+def when(stamp: float | None) -> str:
+    if stamp is None:
+        return "unknown"
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -133,10 +135,22 @@ def budgets(policy: Policy, callers: Iterable[Mapping[str, Any]]) -> list[Budget
     for name, limit in sorted(limits_of(policy).items()):
         parts = SUBJECT_PARTS[limit.scope]
         for caller in callers if parts else [{}]:
-            subject = tuple(caller.get(part) for part in parts)
-            if all(isinstance(p, str) for p in subject):
-                found[Budget(name, limit.scope.value, subject)] = None  # type: ignore[arg-type]
+            values = [caller.get(part) for part in parts]
+            subject = tuple(v for v in values if isinstance(v, str))
+            # A caller without one of the parts (no session, say) has no such budget.
+            if len(subject) == len(parts):
+                found[Budget(name, limit.scope.value, subject)] = None
     return list(found)
+
+
+def grant_labels(lines: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The grant label of the caller behind each approval, from the decisions that asked."""
+    labels: dict[str, str] = {}
+    for line in lines:
+        approval, label = line.get("approval"), line.get("grant_label")
+        if isinstance(approval, Mapping) and isinstance(label, str):
+            labels.setdefault(str(approval.get("id")), label)
+    return labels
 
 
 def usage_row(budget: Budget, state: LimitState) -> dict[str, Any]:

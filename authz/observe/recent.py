@@ -59,6 +59,9 @@ class RecentRecords:
         self._decisions: deque[Mapping[str, Any]] = deque(maxlen=capacity)
         self._admin: deque[Mapping[str, Any]] = deque(maxlen=capacity)
 
+    def __len__(self) -> int:
+        return len(self._decisions)
+
     def add_decision(self, line: Mapping[str, Any]) -> None:
         self._decisions.appendleft(line)
 

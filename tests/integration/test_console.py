@@ -31,7 +31,7 @@ from authz.console.security import CSP
 from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.observe.recent import RecentRecords
 from authz.policy.load import parse_policy
-from authz.policy.reload import PolicyHolder
+from authz.policy.reload import PolicyHolder, PolicyWatcher
 from authz.protocol.tools import ToolDefinition, parse_tool
 from tests.unit.support import Gate
 
@@ -97,6 +97,7 @@ class Console:
     audit: io.StringIO
     log: AuditLog
     actions: AdminActions
+    holder: PolicyHolder
 
     async def get(
         self,
@@ -161,16 +162,11 @@ async def make_console(
     recent = RecentRecords(capacity=50)
     audit = io.StringIO()
     log = AuditLog(audit, ArgumentAudit(b"k" * 32), recent=recent)
-    actions = AdminActions(
-        gate.approvals,
-        gate.decider._store,
-        PolicyHolder(gate.decider._policy()),
-        log,
-        catalogue=catalogue,
-    )
+    holder = PolicyHolder(gate.decider._policy(), clock=lambda: NOW)
+    actions = AdminActions(gate.approvals, gate.decider._store, holder, log, catalogue=catalogue)
     app = create_app(config, actions, recent)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=BASE) as http:
-        yield Console(http, gate, audit, log, actions)
+        yield Console(http, gate, audit, log, actions, holder)
 
 
 @pytest.fixture
@@ -473,3 +469,23 @@ def test_a_plain_http_issuer_off_loopback_is_refused(tmp_path: Path) -> None:
             oidc_issuer="http://idp.example",
             oidc_client_id="c",
         )
+
+
+async def test_the_policy_page_says_when_a_reload_was_refused_and_why(
+    console: Console, tmp_path: Path
+) -> None:
+    page = await console.get("/policy")
+    assert "2027-01-15 08:00:00 UTC" in shown(page)  # loaded at NOW
+    assert "no failed reload" in shown(page)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(POLICY))
+    watcher = PolicyWatcher(path, console.holder)
+    # Replaced by a rename, as a ConfigMap update does: applied (here, refused) at once.
+    bad = tmp_path / "policy.new"
+    bad.write_text("version: '1'\ntools: {x: {action: maybe}}\n")
+    bad.replace(path)
+    assert await watcher.check() is False
+    page = await console.get("/policy")
+    assert "refused at 2027-01-15 08:00:00 UTC" in shown(page)
+    assert '$.tools.x.action: expected "allow" or "deny" or "approve", got "maybe"' in shown(page)
+    assert console.holder.current.version in shown(page)
