@@ -29,6 +29,7 @@ from authz.protocol.mcp import McpCall
 
 T = TypeVar("T")
 SERVICE: Final = "mcpauthz.admin.v1.AdminService"
+MAX_APPROVAL_ID: Final = 128
 # The subject parts each scope keys its budgets by (see policy.evaluate.hits).
 SUBJECT_PARTS: Final = {
     Scope.GRANT: ("grant", "identity"),
@@ -283,7 +284,10 @@ class AdminActions:
         raise refusal
 
     async def _live(self, approval_id: str) -> Approval:
-        approval = await self._approvals.get(approval_id)
+        # Ids are short (approvals/base.py); a longer one is nobody's, and is never sent on.
+        approval = (
+            await self._approvals.get(approval_id) if len(approval_id) <= MAX_APPROVAL_ID else None
+        )
         if approval is None:
             raise Refused(
                 Code.NOT_FOUND, f"no live approval {approval_id!r} (unknown, used or expired)"

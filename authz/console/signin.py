@@ -100,6 +100,9 @@ class SignIn:
         groups = userinfo.get(roles.groups_claim, [])
         groups = [groups] if isinstance(groups, str) else groups
         groups = [g for g in groups if isinstance(g, str)] if isinstance(groups, list) else []
+        # A new session for the signed-in person: nothing from before sign-in (a CSRF token
+        # included) carries over.
+        request.session.clear()
         request.session[SESSION_USER] = {"identity": identity, "groups": groups[:MAX_GROUPS]}
         if self.operator(request) is None:
             request.session.pop(SESSION_USER, None)

@@ -362,6 +362,8 @@ async def test_hostile_forms_are_refused_with_a_reason(console: Console) -> None
     for form in bad:
         answer = await console.post("/usage/reset", form, "ada@example.com")
         assert answer.status_code in (400, 404), form
+    for approval_id in ("apr_" + "x" * 300, "nope", "..%2f..%2fetc"):
+        assert (await console.get(f"/approvals/{approval_id}")).status_code == 404
     huge = await console.post(
         "/policy/try", {"csrf": token, "tool": "t", "arguments": "[" * 70_000}, "ada@example.com"
     )
