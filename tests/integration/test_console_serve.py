@@ -59,24 +59,16 @@ def test_the_console_serves_beside_the_checks_and_stops_on_sigterm(tmp_path: Pat
         assert proc.returncode == 0, errors
 
 
+TRUSTED = ("--console-roles-file", str(ROLES), "--console-trusted-header", "x-user")
+WORKERS = ("--workers", "2", "--redis-url", "redis://127.0.0.1:1")
+
+
 @pytest.mark.parametrize(
     ("flags", "problem"),
     [
         ((), "needs --console-roles-file"),
         (("--console-roles-file", str(ROLES)), "one way to sign people in"),
-        (
-            (
-                "--console-roles-file",
-                str(ROLES),
-                "--console-trusted-header",
-                "x-user",
-                "--workers",
-                "2",
-                "--redis-url",
-                "redis://127.0.0.1:1",
-            ),
-            "--console-listen serves from one process",
-        ),  # fmt: skip
+        ((*TRUSTED, *WORKERS), "--console-listen serves from one process"),
         (
             ("--console-roles-file", str(REPO / "README.md"), "--console-trusted-header", "x"),
             "README.md",
