@@ -3,7 +3,6 @@ safely does not start."""
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from authz.admin.server import is_loopback_host
 from authz.console.roles import RoleMap
 from authz.observe.audit import ArgumentPath
 
@@ -101,7 +101,7 @@ def _oidc(issuer: str | None, client_id: str | None, secret_file: Path | None) -
     if issuer is None:
         return None
     _check_url("--console-oidc-issuer", issuer)
-    if urlsplit(issuer).scheme != "https" and not _is_loopback(issuer):
+    if urlsplit(issuer).scheme != "https" and not is_loopback_host(urlsplit(issuer).hostname or ""):
         raise ValueError(
             f"--console-oidc-issuer {issuer} must be https (plain http only on loopback)"
         )
@@ -138,13 +138,3 @@ def _check_url(flag: str, url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{flag} {url!r} is not an http:// or https:// URL")
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
