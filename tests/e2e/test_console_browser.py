@@ -1,10 +1,11 @@
 """The console in a real browser: Debian's chromium, headless, driven by Playwright.
 
-With the `make run` demo's policy and roles file, a person signs in through a local OIDC
-provider (code flow with PKCE), watches an agent's withdrawal appear while the agent (the
-official MCP SDK client, through Envoy) waits, approves it and sees the agent's retry pass,
-denies another, filters the decisions and resets a counter. Each page is photographed;
-`make console-screenshots` keeps the pictures in docs/console/.
+With the `make run` demo's policy and roles file, approvals and counters in a real Redis, a
+person signs in through the demo's OIDC provider (code flow with PKCE), watches an agent's
+withdrawal appear while the agent (the official MCP SDK client, through Envoy) waits,
+approves it and sees the agent's retry pass, denies another, filters the decisions and
+resets a counter. Each page is photographed; `make console-screenshots` keeps the pictures
+in docs/console/.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from demo_oidc import (  # examples/, on sys.path
 from mcp import Client, MCPError
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import free_port
+from tests.conftest import RedisServer, free_port
 from tests.e2e.conftest import REPO, GatewayFactory
 
 pytestmark = pytest.mark.e2e
@@ -134,12 +135,14 @@ def test_approve_deny_filter_and_reset_in_the_browser(
     gateway_for: GatewayFactory,
     provider: Provider,
     browser: Browser,
+    own_redis: RedisServer,
     tmp_path: Path,
 ) -> None:
     secret = tmp_path / "client-secret"
     secret.write_text(CLIENT_SECRET)
     console = f"http://127.0.0.1:{free_port()}"
     flags = [
+        "--redis-url", own_redis.url,
         "--console-listen", console.removeprefix("http://"),
         "--console-public-url", console,
         "--console-roles-file", str(ROLES_FILE),
