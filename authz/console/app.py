@@ -66,6 +66,7 @@ class Console:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+        self.templates.filters["stamp"] = views.stamp
 
     # Rendering
 

@@ -48,6 +48,13 @@ def when(stamp: float | None) -> str:
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def stamp(iso: str | None) -> str:
+    """An audit line's ISO time as the pages show times: `2026-12-03 09:22:48.426 UTC`."""
+    if not iso:
+        return ""
+    return iso.replace("T", " ").replace("+00:00", " UTC")
+
+
 def shown_arguments(approval: Approval, redact: Sequence[ArgumentPath], *, full: bool) -> str:
     """The call's arguments as indented JSON: whole for those who decide, keys only for the
     rest, and the configured paths replaced by REDACTED for everyone."""
