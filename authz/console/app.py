@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from authz.admin.actions import AdminActions, Code, Operator, Refused
+from authz.admin.actions import AdminActions, ClassedTool, Code, Operator, Refused
 from authz.approvals.base import Status
 from authz.console import views
 from authz.console.config import ConsoleConfig
@@ -246,11 +246,12 @@ class Console:
         form = request.state.form
         upstream, name = text(form, "upstream", MAX_NAME), text(form, "name", MAX_NAME)
         fingerprint = text(form, "fingerprint", MAX_NAME)
-        await self.actions.accept_tool(operator, upstream, name, fingerprint)
+        note = text(form, "note", MAX_NOTE_CHARS, required=False)
+        await self.actions.accept_tool(operator, upstream, name, fingerprint, note)
         return self._done(request, f"Accepted the new definition of {name}.", "/tools")
 
-    async def _catalogue(self, operator: Operator) -> list[Any] | None:
-        if self.actions.catalogue is None:
+    async def _catalogue(self, operator: Operator) -> list[ClassedTool] | None:
+        if not self.actions.keeps_catalogue:
             return None
         return await self.actions.tools(operator)
 

@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from authz.admin.actions import SUBJECT_PARTS, Operator, limits_of
+from authz.admin.actions import SUBJECT_PARTS, ClassedTool, Operator, limits_of
 from authz.admin.roles import Permission, may
 from authz.approvals.base import Approval
-from authz.catalogue.base import CatalogueEntry
 from authz.limits.base import LimitState
 from authz.observe.audit import ArgumentPath
 from authz.policy.model import Policy
-from authz.protocol.tools import classify
 
 REDACTED: Final = "(redacted)"
 # Approvals the console has shown, kept so the decided list can say what each one was.
@@ -100,27 +98,32 @@ def decided(lines: Iterable[Mapping[str, Any]], remembered: Remembered) -> list[
     return [{**line, "approval": remembered.get(str(line.get("target", "")))} for line in lines]
 
 
-def risk_of(tool: str, entries: Sequence[CatalogueEntry] | None) -> str:
-    """The tool's risk class from the catalogue, or 'unknown' when it was never listed."""
-    for entry in entries or ():
-        if entry.pinned.name == tool:
-            return classify(entry.pinned.annotations, None, trusted=False).label
-    return "unknown"
+def risk_of(tool: str, tools: Sequence[ClassedTool] | None) -> str:
+    """The tool's risk class under the policy in force, or 'unknown' when never listed (or
+    when no catalogue is kept); a tool of several upstreams takes its strictest class."""
+    risks = [t.risk for t in tools or () if t.entry.pinned.name == tool]
+    return max(risks).label if risks else "unknown"
 
 
-def tool_rows(entries: Sequence[CatalogueEntry]) -> list[dict[str, Any]]:
-    return [
-        {
-            "upstream": e.upstream,
-            "name": e.pinned.name,
-            "risk": classify(e.pinned.annotations, None, trusted=False).label,
-            "fingerprint": e.pinned.fingerprint,
-            "pending": e.pending,
-            "accepted_by": e.accepted_by,
-            "last_seen": when(e.last_seen),
-        }
-        for e in sorted(entries, key=lambda e: (e.upstream, e.pinned.name))
-    ]
+def tool_rows(tools: Sequence[ClassedTool]) -> list[dict[str, Any]]:
+    rows = []
+    for t in sorted(tools, key=lambda t: (t.entry.upstream, t.entry.pinned.name)):
+        e = t.entry
+        rows.append(
+            {
+                "upstream": e.upstream,
+                "name": e.pinned.name,
+                "risk": t.risk.label,
+                "fingerprint": e.pinned.fingerprint,
+                "pending": e.pending,
+                # Over the size bound: only refused, never accepted (catalogue/base.py).
+                "acceptable": e.pending is not None and not e.oversized,
+                "removed": e.removed,
+                "accepted_by": e.accepted_by,
+                "last_seen": when(e.last_seen),
+            }
+        )
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
