@@ -1,11 +1,11 @@
 """The console in a real browser: Debian's chromium, headless, driven by Playwright.
 
-With the `make run` demo's policy and roles file, approvals and counters in a real Redis, a
-person signs in through the demo's OIDC provider (code flow with PKCE), watches an agent's
-withdrawal appear while the agent (the official MCP SDK client, through Envoy) waits,
-approves it and sees the agent's retry pass, denies another, filters the decisions and
-resets a counter. Each page is photographed; `make console-screenshots` keeps the pictures
-in docs/console/.
+With the `make run` demo's policy and roles file, approvals, counters and the tool catalogue
+in a real Redis, a person signs in through the demo's OIDC provider (code flow with PKCE),
+watches an agent's withdrawal appear while the agent (the official MCP SDK client, through
+Envoy) waits, approves it and sees the agent's retry pass, denies another, filters the
+decisions, resets a counter and sees the catalogue. Each page is photographed;
+`make console-screenshots` keeps the pictures in docs/console/.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ class Agent(threading.Thread):
     async def _transfer(self) -> str:
         deadline = time.monotonic() + AGENT_PATIENCE
         async with Client(self.url) as client:
+            # As agents do: the listing is what the catalogue pins the tools to.
+            await client.list_tools()
             while True:
                 try:
                     await client.call_tool(
@@ -146,6 +148,7 @@ def test_approve_deny_filter_and_reset_in_the_browser(
     console = f"http://127.0.0.1:{free_port()}"
     flags = [
         "--redis-url", own_redis.url,
+        "--catalogue", "on",
         "--console-listen", console.removeprefix("http://"),
         "--console-public-url", console,
         "--console-roles-file", str(ROLES_FILE),
@@ -185,6 +188,7 @@ def test_approve_deny_filter_and_reset_in_the_browser(
         row = page.get_by_role("row").filter(has_text="transfer_funds")
         expect(row).to_be_visible()
         expect(row).to_contain_text("anonymous")
+        expect(row).to_contain_text("destructive")  # its risk class, from the catalogue
         shots.take("approvals")
         row.get_by_role("link", name="Review").click()
         expect(page.locator("pre.arguments")).to_contain_text('"amount": 500')
@@ -232,8 +236,11 @@ def test_approve_deny_filter_and_reset_in_the_browser(
         expect(page.get_by_role("status")).to_contain_text("Reset transfers")
         expect(page.get_by_role("row").filter(has_text="transfers")).to_contain_text("0 / 10")
 
+        # The catalogue the agents' listings filled, classed by the policy in force.
         page.get_by_role("link", name="Tools").click()
-        expect(page.get_by_text("catalogue is not configured")).to_be_visible()
+        tool_row = page.get_by_role("row").filter(has_text="transfer_funds")
+        expect(tool_row).to_contain_text("pinned")
+        expect(tool_row).to_contain_text("destructive")
         shots.take("tools")
         # Keyboard: the first Tab reaches the skip link, the next ones the navigation.
         page.keyboard.press("Tab")
