@@ -40,6 +40,7 @@ COOKIE: Final = "mcp_authz_console"
 SESSION_SECONDS: Final = 8 * 3600
 LIVE_VERSION: Final = "x-live-version"
 PAGE_ROWS: Final = 200
+STALE_FORM: Final = "this form has expired or came from another site: reload the page and try again"
 ASKED: Final = DecisionFilter(outcome=Refusal.APPROVAL_REQUIRED.label)
 OUTCOMES: Final = ("allowed", *(r.label for r in Refusal))
 STATUS: Final = {
@@ -70,15 +71,23 @@ class Console:
 
     # Rendering
 
-    def render(
-        self, request: Request, name: str, operator: Operator | None, code: int = 200, **ctx: Any
-    ) -> HTMLResponse:
-        template = self.templates.get_template(name)
-        html = template.render(
+    def _html(self, request: Request, name: str, operator: Operator | None, **ctx: Any) -> str:
+        return self.templates.get_template(name).render(
             operator=operator,
             can=views.Can.of(operator) if operator else None,
             csrf=csrf_token(request),
             csrf_field=CSRF_FIELD,
+            **ctx,
+        )
+
+    def render(
+        self, request: Request, name: str, operator: Operator | None, code: int = 200, **ctx: Any
+    ) -> HTMLResponse:
+        """A whole page, with the one-time message of the action before it."""
+        html = self._html(
+            request,
+            name,
+            operator,
             flash=request.session.pop("flash", None),
             path=request.url.path,
             oidc=self.signin.uses_oidc,
@@ -88,13 +97,7 @@ class Console:
 
     def live(self, request: Request, name: str, operator: Operator, **ctx: Any) -> Response:
         """A live fragment: 204 when it is what the page already shows, else the new HTML."""
-        html = self.templates.get_template(name).render(
-            operator=operator,
-            can=views.Can.of(operator),
-            csrf=csrf_token(request),
-            csrf_field=CSRF_FIELD,
-            **ctx,
-        )
+        html = self._html(request, name, operator, **ctx)
         version = hashlib.sha256(html.encode()).hexdigest()[:16]
         if request.headers.get(LIVE_VERSION) == version:
             return Response(status_code=204, headers={LIVE_VERSION: version})
@@ -116,15 +119,7 @@ class Console:
                 return self.not_signed_in(request)
             try:
                 if changes:
-                    form = await read_form(request)
-                    sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
-                    if not csrf_ok(request, sent, self.config.public_url):
-                        return self.render(
-                            request, "refused.html", operator, 403,
-                            message="this form has expired or came from another site: "
-                            "reload the page and try again",
-                        )  # fmt: skip
-                    request.state.form = form
+                    request.state.form = await self._form(request)
                 return await handler(request, operator)
             except Refused as e:
                 return self.refused(request, operator, e)
@@ -132,6 +127,14 @@ class Console:
                 return self.refused(request, operator, Refused(Code.INVALID_ARGUMENT, str(e)))
 
         return endpoint
+
+    async def _form(self, request: Request) -> dict[str, str]:
+        """The request's form, if it carries this session's CSRF token and comes from here."""
+        form = await read_form(request)
+        sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
+        if not csrf_ok(request, sent, self.config.public_url):
+            raise Refused(Code.PERMISSION_DENIED, STALE_FORM)
+        return form
 
     def not_signed_in(self, request: Request) -> Response:
         if request.headers.get(LIVE_VERSION) is not None:
