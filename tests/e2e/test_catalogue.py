@@ -157,8 +157,11 @@ async def test_a_coerced_type_is_refused_with_its_path(stack: Stack, mode: str) 
         data = data_of(refused.value)
         assert data["path"] == "$.amount"
         assert "$.amount" in refused.value.error.message
-        result = await client.call_tool("transfer_funds", {"amount": 5, "to": "mallory"})
-        assert not result.is_error
+        # The same call with a number passes the schema and meets the next rule: unannotated,
+        # transfer_funds is destructive, so it waits for a person (nothing was counted before).
+        with pytest.raises(MCPError) as held:
+            await client.call_tool("transfer_funds", {"amount": 5, "to": "mallory"})
+        assert held.value.code == APPROVAL_REQUIRED
 
 
 async def test_a_destructive_tool_waits_for_approval_by_its_class(stack: Stack) -> None:
@@ -166,6 +169,7 @@ async def test_a_destructive_tool_waits_for_approval_by_its_class(stack: Stack) 
         listed = await names(client)
         # Approval-gated tools stay in the list; the read one is allowed by its class.
         assert {"echo", "transfer_funds", "close_account"} <= set(listed)
+        assert "binance_us_create_listen_key" in listed  # destructive, unannotated: gated too
         with pytest.raises(MCPError) as refused:
             await client.call_tool("close_account", {"account": "acct-1"})
         assert refused.value.code == APPROVAL_REQUIRED
