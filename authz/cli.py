@@ -139,6 +139,18 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     opt("--approval-webhook", "URL POSTed every new approval request (default: none)")
     opt("--approval-webhook-secret-file", "key signing the webhook's POSTs (HMAC)", type=Path)
     opt(
+        "--approvals-max-pending",
+        "most pending approval requests in total; more are refused (-32007)",
+        default=_D.approvals_max_pending,
+        type=int,
+    )
+    opt(
+        "--approvals-max-pending-per-identity",
+        "most pending approval requests of one identity; more are refused (-32007)",
+        default=_D.approvals_max_pending_per_identity,
+        type=int,
+    )
+    opt(
         "--reload-interval",
         "seconds between looks at the policy file; 0 = never reload",
         default=_D.reload_interval,
@@ -191,6 +203,8 @@ def _serve(args: argparse.Namespace) -> int:
             admin_tls_client_ca=args.admin_tls_client_ca,
             approval_webhook=args.approval_webhook or None,
             approval_webhook_secret_file=args.approval_webhook_secret_file,
+            approvals_max_pending=int(args.approvals_max_pending),
+            approvals_max_pending_per_identity=int(args.approvals_max_pending_per_identity),
             reload_interval=float(args.reload_interval),
             grace=float(args.grace),
             log_level=args.log_level,

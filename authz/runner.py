@@ -22,7 +22,7 @@ from authz.admin.server import (
     create_admin_server,
     is_loopback,
 )
-from authz.approvals.base import Approval, ApprovalStore
+from authz.approvals.base import Approval, ApprovalCaps, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
 from authz.core.decision import Decider
@@ -85,12 +85,19 @@ def build_store(settings: Settings) -> CounterStore:
 
 def build_approvals(settings: Settings) -> ApprovalStore:
     """Approvals live with the counters: in Redis when there is one, else in this process."""
+    caps = ApprovalCaps(
+        total=settings.approvals_max_pending,
+        per_identity=settings.approvals_max_pending_per_identity,
+    )
     if settings.redis_url is None:
-        return MemoryApprovals()
+        return MemoryApprovals(caps=caps)
     from authz.approvals.redis import RedisApprovals  # noqa: PLC0415 - only with Redis
 
     return RedisApprovals.from_url(
-        settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
+        caps=caps,
     )
 
 

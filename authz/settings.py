@@ -50,6 +50,10 @@ class Settings:
     # POSTed a JSON body for every new approval request; the secret signs it (HMAC-SHA256).
     approval_webhook: str | None = None
     approval_webhook_secret_file: Path | None = None
+    # The most pending approval requests held, in total and per identity; a new request past
+    # either is refused with -32007 (docs/approvals.md, "Caps").
+    approvals_max_pending: int = 1000
+    approvals_max_pending_per_identity: int = 20
     # Seconds between looks at the policy file for a new version; 0 turns reloading off.
     reload_interval: float = 2.0
     grace: float = 5.0

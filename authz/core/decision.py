@@ -107,9 +107,24 @@ class Decider:
         for call, verdict in verdicts:
             if not verdict.allowed:
                 return _verdict(base, call, verdict, Refusal.DENIED)
-        approved = await self._hold(base, verdicts, caller)
-        if isinstance(approved, Outcome):
-            return approved
+        held = await self._hold(base, verdicts, caller)
+        if isinstance(held, Outcome):
+            return held
+        # The approvals first: a call that cannot have its approval is refused uncharged.
+        refused = await self._approvals.spend(held)
+        if refused is not None:
+            return refused
+        outcome = await self._count(base, verdicts, caller)
+        spent = [cast(Approval, h.approval) for h in held]
+        outcome = await self._approvals.settle(outcome, spent, passed=outcome.allowed)
+        if not outcome.allowed:
+            return outcome
+        return await self._dry_run(outcome, verdicts, caller)
+
+    async def _count(
+        self, base: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller
+    ) -> Outcome:
+        """Count the request's limits, all or nothing: allowed with their states, or refused."""
         states: tuple[LimitState, ...] = ()
         counted = [(c, v) for c, v in verdicts if v.uses]
         if counted:
@@ -121,18 +136,14 @@ class Decider:
             if not result.allowed:
                 return _limited(base, counted, result)
             states = result.states
-        outcome = _allowed(base, verdicts, states)
-        if approved:
-            outcome = await self._approvals.use(outcome, approved)
-            if outcome.refusal is not None:
-                return outcome
-        return await self._dry_run(outcome, verdicts, caller)
+        return _allowed(base, verdicts, states)
 
     async def _hold(
         self, base: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller
-    ) -> list[Approval] | Outcome:
-        """The approvals the calls need, all approved; or the refusal that stops them."""
-        approved: list[Approval] = []
+    ) -> list[Outcome] | Outcome:
+        """Each gated call's outcome holding its approved approval; or the refusal that
+        stops the request."""
+        held: list[Outcome] = []
         for call, verdict in verdicts:
             if verdict.approval is None:
                 continue
@@ -140,7 +151,7 @@ class Decider:
             if waiting.refusal is not None:
                 return waiting
             approval = cast(Approval, waiting.approval)
-            if any(a.id == approval.id for a in approved):
+            if any(cast(Approval, h.approval).id == approval.id for h in held):
                 # One approval covers one call: refused here, before anything is counted.
                 return replace(
                     waiting,
@@ -148,8 +159,8 @@ class Decider:
                     reason=f"the request carries the call approved by {approval.id} more "
                     "than once; one approval covers one call",
                 )
-            approved.append(approval)
-        return approved
+            held.append(waiting)
+        return held
 
     async def _dry_run(
         self, outcome: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from authz.approvals.base import ApprovalError, Status, may_approve
+from authz.approvals.base import ApprovalCaps, ApprovalError, Status, may_approve
 from authz.core.reply import reply_for
+from authz.limits.base import CounterKey, Hit
 from authz.policy.load import PolicyError, parse_policy
 from authz.protocol.errors import Refusal
 from authz.protocol.request import HttpRequest
@@ -210,3 +211,29 @@ async def test_a_batch_carrying_the_approved_call_twice_is_refused_and_charges_n
     assert (await flow("withdraw", amount=10)).allowed
     assert (await flow("withdraw", amount=10)).allowed
     assert (await flow("withdraw", amount=10)).refusal is Refusal.RATE_LIMITED
+
+
+async def test_an_agent_over_its_pending_cap_is_refused_uncharged() -> None:
+    policy = parse_policy(yaml.safe_dump(POLICY).encode(), "p.yaml")
+    flow = Gate(policy, now=1_800_000_000.0, caps=ApprovalCaps(total=3, per_identity=2))
+    for amount in (901, 902):
+        assert (await flow("withdraw", amount=amount)).refusal is Refusal.APPROVAL_REQUIRED
+        flow.now += 100
+    full = await flow("withdraw", amount=903)
+    assert full.refusal is Refusal.APPROVALS_FULL
+    reply = reply_for(full)
+    error = json.loads(reply.body)["error"]
+    assert error["code"] == -32007
+    assert error["message"].startswith("Too many approval requests: Withdrawals over 500")
+    assert "2 approval requests are already pending for this identity" in error["message"]
+    assert error["data"]["retry_after"] == 400
+    assert ("retry-after", "400") in reply.headers
+    assert len(flow.requested) == 2
+    budget = Hit(CounterKey("w", "grant", ("default", "agent")), limit=3, window=60)
+    assert (await flow.counters.usage(budget)).used == 0
+    # Repeats of a pending call still answer with its id; other agents still ask.
+    assert (await flow("withdraw", amount=901)).refusal is Refusal.APPROVAL_REQUIRED
+    assert (await flow("withdraw", who="bot-2", amount=903)).refusal is Refusal.APPROVAL_REQUIRED
+    total = await flow("withdraw", who="bot-3", amount=903)
+    assert total.refusal is Refusal.APPROVALS_FULL
+    assert "3 approval requests are already pending in total" in total.reason
