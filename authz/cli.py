@@ -99,6 +99,18 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         choices=[m.value for m in FailMode],
     )
     opt(
+        "--max-sessions-per-identity",
+        "most sessions of one identity with live session budgets; new ones are refused",
+        default=_D.max_sessions_per_identity,
+        type=int,
+    )
+    opt(
+        "--memory-store-max-keys",
+        "most live budgets the in-process store keeps (no --redis-url); new ones are refused",
+        default=_D.memory_store_max_keys,
+        type=int,
+    )
+    opt(
         "--identity-source",
         "where the caller's identity comes from",
         default=_D.identity_source.value,
@@ -188,6 +200,8 @@ def _serve(args: argparse.Namespace) -> int:
             redis_prefix=args.redis_prefix,
             redis_timeout=float(args.redis_timeout),
             fail_mode=FailMode(args.fail_mode),
+            max_sessions_per_identity=int(args.max_sessions_per_identity),
+            memory_store_max_keys=int(args.memory_store_max_keys),
             identity_source=IdentitySourceKind(args.identity_source),
             identity_header=args.identity_header or _D.identity_header,
             identity_claim=args.identity_claim or _D.identity_claim,

@@ -75,11 +75,17 @@ def build_store(settings: Settings) -> CounterStore:
             "no --redis-url: using the in-process counter store; limits are kept per replica "
             "and reset when this process restarts"
         )
-        return MemoryStore()
+        return MemoryStore(
+            max_sessions=settings.max_sessions_per_identity,
+            max_keys=settings.memory_store_max_keys,
+        )
     from authz.limits.redis import RedisStore  # noqa: PLC0415 - only when Redis is configured
 
     return RedisStore.from_url(
-        settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
+        max_sessions=settings.max_sessions_per_identity,
     )
 
 
@@ -206,14 +212,15 @@ class Gateway:
         if settings.transport is Transport.HTTP:
             require_http_identity(settings.identity_source)
         admin, webhook = build_admin(settings), build_webhook(settings)
+        # Before anything starts: bad caps stop start-up with the flags' names.
+        approvals, counters = build_approvals(settings), build_store(settings)
         arguments = ArgumentAudit.configure(settings.audit_args, settings.audit_hash_key_file)
         # The only read of the OTEL_* variables (the SDK reads the rest inside start()).
         otel = OtelSettings.from_env(os.environ)
         telemetry = Telemetry.start(otel, PolicyTools(policy), settings.metrics_listen)
         backend = "memory" if settings.redis_url is None else "redis"
-        store = telemetry.observe(build_store(settings), backend)
+        store = telemetry.observe(counters, backend)
         audit = AuditLog.open(settings.audit_log, arguments)
-        approvals = build_approvals(settings)
         grants, upstream = build_grants(settings), build_upstream(settings)
         return cls(
             settings,

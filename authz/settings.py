@@ -7,6 +7,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from authz.core.decision import FailMode
+from authz.limits.base import DEFAULT_MAX_SESSIONS
+from authz.limits.memory import DEFAULT_MAX_KEYS
 from authz.observe.logs import LogFormat
 from authz.protocol.identity import IdentitySourceKind
 
@@ -28,6 +30,11 @@ class Settings:
     # inside Envoy's ext_authz timeout (250 ms in deploy/envoy).
     redis_timeout: float = 0.1
     fail_mode: FailMode = FailMode.CLOSED
+    # The most sessions of one identity with live session-scoped budgets, in either store; a
+    # new session past it is refused (-32001), never made room for (docs/limits.md).
+    max_sessions_per_identity: int = DEFAULT_MAX_SESSIONS
+    # The most live counter keys of the in-process store (no --redis-url).
+    memory_store_max_keys: int = DEFAULT_MAX_KEYS
     identity_source: IdentitySourceKind = IdentitySourceKind.NONE
     identity_header: str = "x-agent-id"
     identity_claim: str = "sub"

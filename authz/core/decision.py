@@ -17,7 +17,14 @@ from authz.approvals.memory import MemoryApprovals
 from authz.core.approval_gate import ApprovalGate
 from authz.core.grant_identity import GrantIdentity, Identified
 from authz.core.outcome import Outcome, whole_seconds
-from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
+from authz.limits.base import (
+    CounterStore,
+    Crowded,
+    HitResult,
+    LimitState,
+    StoreUnavailable,
+    combine,
+)
 from authz.policy.evaluate import Verdict, evaluate, hits
 from authz.policy.model import Policy
 from authz.protocol.echo import echo
@@ -25,6 +32,14 @@ from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.identity import Caller, IdentitySource, caller_of
 from authz.protocol.mcp import McpCall, RequestId, parse_request
 from authz.protocol.request import HttpRequest
+
+# Why a budget with room was refused: a new key would be one too many (docs/limits.md).
+_CROWDED = {
+    Crowded.SESSIONS: "this identity already has as many sessions with live session budgets "
+    "as the gateway keeps; reuse a session, or wait for one to go idle",
+    Crowded.KEYS: "the in-process counter store holds as many live budgets as it keeps; "
+    "a new one opens when one goes idle",
+}
 
 
 class FailMode(StrEnum):
@@ -257,7 +272,9 @@ def _limited(base: Outcome, counted: list[tuple[McpCall, Verdict]], result: HitR
     limit = use.counting.limit
     budget = f'limit "{limit.counter}" ({limit.describe()})'
     wait = result.retry_after
-    if wait is None:
+    if state.crowded is not None:
+        detail = f"{_CROWDED[state.crowded]}; retry in {whole_seconds(wait or 0.0)}s"
+    elif wait is None:
         detail = f"the call needs {state.hit.cost}, more than {budget} ever allows"
     elif state.hit.cost == 1:
         detail = f"{budget} is spent; retry in {whole_seconds(wait)}s"
