@@ -42,7 +42,7 @@ def add_commands(commands: Any) -> None:
         "--page-size",
         type=int,
         default=0,
-        help="approvals fetched per call (default 100, at most 500); every page is listed",
+        help="approvals fetched per call (default 100, at most 200); every page is listed",
     )
     show = _command(actions, "show", "one approval request", _show, _print_approval)
     show.add_argument("id", metavar="ID")

@@ -40,7 +40,7 @@ APPROVAL_ID = re.compile(r"apr_[A-Za-z0-9_-]{1,64}")
 # Approvals per page of a listing: the default, and the most one call returns (so one call to
 # the store, a Lua script on Redis, has a bounded cost).
 DEFAULT_PAGE = 100
-MAX_PAGE = 500
+MAX_PAGE = 200
 
 
 @dataclass(frozen=True, slots=True)

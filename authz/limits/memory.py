@@ -32,7 +32,7 @@ from authz.limits.base import (
 
 Clock = Callable[[], float]
 _SWEEP_FLOOR = 4096
-# The most live keys by default: about 600 bytes each (docs/limits.md), so some 60 MB.
+# The most live keys by default: about 1.3 KB each (docs/limits.md), so some 130 MB.
 DEFAULT_MAX_KEYS: Final = 100_000
 # Seconds between sweeps of a full table: a sweep is O(keys), so a table kept full by live
 # keys must not be swept on every request.

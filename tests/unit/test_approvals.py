@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 import yaml
+from opentelemetry.trace import INVALID_SPAN_CONTEXT
 
 from authz.approvals.base import ApprovalCaps, ApprovalError, Status, may_approve
 from authz.core.reply import reply_for
 from authz.limits.base import CounterKey, Hit
+from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.policy.load import PolicyError, parse_policy
 from authz.protocol.errors import Refusal
 from authz.protocol.request import HttpRequest
@@ -237,3 +239,5 @@ async def test_an_agent_over_its_pending_cap_is_refused_uncharged() -> None:
     total = await flow("withdraw", who="bot-3", amount=903)
     assert total.refusal is Refusal.APPROVALS_FULL
     assert "3 approval requests are already pending in total" in total.reason
+    line = AuditLog(None, ArgumentAudit(b"k" * 32)).line(total, 0.001, INVALID_SPAN_CONTEXT)
+    assert (line["decision"], line["retry_after"]) == ("approvals_full", 400.0)
