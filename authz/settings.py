@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from authz.approvals.base import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_IDENTITY
 from authz.core.decision import FailMode
 from authz.limits.base import DEFAULT_MAX_SESSIONS
 from authz.limits.memory import DEFAULT_MAX_KEYS
@@ -61,8 +62,8 @@ class Settings:
     approval_webhook_secret_file: Path | None = None
     # The most pending approval requests held, in total and per identity; a new request past
     # either is refused with -32007 (docs/approvals.md, "Caps").
-    approvals_max_pending: int = 1000
-    approvals_max_pending_per_identity: int = 20
+    approvals_max_pending: int = DEFAULT_MAX_PENDING
+    approvals_max_pending_per_identity: int = DEFAULT_MAX_PENDING_PER_IDENTITY
     # Seconds between looks at the policy file for a new version; 0 turns reloading off.
     reload_interval: float = 2.0
     grace: float = 5.0

@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from authz.protocol.identity import claims_match
 
@@ -43,12 +43,17 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 200
 
 
+# The default caps: far more than people can decide at once, far less than a flood.
+DEFAULT_MAX_PENDING: Final = 1000
+DEFAULT_MAX_PENDING_PER_IDENTITY: Final = 20
+
+
 @dataclass(frozen=True, slots=True)
 class ApprovalCaps:
     """The most pending requests the store holds, in total and for one identity."""
 
-    total: int = 1000
-    per_identity: int = 20
+    total: int = DEFAULT_MAX_PENDING
+    per_identity: int = DEFAULT_MAX_PENDING_PER_IDENTITY
 
     def __post_init__(self) -> None:
         if self.total < 1 or self.per_identity < 1:

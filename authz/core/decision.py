@@ -126,12 +126,13 @@ class Decider:
         if isinstance(held, Outcome):
             return held
         # The approvals first: a call that cannot have its approval is refused uncharged.
-        refused = await self._approvals.spend(held)
+        refused = await self._approvals.spend(held) if held else None
         if refused is not None:
             return refused
         outcome = await self._count(base, verdicts, caller)
-        spent = [cast(Approval, h.approval) for h in held]
-        outcome = await self._approvals.settle(outcome, spent, passed=outcome.allowed)
+        if held:
+            spent = [cast(Approval, h.approval) for h in held]
+            outcome = await self._approvals.settle(outcome, spent, passed=outcome.allowed)
         if not outcome.allowed:
             return outcome
         return await self._dry_run(outcome, verdicts, caller)
