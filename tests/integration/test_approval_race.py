@@ -2,7 +2,7 @@
 
 Nothing refused is charged and an approval is used once: the approval is spent before the
 limits are counted and released when they refuse. Run on the in-process stores (one event
-loop, many tasks) and on a real Redis with two gateways (two clients each, as two replicas
+loop, many tasks interleaving at every store call) and on a real Redis with two gateways (two clients each, as two replicas
 hold), with Redis's own clock.
 """
 
@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import pytest
 import yaml
 
 from authz.approvals.base import ApprovalStore, Status
+from authz.approvals.memory import MemoryApprovals
 from authz.approvals.redis import RedisApprovals
 from authz.core.outcome import Outcome
 from authz.limits.base import CounterKey, CounterStore, Hit
+from authz.limits.memory import MemoryStore
 from authz.limits.redis import RedisStore
 from authz.policy.load import parse_policy
 from authz.protocol.errors import Refusal
@@ -44,13 +47,35 @@ POLICY = parse_policy(
 BUDGET = Hit(CounterKey("budget", "grant", ("default", "agent")), limit=5, window=3600)
 RACERS = 24
 
+NOW = 1_800_000_000.0
+
 Gates = tuple[Gate, Gate]
+
+
+class Yielding:
+    """One of our stores with a turn of the event loop before every call, so racing tasks
+    interleave between the steps of a decision as they do over a network (the in-process
+    stores never suspend, so without it each decision would run to its end alone)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        method = getattr(self._inner, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(0)
+            return await method(*args, **kwargs)
+
+        return call
 
 
 @pytest.fixture(params=["memory", "redis"])
 async def gates(request: pytest.FixtureRequest) -> AsyncIterator[Gates]:
     if request.param == "memory":
-        one = Gate(POLICY, now=1_800_000_000.0)
+        counters = cast(CounterStore, Yielding(MemoryStore(lambda: NOW)))
+        approvals = cast(ApprovalStore, Yielding(MemoryApprovals(lambda: NOW)))
+        one = Gate(POLICY, counters=counters, approvals=approvals)
         yield one, one
         return
     server: RedisServer = request.getfixturevalue("redis_server")
