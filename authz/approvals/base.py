@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Protocol
@@ -175,10 +175,16 @@ def page_token(position: str, approval_id: str) -> str:
     return f"{position}:{approval_id}"
 
 
-def read_page_token(token: str) -> tuple[str, str]:
-    """(position, id) of a token from `page_token`; PageTokenError for anything else."""
+def read_page_token(token: str, position_ok: Callable[[str], bool]) -> tuple[str, str]:
+    """(position, id) of a token from `page_token` whose position the store accepts;
+    PageTokenError for anything else."""
     position, _, approval_id = token.rpartition(":")
-    if not position or len(position) > 32 or not APPROVAL_ID.fullmatch(approval_id):
+    if (
+        not position
+        or len(position) > 32
+        or not APPROVAL_ID.fullmatch(approval_id)
+        or not position_ok(position)
+    ):
         raise PageTokenError(f"page token {token[:80]!r} was not handed out by a listing")
     return position, approval_id
 

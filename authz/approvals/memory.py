@@ -22,7 +22,6 @@ from authz.approvals.base import (
     ApprovalError,
     ApprovalPage,
     ApprovalsFull,
-    PageTokenError,
     Request,
     Status,
     page_token,
@@ -155,11 +154,12 @@ class MemoryApprovals:
 
 
 def _position(token: str) -> Entry:
-    position, approval_id = read_page_token(token)
+    position, approval_id = read_page_token(token, _finite)
+    return float(position), approval_id
+
+
+def _finite(position: str) -> bool:
     try:
-        expires_at = float(position)
+        return math.isfinite(float(position))
     except ValueError:
-        raise PageTokenError(f"page token {token[:80]!r} was not handed out by a listing") from None
-    if not math.isfinite(expires_at):
-        raise PageTokenError(f"page token {token[:80]!r} was not handed out by a listing")
-    return expires_at, approval_id
+        return False

@@ -25,7 +25,6 @@ from authz.approvals.base import (
     ApprovalError,
     ApprovalPage,
     ApprovalsFull,
-    PageTokenError,
     Request,
     Status,
     page_token,
@@ -114,9 +113,7 @@ class RedisApprovals(RedisBacked):
         return None if fields is None else _approval(fields)
 
     async def pending(self, size: int = DEFAULT_PAGE, after: str = "") -> ApprovalPage:
-        expires, last = read_page_token(after) if after else ("", "")
-        if expires and not (expires.isascii() and expires.isdigit()):
-            raise PageTokenError(f"page token {after[:80]!r} was not handed out by a listing")
+        expires, last = read_page_token(after, _microseconds) if after else ("", "")
         reply = await self._run("list", [self._pending], min(size, MAX_PAGE), expires, last)
         more, expires, last = int(reply[0]), _text(reply[1]), _text(reply[2])
         token = page_token(expires, last) if more and last else ""
@@ -147,6 +144,10 @@ class RedisApprovals(RedisBacked):
                     return await self._first.run(SCRIPT, keys, argv)
             except REDIS_FAILURES as e:
                 raise unavailable(self._name, self._timeout, e) from e
+
+
+def _microseconds(position: str) -> bool:
+    return position.isascii() and position.isdigit()
 
 
 def _text(value: bytes | str) -> str:

@@ -2,8 +2,8 @@
 
 Nothing refused is charged and an approval is used once: the approval is spent before the
 limits are counted and released when they refuse. Run on the in-process stores (one event
-loop, many tasks interleaving at every store call) and on a real Redis with two gateways (two clients each, as two replicas
-hold), with Redis's own clock.
+loop, many tasks interleaving at every store call) and on a real Redis with two gateways
+(two clients each, as two replicas hold), with Redis's own clock.
 """
 
 from __future__ import annotations
