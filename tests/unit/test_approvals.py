@@ -10,8 +10,8 @@ import yaml
 from opentelemetry.trace import INVALID_SPAN_CONTEXT
 
 from authz.approvals.base import ApprovalCaps, ApprovalError, Status, may_approve
-from authz.core.reply import reply_for
 from authz.approvals.memory import MemoryApprovals
+from authz.core.reply import reply_for
 from authz.limits.base import CounterKey, Hit, StoreUnavailable
 from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.policy.load import PolicyError, parse_policy
