@@ -22,6 +22,7 @@ from authz.observe.logs import LogFormat
 from authz.observe.logs import configure as configure_logs
 from authz.policy.explain import explain
 from authz.policy.load import PolicyError, load_policy
+from authz.policy.model import RISK_LABELS, UNKNOWN_RISK
 from authz.protocol.identity import ANONYMOUS, Caller, IdentitySourceKind
 from authz.protocol.mcp import McpCall
 from authz.scan.command import add_command as add_scan_command
@@ -66,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--identity", default=ANONYMOUS)
     check.add_argument("--session")
     check.add_argument("--claims", default="{}", help="verified JWT claims as a JSON object")
+    check.add_argument(
+        "--risk",
+        default=UNKNOWN_RISK,
+        choices=RISK_LABELS,
+        help="the tool's risk class, as the catalogue would give it (default: unknown)",
+    )
     check.add_argument("--json", action="store_true", help="print the explanation as JSON")
     check.set_defaults(handler=_check)
     add_admin_commands(commands)
@@ -87,6 +94,17 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         "ext_authz protocol Envoy speaks: grpc (grpc_service) or http (http_service)",
         default=_D.transport.value,
         choices=[t.value for t in Transport],
+    )
+    opt(
+        "--extproc",
+        "serve Envoy's ext_proc (tools/list filtering, quota refunds): on or off",
+        default="on",
+        choices=["on", "off"],
+    )
+    opt(
+        "--extproc-listen",
+        "ext_proc's own gRPC address with --transport http (with grpc it shares --listen)",
+        default=_D.extproc_listen,
     )
     opt("--workers", "processes sharing the port (more than 1 needs --redis-url)", default=1)
     opt("--redis-url", "Redis URL; without one the in-process store is used")
@@ -157,6 +175,36 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.upstream_header,
     )
     opt("--upstream-bearer-file", "file holding the upstream's credential", type=Path)
+    _console_options(opt)
+    opt(
+        "--catalogue",
+        "pin tool definitions, validate arguments, class tools by risk (needs ext_proc)",
+        default="off",
+        choices=["off", "on"],
+    )
+    opt(
+        "--catalogue-upstream",
+        'the upstream\'s catalogue name, or ":authority" to name each by its host',
+        default=_D.catalogue_upstream,
+    )
+    opt(
+        "--catalogue-max-upstreams",
+        "most upstreams catalogued",
+        default=_D.catalogue_max_upstreams,
+        type=int,
+    )
+    opt(
+        "--catalogue-max-tools",
+        "most tools catalogued per upstream",
+        default=_D.catalogue_max_tools,
+        type=int,
+    )
+    opt(
+        "--catalogue-max-definition-bytes",
+        "largest tool definition catalogued (JSON bytes)",
+        default=_D.catalogue_max_definition_bytes,
+        type=int,
+    )
     opt("--log-level", "DEBUG, INFO, WARNING or ERROR", default=_D.log_level)
     opt(
         "--log-format",
@@ -165,6 +213,34 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         choices=[f.value for f in LogFormat],
     )
     p.set_defaults(handler=_serve)
+
+
+Option = Callable[..., None]
+
+
+def _console_options(opt: Option) -> None:
+    """The web console's flags (docs/console.md)."""
+    opt("--console-listen", "host:port of the web console (default: none; docs/console.md)")
+    opt("--console-public-url", "the URL people open the console at (default http://LISTEN)")
+    opt("--console-roles-file", "who holds which console role (YAML)", type=Path)
+    opt("--console-oidc-issuer", "OIDC issuer URL for console sign-in")
+    opt("--console-oidc-client-id", "the console's OIDC client id")
+    opt("--console-oidc-client-secret-file", "file holding the OIDC client secret", type=Path)
+    opt(
+        "--console-trusted-header",
+        "header an auth proxy sets to the person (only where the proxy alone can connect)",
+    )
+    opt("--console-trace-url", "trace link template with {trace_id} (Grafana, Jaeger)")
+    opt(
+        "--console-session-secret-file",
+        "key signing console sessions (default: per process)",
+        type=Path,
+    )
+    opt(
+        "--console-redact-args",
+        "comma-separated argument paths the console never shows: PATH or NAME:PATH",
+        default="",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -185,7 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
             identity_claim=args.identity_claim or _D.identity_claim,
             jwt_payload_key=args.jwt_payload_key or _D.jwt_payload_key,
             audit_log=args.audit_log,
-            audit_args=tuple(a.strip() for a in args.audit_args.split(",") if a.strip()),
+            audit_args=_paths(args.audit_args),
             audit_hash_key_file=args.audit_hash_key_file,
             metrics_listen=args.metrics_listen or None,
             health_listen=args.health_listen or None,
@@ -201,11 +277,28 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             log_format=LogFormat(args.log_format),
             transport=Transport(args.transport),
+            extproc=args.extproc == "on",
+            extproc_listen=args.extproc_listen,
             workers=int(args.workers),
             grant_key_file=args.grant_key_file,
             grants_file=args.grants_file,
             upstream_header=args.upstream_header,
             upstream_bearer_file=args.upstream_bearer_file,
+            console_listen=args.console_listen or None,
+            console_public_url=args.console_public_url or None,
+            console_roles_file=args.console_roles_file,
+            console_oidc_issuer=args.console_oidc_issuer or None,
+            console_oidc_client_id=args.console_oidc_client_id or None,
+            console_oidc_client_secret_file=args.console_oidc_client_secret_file,
+            console_trusted_header=args.console_trusted_header or None,
+            console_trace_url=args.console_trace_url or None,
+            console_session_secret_file=args.console_session_secret_file,
+            console_redact_args=_paths(args.console_redact_args),
+            catalogue=args.catalogue == "on",
+            catalogue_upstream=args.catalogue_upstream,
+            catalogue_max_upstreams=int(args.catalogue_max_upstreams),
+            catalogue_max_tools=int(args.catalogue_max_tools),
+            catalogue_max_definition_bytes=int(args.catalogue_max_definition_bytes),
         )
         return run(settings)
     except PolicyError as e:
@@ -214,6 +307,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"mcp-authz: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _paths(text: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in text.split(",") if a.strip())
 
 
 # Which --identity-source each identity flag belongs to.
@@ -271,7 +368,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"mcp-authz check: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     caller = Caller(identity=args.identity, session=args.session, claims=claims)
-    explanation = explain(policy, call, caller)
+    explanation = explain(policy, call, caller, args.risk)
     print(
         json.dumps(explanation, indent=2, ensure_ascii=False)
         if args.json

@@ -10,10 +10,12 @@ import secrets
 import signal
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import grpc
 
 from authz import __version__
+from authz.admin.actions import AdminActions
 from authz.admin.server import (
     AdminServicer,
     AdminTls,
@@ -24,10 +26,15 @@ from authz.admin.server import (
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
+from authz.catalogue.base import Bounds, Catalogue
+from authz.catalogue.memory import MemoryCatalogue
+from authz.console.config import ConsoleConfig, build_console
 from authz.core.decision import Decider, FailMode
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
-from authz.edges.authz_grpc import create_server
+from authz.core.response_side import ResponseSide
+from authz.core.tool_check import ToolCheck
+from authz.edges.authz_grpc import create_extproc_server, create_server
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
 from authz.edges.health import ReplicaHealth, serve_http
 from authz.edges.workers import run_loop, run_workers
@@ -35,11 +42,15 @@ from authz.grants.base import GrantKey, Grants
 from authz.grants.file import FileGrants
 from authz.limits.base import CounterStore, StoreUnavailable
 from authz.limits.memory import MemoryStore
+from authz.limits.redis_client import RedisBacked
 from authz.observe.audit import ArgumentAudit, AuditLog
+from authz.observe.catalogue_audit import AuditedCatalogue
 from authz.observe.logs import configure as configure_logs
 from authz.observe.metrics import PolicyTools
+from authz.observe.recent import RecentRecords
 from authz.observe.telemetry import OtelSettings, Telemetry
 from authz.policy.load import load_policy
+from authz.policy.model import Policy
 from authz.policy.reload import PolicyHolder, PolicyWatcher
 from authz.protocol.identity import (
     Anonymous,
@@ -50,6 +61,9 @@ from authz.protocol.identity import (
     IdentitySourceKind,
 )
 from authz.settings import Settings, Transport
+
+if TYPE_CHECKING:
+    from authz.console.server import ConsoleServer
 
 log = logging.getLogger("mcp_authz")
 # Seconds between start-up's attempts to reach a store that did not answer.
@@ -83,6 +97,35 @@ def build_store(settings: Settings) -> CounterStore:
     )
 
 
+def build_catalogue(settings: Settings) -> Catalogue | None:
+    """The tool catalogue, when on: kept with the counters (Redis, shared by every replica,
+    or this process), bounded by the settings."""
+    if not settings.catalogue:
+        return None
+    if not settings.extproc:
+        raise ValueError(
+            "--catalogue on needs --extproc on: only ext_proc sees tools/list answers, so "
+            "every tool would stay unlisted and every tool call be refused"
+        )
+    bounds = Bounds(
+        settings.catalogue_max_upstreams,
+        settings.catalogue_max_tools,
+        settings.catalogue_max_definition_bytes,
+    )
+    if min(bounds.max_upstreams, bounds.max_tools, bounds.max_definition_bytes) < 1:
+        raise ValueError("the --catalogue-max-* bounds must be at least 1")
+    if settings.redis_url is None:
+        return MemoryCatalogue(bounds)
+    from authz.catalogue.redis import RedisCatalogue  # noqa: PLC0415 - only with Redis
+
+    return RedisCatalogue.connect(
+        settings.redis_url,
+        bounds=bounds,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
+    )
+
+
 def build_approvals(settings: Settings) -> ApprovalStore:
     """Approvals live with the counters: in Redis when there is one, else in this process."""
     if settings.redis_url is None:
@@ -99,7 +142,27 @@ def build_webhook(settings: Settings) -> ApprovalWebhook | None:
         return None
     secret_file = settings.approval_webhook_secret_file
     secret = read_secret(secret_file) if secret_file else None
-    return ApprovalWebhook(settings.approval_webhook, secret)
+    return ApprovalWebhook(
+        settings.approval_webhook, secret, console_url=settings.console_public_url
+    )
+
+
+def console_config(settings: Settings) -> ConsoleConfig | None:
+    """The console's settings, checked now; None when --console-listen is not given."""
+    if settings.console_listen is None:
+        return None
+    return build_console(
+        settings.console_listen,
+        public_url=settings.console_public_url,
+        roles_file=settings.console_roles_file,
+        oidc_issuer=settings.console_oidc_issuer,
+        oidc_client_id=settings.console_oidc_client_id,
+        oidc_client_secret_file=settings.console_oidc_client_secret_file,
+        trusted_header=settings.console_trusted_header,
+        trace_url=settings.console_trace_url,
+        session_secret_file=settings.console_session_secret_file,
+        redact=settings.console_redact_args,
+    )
 
 
 def build_grants(settings: Settings) -> Grants | None:
@@ -191,6 +254,13 @@ class Gateway:
     admin: AdminConfig | None = None
     grants: Grants | None = None
     upstream: UpstreamCredential | None = None
+    console: ConsoleConfig | None = None
+    # The decisions and admin actions the console shows (fed by the audit log).
+    recent: RecentRecords | None = None
+    # The tool catalogue every edge uses (None when off); its changes reach the audit log.
+    catalogue: Catalogue | None = None
+    # The same backend unwrapped, to connect it at start-up.
+    catalogue_backend: Catalogue | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -199,15 +269,19 @@ class Gateway:
         if settings.transport is Transport.HTTP:
             require_http_identity(settings.identity_source)
         admin, webhook = build_admin(settings), build_webhook(settings)
+        console = console_config(settings)
+        recent = RecentRecords() if console is not None else None
         arguments = ArgumentAudit.configure(settings.audit_args, settings.audit_hash_key_file)
         # The only read of the OTEL_* variables (the SDK reads the rest inside start()).
         otel = OtelSettings.from_env(os.environ)
         telemetry = Telemetry.start(otel, PolicyTools(policy), settings.metrics_listen)
         backend = "memory" if settings.redis_url is None else "redis"
         store = telemetry.observe(build_store(settings), backend)
-        audit = AuditLog.open(settings.audit_log, arguments)
+        audit = AuditLog.open(settings.audit_log, arguments, recent)
         approvals = build_approvals(settings)
         grants, upstream = build_grants(settings), build_upstream(settings)
+        catalogue = build_catalogue(settings)
+        _warn_unclassed(policy.current, catalogue is not None)
         return cls(
             settings,
             policy,
@@ -219,6 +293,10 @@ class Gateway:
             admin=admin,
             grants=grants,
             upstream=upstream,
+            console=console,
+            recent=recent,
+            catalogue=AuditedCatalogue(catalogue, audit) if catalogue is not None else None,
+            catalogue_backend=catalogue,
         )
 
     def decider(self) -> Decider:
@@ -237,7 +315,36 @@ class Gateway:
                 if self.grants is not None
                 else None
             ),
+            tools=(
+                ToolCheck(
+                    self.catalogue,
+                    self.settings.catalogue_upstream,
+                    fail_open=self.settings.fail_mode is FailMode.OPEN,
+                )
+                if self.catalogue is not None
+                else None
+            ),
         )
+
+    def response_side(self) -> ResponseSide | None:
+        """What ext_proc runs on answers; None when --extproc off."""
+        if not self.settings.extproc:
+            return None
+        return ResponseSide(
+            self.policy, self.store, self.catalogue, self.settings.catalogue_upstream
+        )
+
+    async def serve_extproc(self, health: ReplicaHealth) -> grpc.aio.Server | None:
+        """ext_proc on its own port, for --transport http (with gRPC it shares the listener);
+        it serves the replica's gRPC health too."""
+        side = self.response_side()
+        if side is None or self.settings.transport is not Transport.HTTP:
+            return None
+        server, port = await create_extproc_server(
+            self.settings.extproc_listen, side, self.audit, health
+        )
+        log.info("serving ext_proc on port %d", port)
+        return server
 
     def _announce(self, approval: Approval) -> None:
         log.info(
@@ -262,12 +369,35 @@ class Gateway:
             self.audit,
             telemetry=self.telemetry,
             grants=self.grants,
+            catalogue=self.catalogue,
         )
         server, port = await create_admin_server(self.admin.listen, servicer, self.admin.tls)
         log.info(
             "serving the admin API on port %d (%s)", port, "TLS" if self.admin.tls else "plaintext"
         )
         return server, port
+
+    async def serve_console(self) -> ConsoleServer | None:
+        """The web console, when configured: on its own port, in this event loop, started."""
+        if self.console is None or self.recent is None:
+            return None
+        from authz.console.app import create_app  # noqa: PLC0415 - only with a console
+        from authz.console.server import ConsoleServer, bind  # noqa: PLC0415
+
+        actions = AdminActions(
+            self.approvals,
+            self.store,
+            self.policy,
+            self.audit,
+            self.telemetry,
+            catalogue=self.catalogue,
+        )
+        server = ConsoleServer(
+            create_app(self.console, actions, self.recent), bind(self.console.listen)
+        )
+        await server.start()
+        log.info("serving the console on port %d (%s)", server.port, self.console.public_url)
+        return server
 
     async def until_ready(self, stop: asyncio.Event) -> None:
         """Returns once the stores have connected, loaded their scripts and answered, so no
@@ -288,6 +418,8 @@ class Gateway:
         """Raises StoreUnavailable unless every store a Check may need answers."""
         await self.store.ready()
         await self.approvals.ready()
+        if isinstance(self.catalogue_backend, RedisBacked):
+            await self.catalogue_backend.ready()
 
     async def _serve_checks(
         self, stop: asyncio.Event, health: ReplicaHealth
@@ -315,6 +447,7 @@ class Gateway:
                 self.telemetry,
                 self.upstream,
                 health=health,
+                response_side=self.response_side(),
             )
             await self.until_ready(stop)
         if not stop.is_set():
@@ -341,6 +474,8 @@ class Gateway:
         health_http = await self.serve_health(health)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
+        console = await self.serve_console()
+        extproc = await self.serve_extproc(health)
         server, port = await self._serve_checks(stop, health)
         log.info(
             "mcp-authz %s serving ext_authz on port %d; transport %s; policy %s (%s); "
@@ -369,7 +504,9 @@ class Gateway:
         for task in (reloading, watching):
             if task is not None:
                 task.cancel()
-        await self._stop(server, health, admin[0] if admin is not None else None)
+        if extproc is not None:
+            await extproc.stop(self.settings.grace)
+        await self._stop(server, health, admin[0] if admin is not None else None, console)
         if health_http is not None:
             health_http.close()
             await health_http.wait_closed()
@@ -387,6 +524,7 @@ class Gateway:
         server: grpc.aio.Server | HttpServer,
         health: ReplicaHealth,
         admin: grpc.aio.Server | None,
+        console: ConsoleServer | None = None,
     ) -> None:
         """Everything down within --grace, and the exporters within EXPORT_FLOOR after it at
         worst: each step gets what the earlier ones left of one deadline, never a grace of its
@@ -402,14 +540,28 @@ class Gateway:
         await server.stop(left())
         if admin is not None:
             await admin.stop(left())
+        if console is not None:
+            await console.stop(left())
         if self.webhook is not None:
             await self.webhook.close(grace=left())
         await self.store.close()
         await self.approvals.close()
         if self.grants is not None:
             await self.grants.close()
+        if self.catalogue is not None:
+            await self.catalogue.close()
         self.audit.close()
         self.telemetry.shutdown(max(left(), EXPORT_FLOOR))
+
+
+def _warn_unclassed(policy: Policy, catalogue: bool) -> None:
+    """Risk rules without a catalogue only ever see the class `unknown`: say so at start-up."""
+    if catalogue or not any(g.risk for g in (policy.everyone, *policy.grants)):
+        return
+    log.warning(
+        "the policy keys rules on risk classes but --catalogue is off: every tool is classed "
+        "unknown, so only risk.unknown rules apply"
+    )
 
 
 def run(settings: Settings) -> int:
@@ -446,6 +598,11 @@ def require_shared_state(settings: Settings) -> None:
         raise ValueError(
             f"--metrics-listen serves one process's metrics and --workers {settings.workers} "
             "starts several: export metrics over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT) instead"
+        )
+    if settings.console_listen is not None:
+        raise ValueError(
+            f"--console-listen serves from one process and --workers {settings.workers} "
+            "starts several: run the console in a gateway of its own with --workers 1"
         )
     if settings.listen.rpartition(":")[2] == "0":
         raise ValueError("--workers needs a fixed port in --listen: port 0 differs per worker")

@@ -30,6 +30,7 @@ ENVOY_CONFIG = REPO / "deploy" / "envoy" / "envoy.yaml"
 ENVOY_CONFIGS = {"grpc": ENVOY_CONFIG, "http": REPO / "deploy" / "envoy" / "envoy-http.yaml"}
 SEED_POLICY = REPO / "examples" / "policies" / "seed.json"
 DEMO_SERVER = REPO / "examples" / "demo_server.py"
+DEMO_OIDC = REPO / "examples" / "demo_oidc.py"
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
@@ -47,29 +48,32 @@ class StartupError(RuntimeError):
 @dataclass(frozen=True)
 class Ports:
     """The stack's ports; the defaults are the ones in the shipped Envoy configs. `health` is
-    mcp-authz's HTTP health endpoint (--health-listen), which envoy-http.yaml checks."""
+    mcp-authz's HTTP health endpoint (--health-listen), which envoy-http.yaml checks; `extproc`
+    is its ext_proc port with --transport http (with gRPC, ext_proc shares `authz`)."""
 
     mcp_server: int = 8000
     authz: int = 9191
     envoy: int = 10000
     admin: int = 9901
     health: int = 9193
+    extproc: int = 9194
 
     @classmethod
     def free(cls) -> Ports:
         """Distinct ports the kernel has just handed out as free."""
-        sockets = [socket.socket() for _ in range(5)]
+        sockets = [socket.socket() for _ in range(6)]
         with ExitStack() as stack:
             for sock in sockets:
                 stack.enter_context(sock)
                 sock.bind((HOST, 0))
-            mcp_server, authz, envoy, admin, health = (s.getsockname()[1] for s in sockets)
-        return cls(mcp_server, authz, envoy, admin, health)
+            mcp_server, authz, envoy, admin, health, extproc = (s.getsockname()[1] for s in sockets)
+        return cls(mcp_server, authz, envoy, admin, health, extproc)
 
     def ensure_free(self) -> None:
         """Fail early and plainly on a busy port: a probe would take whatever holds it for
         the process we started."""
-        for port in (self.mcp_server, self.authz, self.envoy, self.admin, self.health):
+        ports = (self.mcp_server, self.authz, self.envoy, self.admin, self.health, self.extproc)
+        for port in ports:
             with socket.socket() as sock:
                 # As the servers do, so a port left in TIME_WAIT by the last run counts as free.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -217,7 +221,11 @@ def render_envoy_config(
         manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
         exporter = manager["tracing"]["provider"]["typed_config"]["grpc_service"]
         exporter["google_grpc"]["target_uri"] = f"{HOST}:{collector}"
-    cluster_ports = {"mcp_server": ports.mcp_server, "mcp_authz": ports.authz}
+    cluster_ports = {
+        "mcp_server": ports.mcp_server,
+        "mcp_authz": ports.authz,
+        "mcp_authz_extproc": ports.extproc,
+    }
     for cluster in config["static_resources"]["clusters"]:
         for locality in cluster["load_assignment"]["endpoints"]:
             for lb_endpoint in locality["lb_endpoints"]:
@@ -229,13 +237,25 @@ def render_envoy_config(
     return dest
 
 
-def start_demo_server(ports: Ports, log: Path | None, header_log: Path | None = None) -> Process:
-    """The demo MCP server; with `header_log`, it records every request's headers there."""
+def start_demo_server(
+    ports: Ports, log: Path | None, header_log: Path | None = None, *options: str
+) -> Process:
+    """The demo MCP server; with `header_log`, it records every request's headers there;
+    `options` are further flags (`--rug-pull`)."""
     argv = [sys.executable, str(DEMO_SERVER), "--host", HOST, "--port", str(ports.mcp_server)]
     if header_log is not None:
         argv += ["--header-log", str(header_log)]
+    argv += options
     process = launch("demo MCP server", argv, log)
     process.wait_ready(accepts_tcp(ports.mcp_server), "accepting connections")
+    return process
+
+
+def start_demo_oidc(port: int, log: Path | None) -> Process:
+    """The demo's OIDC provider (examples/demo_oidc.py), for the console's sign-in."""
+    argv = [sys.executable, str(DEMO_OIDC), "--host", HOST, "--port", str(port)]
+    process = launch("demo OIDC provider", argv, log)
+    process.wait_ready(accepts_tcp(port), "accepting connections")
     return process
 
 
@@ -244,9 +264,11 @@ def start_authz(
 ) -> Process:
     """mcp-authz serving `policy`; `options` are further `serve` flags (e.g. --redis-url)."""
     if transport != "grpc":
-        # The HTTP transport's health endpoint, which envoy-http.yaml's health checks ask.
+        # The HTTP transport's health endpoint, which envoy-http.yaml's health checks ask, and
+        # ext_proc's own gRPC port (envoy-http.yaml's mcp_authz_extproc cluster).
         health = f"{HOST}:{ports.health}"
-        options = ("--transport", transport, "--health-listen", health, *options)
+        extproc = ("--extproc-listen", f"{HOST}:{ports.extproc}")
+        options = ("--transport", transport, "--health-listen", health, *extproc, *options)
     argv = [
         executable("mcp-authz"),
         "serve",
@@ -294,17 +316,25 @@ class Stack:
 
 @contextmanager
 def running_stack(
-    ports: Ports, policy: Path, workdir: Path, *, authz_log: Path | None
+    ports: Ports,
+    policy: Path,
+    workdir: Path,
+    *,
+    authz_log: Path | None,
+    authz_options: tuple[str, ...] = (),
+    before: tuple[Callable[[], Process], ...] = (),
 ) -> Iterator[Stack]:
     """Start all three, ready to serve, and stop them (in reverse) when the block ends.
 
     The demo server's and Envoy's output go to files in `workdir`; mcp-authz's to
-    `authz_log`, or to our own terminal when None.
+    `authz_log`, or to our own terminal when None. `authz_options` are further `serve`
+    flags; `before` starts processes mcp-authz needs first (the demo's OIDC provider).
     """
     with ExitStack() as cleanup:
-        processes = [
+        processes = [cleanup.enter_context(start()) for start in before]
+        processes += [
             cleanup.enter_context(start_demo_server(ports, workdir / "demo_server.log")),
-            cleanup.enter_context(start_authz(ports, policy, authz_log)),
+            cleanup.enter_context(start_authz(ports, policy, authz_log, *authz_options)),
             cleanup.enter_context(start_envoy(ports, workdir, workdir / "envoy.log")),
         ]
         yield Stack(ports, processes)

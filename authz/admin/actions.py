@@ -12,19 +12,26 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from authz.admin.roles import Permission, may
 from authz.approvals.base import Approval, ApprovalError, ApprovalStore, may_approve
+from authz.catalogue.base import Catalogue, CatalogueEntry, CatalogueUnavailable
+from authz.core.tool_check import risk_of
 from authz.grants.base import GrantError, GrantExistsError, GrantNotFoundError
 from authz.limits.base import CounterKey, CounterStore, Hit, LimitState, StoreUnavailable
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
+from authz.policy.explain import explain
 from authz.policy.model import Limit, Policy, Rule, Scope
 from authz.policy.reload import PolicyHolder
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
+from authz.protocol.tools import RiskClass
 
 T = TypeVar("T")
 SERVICE: Final = "mcpauthz.admin.v1.AdminService"
+MAX_APPROVAL_ID: Final = 128
 # The subject parts each scope keys its budgets by (see policy.evaluate.hits).
 SUBJECT_PARTS: Final = {
     Scope.GRANT: ("grant", "identity"),
@@ -41,6 +48,8 @@ NEEDS: Final = {
     "rotate_grant": Permission.MANAGE_GRANTS,
     "revoke_grant": Permission.MANAGE_GRANTS,
     "list_grants": Permission.MANAGE_GRANTS,
+    # Moving a pin changes what every agent's calls are judged against, as a policy does.
+    "accept_tool": Permission.MANAGE_POLICIES,
 }
 
 
@@ -80,11 +89,22 @@ class Operator:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassedTool:
+    """A catalogue entry and its class under the policy in force."""
+
+    entry: CatalogueEntry
+    risk: RiskClass
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyStatus:
     version: str
     source: str
     warnings: tuple[str, ...]
     reload_errors: tuple[str, ...] | None  # None: the last reload (if any) succeeded
+    # Unix seconds: the policy in force was loaded; a reload was last refused (None: never).
+    loaded_at: float | None = None
+    refused_at: float | None = None
 
 
 class AdminActions:
@@ -95,7 +115,10 @@ class AdminActions:
         policy: PolicyHolder,
         audit: AuditLog,
         telemetry: Telemetry | None = None,
+        *,
+        catalogue: Catalogue | None = None,
     ) -> None:
+        self._catalogue = catalogue
         self._approvals = approvals
         self._counters = counters
         self._policy = policy
@@ -136,6 +159,16 @@ class AdminActions:
         target = _counter_target(counter, scope, subject)
         return await self.run(operator, "get_usage", target, lambda _: self._counters.usage(hit))
 
+    async def usages(
+        self, operator: Operator | None, budgets: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> list[LimitState]:
+        """Several counters' usage, as one audited read (the console's Usage page)."""
+
+        async def work(_: Operator) -> list[LimitState]:
+            return [await self._counters.usage(self.budget(*b)) for b in budgets]
+
+        return await self.run(operator, "get_usage", f"{len(budgets)} counter(s)", work)
+
     async def reset(
         self, operator: Operator | None, counter: str, scope: str, subject: Sequence[str]
     ) -> LimitState:
@@ -155,9 +188,61 @@ class AdminActions:
                 policy.source,
                 tuple(policy.warnings),
                 tuple(f"{p.path}: {p.message}" for p in error.problems) if error else None,
+                self._policy.loaded_at,
+                self._policy.refused_at,
             )
 
         return await self.run(operator, "get_policy_status", "", work)
+
+    async def tools(self, operator: Operator | None, upstream: str = "") -> list[ClassedTool]:
+        """Every catalogued tool (of one upstream, or all), classed by the policy in force."""
+
+        async def work(_: Operator) -> list[ClassedTool]:
+            entries = await self._catalogue_in_use().entries(upstream or None)
+            policy = self._policy.current
+            return [ClassedTool(e, risk_of(policy, e)) for e in entries]
+
+        return await self.run(operator, "list_tools", upstream, work)
+
+    async def accept_tool(
+        self, operator: Operator | None, upstream: str, name: str, fingerprint: str, note: str = ""
+    ) -> ClassedTool:
+        """Pin the tool to its pending definition `fingerprint`, in the operator's name."""
+
+        async def work(who: Operator) -> ClassedTool:
+            catalogue = self._catalogue_in_use()
+            try:
+                entry = await catalogue.accept(upstream, name, fingerprint, by=who.identity)
+            except KeyError as e:
+                raise Refused(Code.NOT_FOUND, str(e.args[0])) from None
+            except ValueError as e:
+                raise Refused(Code.FAILED_PRECONDITION, str(e)) from None
+            return ClassedTool(entry, risk_of(self._policy.current, entry))
+
+        target = json.dumps([upstream, name, fingerprint], ensure_ascii=False)
+        return await self.run(operator, "accept_tool", target, work, note=note)
+
+    def _catalogue_in_use(self) -> Catalogue:
+        if self._catalogue is None:
+            raise Refused(
+                Code.FAILED_PRECONDITION,
+                "this gateway keeps no tool catalogue (serve --catalogue on)",
+            )
+        return self._catalogue
+
+    async def explain(
+        self, operator: Operator | None, call: McpCall, caller: Caller
+    ) -> dict[str, Any]:
+        """How the policy in force decides `call` by `caller`: `mcp-authz check`'s answer."""
+
+        async def work(_: Operator) -> dict[str, Any]:
+            return explain(self._policy.current, call, caller)
+
+        return await self.run(operator, "explain", call.target or call.method or "", work)
+
+    @property
+    def keeps_catalogue(self) -> bool:
+        return self._catalogue is not None
 
     def budget(self, counter: str, scope: str, subject: Sequence[str]) -> Hit:
         """The policy's budget `counter` for `subject`; Refused if there is none such."""
@@ -202,6 +287,8 @@ class AdminActions:
                 refusal = Refused(_GRANT_ERRORS.get(type(e), Code.INVALID_ARGUMENT), str(e))
             except StoreUnavailable as e:
                 refusal = Refused(Code.UNAVAILABLE, f"the store is unavailable: {e}")
+            except CatalogueUnavailable as e:
+                refusal = Refused(Code.UNAVAILABLE, f"the tool catalogue is unavailable: {e}")
             except Refused as e:
                 refusal = e
             else:
@@ -221,7 +308,10 @@ class AdminActions:
         raise refusal
 
     async def _live(self, approval_id: str) -> Approval:
-        approval = await self._approvals.get(approval_id)
+        # Ids are short (approvals/base.py); a longer one is nobody's, and is never sent on.
+        approval = (
+            await self._approvals.get(approval_id) if len(approval_id) <= MAX_APPROVAL_ID else None
+        )
         if approval is None:
             raise Refused(
                 Code.NOT_FOUND, f"no live approval {approval_id!r} (unknown, used or expired)"
@@ -270,6 +360,7 @@ def limits_of(policy: Policy) -> dict[str, Limit]:
         entries = [*grant.tools.exact.values(), *(p.entry for p in grant.tools.patterns)]
         rules += [rule for entry in entries for rule in entry.rules]
         rules += grant.every_tool
+        rules += [rule for entry in grant.risk.values() for rule in entry.rules]
     methods = [*policy.methods.exact.values(), *(p.entry for p in policy.methods.patterns)]
     rules += [rule for entry in methods for rule in entry.rules]
     return {c.limit.counter: c.limit for rule in rules for c in rule.counts}
