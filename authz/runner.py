@@ -164,6 +164,12 @@ def console_config(settings: Settings) -> ConsoleConfig | None:
     """The console's settings, checked now; None when --console-listen is not given."""
     if settings.console_listen is None:
         return None
+    if settings.console_session_secret_file is None:
+        log.warning(
+            "no --console-session-secret-file: console sessions are signed with a key made "
+            "for this process, so sign-ins end at a restart and work on this replica only "
+            "(behind a Service with several replicas, give every replica the same key)"
+        )
     return build_console(
         settings.console_listen,
         public_url=settings.console_public_url,
