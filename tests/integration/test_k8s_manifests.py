@@ -137,6 +137,8 @@ HELM_CASES: dict[str, Doc] = {
         "mcpServer": {"securityContext": {"runAsUser": 1000, "runAsGroup": 1000}},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
         "priorityClassName": "gateway-critical",
+        "nodeSelector": {"pool": "gateways"},
+        "tolerations": [{"key": "gateways", "operator": "Exists", "effect": "NoSchedule"}],
         "extraVolumes": [{"name": "grants", "secret": {"secretName": "grants"}}],
         "extraVolumeMounts": [{"name": "grants", "mountPath": "/etc/grants", "readOnly": True}],
         "extraEnv": [{"name": "MCP_AUTHZ_REDIS_TIMEOUT", "value": "0.2"}],
