@@ -237,6 +237,21 @@ FIXES: dict[str, tuple[Doc, str]] = {
         },
         "console.enabled needs a sign-in",
     ),
+    "console without roles": (
+        {
+            "console": {
+                "enabled": True,
+                "publicUrl": "https://c.example.com",
+                "from": [{"podSelector": {}}],
+                "trustedHeader": "x-forwarded-email",
+            }
+        },
+        "console.enabled needs console.roles",
+    ),
+    "console replicas without a shared session key": (
+        {"replicas": 2, "redis": {"deploy": True}, "console": {"enabled": True}},
+        "console with replicas > 1 needs console.sessionSecret.name",
+    ),
     "console OIDC without its secret": (
         {
             "console": {

@@ -10,10 +10,12 @@ console ports only from the peers named for them (never from everyone).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 
+from authz.console.config import build_console
+from authz.console.roles import RoleMap
 from authz.settings import Settings
 from tests.integration.test_k8s_manifests import (
     K8S,
@@ -103,7 +105,7 @@ def test_tokens_and_client_secret_come_from_secrets(
         assert "SECRET" not in key or key.endswith("_FILE"), key
 
 
-def test_the_chart_mounts_tls_and_roles(renders: dict[str, tuple[Doc, ...]]) -> None:
+def test_the_chart_mounts_tls(renders: dict[str, tuple[Doc, ...]]) -> None:
     docs = renders["helm"]
     deployment = sidecar_deployment(docs)
     authz = container(deployment, "mcp-authz")
@@ -113,9 +115,25 @@ def test_the_chart_mounts_tls_and_roles(renders: dict[str, tuple[Doc, ...]]) -> 
         found = mounted_file(deployment, authz, env[setting])
         assert found["volume"]["secret"]["secretName"] == "mcp-authz-admin-tls"
         assert found["key"] == key
-    roles = mounted_file(deployment, authz, env["MCP_AUTHZ_CONSOLE_ROLES_FILE"])
-    assert roles["volume"]["configMap"]["name"] == "mcp-authz-console-roles"
     assert env["MCP_AUTHZ_CONSOLE_TRACE_URL"].startswith("https://grafana.example.com/")
+    assert env["MCP_AUTHZ_CONSOLE_REDACT_ARGS"] == "withdraw:args.iban,args.card_number"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_roles_file_is_one_the_console_loads(
+    source: str, renders: dict[str, tuple[Doc, ...]], tmp_path: Path
+) -> None:
+    docs = renders[source]
+    deployment = sidecar_deployment(docs)
+    authz = container(deployment, "mcp-authz")
+    env = env_of(docs, authz)
+    roles = mounted_file(deployment, authz, env["MCP_AUTHZ_CONSOLE_ROLES_FILE"])
+    text = one(docs, "ConfigMap", roles["volume"]["configMap"]["name"])["data"][roles["key"]]
+    path = tmp_path / "roles.yaml"
+    path.write_text(text)
+    RoleMap.load(path)  # raises RolesFileError naming the problem
+    session = mounted_file(deployment, authz, env["MCP_AUTHZ_CONSOLE_SESSION_SECRET_FILE"])
+    assert "secret" in session["volume"]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -168,3 +186,39 @@ def test_the_network_policy_admits_operators_only(
         assert all(p.get("namespaceSelector") or p.get("podSelector") for p in peers)
         assert [p["port"] for p in rules[port_name]["ports"]] == [port_name]
     assert rules["admin"]["from"] != rules["console"]["from"]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_console_accepts_its_settings(
+    source: str, renders: dict[str, tuple[Doc, ...]], tmp_path: Path
+) -> None:
+    """The console's own start-up checks (https issuer, a roles file it can load, a trace
+    template with {trace_id}, a session key long enough), on the rendered settings, with each
+    mounted file laid out here as the kubelet would mount it."""
+    docs = renders[source]
+    deployment = sidecar_deployment(docs)
+    authz = container(deployment, "mcp-authz")
+    env = env_of(docs, authz)
+
+    def file(setting: str, content: str) -> Path:
+        found = mounted_file(deployment, authz, env[setting])
+        config = found["volume"].get("configMap")
+        if config:
+            content = one(docs, "ConfigMap", config["name"])["data"][found["key"]]
+        path = tmp_path / setting
+        path.write_text(content)
+        return path
+
+    config = build_console(
+        env["MCP_AUTHZ_CONSOLE_LISTEN"],
+        public_url=env["MCP_AUTHZ_CONSOLE_PUBLIC_URL"],
+        roles_file=file("MCP_AUTHZ_CONSOLE_ROLES_FILE", ""),
+        oidc_issuer=env["MCP_AUTHZ_CONSOLE_OIDC_ISSUER"],
+        oidc_client_id=env["MCP_AUTHZ_CONSOLE_OIDC_CLIENT_ID"],
+        oidc_client_secret_file=file("MCP_AUTHZ_CONSOLE_OIDC_CLIENT_SECRET_FILE", "s" * 40),
+        trace_url=env.get("MCP_AUTHZ_CONSOLE_TRACE_URL"),
+        session_secret_file=file("MCP_AUTHZ_CONSOLE_SESSION_SECRET_FILE", "k" * 64),
+        redact=[p for p in env.get("MCP_AUTHZ_CONSOLE_REDACT_ARGS", "").split(",") if p],
+    )
+    assert config.oidc is not None
+    assert config.public_url == env["MCP_AUTHZ_CONSOLE_PUBLIC_URL"]

@@ -172,7 +172,17 @@ HELM_CASES: dict[str, Doc] = {
                 "clientId": "mcp-authz-console",
                 "clientSecret": {"name": "mcp-authz-console-oidc"},
             },
-            "roles": {"existingConfigMap": "mcp-authz-console-roles"},
+            "roles": {
+                "inline": {
+                    "identity_claim": "email",
+                    "roles": {
+                        "approver": ["alice@example.com", "group:treasury"],
+                        "viewer": ["group:engineering"],
+                    },
+                }
+            },
+            "sessionSecret": {"name": "mcp-authz-console-session"},
+            "redactArgs": ["withdraw:args.iban", "args.card_number"],
             "traceUrl": "https://grafana.example.com/explore?traceId={trace_id}",
             "from": [
                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
