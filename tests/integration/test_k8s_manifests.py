@@ -1086,10 +1086,17 @@ def routes(config: Doc) -> list[Doc]:
     return list(vhost["routes"])
 
 
+EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+
+
 def enabled_ext_authz(config: Doc, route: Doc) -> set[str]:
     names = {f["name"] for f in ext_authz_filters(config)}
+    # The response side (ext_proc, docs/catalogue.md) is switched per route the same way.
+    ext_proc = {
+        f["name"] for f in envoy_http_filters(config) if f["typed_config"]["@type"] == EXT_PROC
+    }
     per_route = route.get("typed_per_filter_config", {})
-    assert set(per_route) <= names | {"envoy.filters.http.jwt_authn"}, set(per_route)
+    assert set(per_route) <= names | ext_proc | {"envoy.filters.http.jwt_authn"}, set(per_route)
     return {n for n in names if not per_route.get(n, {}).get("disabled", False)}
 
 
