@@ -15,7 +15,6 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from authz.console.config import build_console
-from authz.console.roles import RoleMap
 from authz.settings import Settings
 from tests.integration.test_k8s_manifests import (
     K8S,
@@ -50,6 +49,13 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Doc, ..
 SOURCES = ("helm", "kustomize")
 
 
+def gateway(docs: tuple[Doc, ...]) -> tuple[Doc, Doc, dict[str, str]]:
+    """The sidecar Deployment, its mcp-authz container, and that container's settings."""
+    deployment = sidecar_deployment(docs)
+    authz = container(deployment, "mcp-authz")
+    return deployment, authz, env_of(docs, authz)
+
+
 def mounted_file(deployment: Doc, c: Doc, path: str) -> Doc:
     """The Secret or ConfigMap volume `path` comes from, with the key it is the file of."""
     file = PurePosixPath(path)
@@ -76,7 +82,7 @@ def test_every_setting_is_one_mcp_authz_knows(
     source: str, renders: dict[str, tuple[Doc, ...]]
 ) -> None:
     docs = renders[source]
-    env = env_of(docs, container(sidecar_deployment(docs), "mcp-authz"))
+    _, _, env = gateway(docs)
     ours = {k for k in env if k.startswith("MCP_AUTHZ_")}
     unknown = ours - SETTINGS
     if not CONSOLE_BUILT:
@@ -91,13 +97,12 @@ def test_tokens_and_client_secret_come_from_secrets(
     source: str, renders: dict[str, tuple[Doc, ...]]
 ) -> None:
     docs = renders[source]
-    deployment = sidecar_deployment(docs)
-    authz = container(deployment, "mcp-authz")
-    env = env_of(docs, authz)
+    deployment, authz, env = gateway(docs)
     tokens = mounted_file(deployment, authz, env["MCP_AUTHZ_ADMIN_TOKENS_FILE"])
     assert "secret" in tokens["volume"]
-    oidc = mounted_file(deployment, authz, env["MCP_AUTHZ_CONSOLE_OIDC_CLIENT_SECRET_FILE"])
-    assert "secret" in oidc["volume"]
+    for setting in ("OIDC_CLIENT_SECRET_FILE", "SESSION_SECRET_FILE"):
+        found = mounted_file(deployment, authz, env[f"MCP_AUTHZ_CONSOLE_{setting}"])
+        assert "secret" in found["volume"], setting
     assert env["MCP_AUTHZ_CONSOLE_PUBLIC_URL"].startswith("https://")
     assert env["MCP_AUTHZ_CONSOLE_OIDC_ISSUER"].startswith("https://")
     # No secret in a ConfigMap: a secret setting names a file.
@@ -107,9 +112,7 @@ def test_tokens_and_client_secret_come_from_secrets(
 
 def test_the_chart_mounts_tls(renders: dict[str, tuple[Doc, ...]]) -> None:
     docs = renders["helm"]
-    deployment = sidecar_deployment(docs)
-    authz = container(deployment, "mcp-authz")
-    env = env_of(docs, authz)
+    deployment, authz, env = gateway(docs)
     tls = ("MCP_AUTHZ_ADMIN_TLS_CERT", "MCP_AUTHZ_ADMIN_TLS_KEY", "MCP_AUTHZ_ADMIN_TLS_CLIENT_CA")
     for setting, key in zip(tls, ("tls.crt", "tls.key", "ca.crt"), strict=True):
         found = mounted_file(deployment, authz, env[setting])
@@ -120,31 +123,12 @@ def test_the_chart_mounts_tls(renders: dict[str, tuple[Doc, ...]]) -> None:
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_the_roles_file_is_one_the_console_loads(
-    source: str, renders: dict[str, tuple[Doc, ...]], tmp_path: Path
-) -> None:
-    docs = renders[source]
-    deployment = sidecar_deployment(docs)
-    authz = container(deployment, "mcp-authz")
-    env = env_of(docs, authz)
-    roles = mounted_file(deployment, authz, env["MCP_AUTHZ_CONSOLE_ROLES_FILE"])
-    text = one(docs, "ConfigMap", roles["volume"]["configMap"]["name"])["data"][roles["key"]]
-    path = tmp_path / "roles.yaml"
-    path.write_text(text)
-    RoleMap.load(path)  # raises RolesFileError naming the problem
-    session = mounted_file(deployment, authz, env["MCP_AUTHZ_CONSOLE_SESSION_SECRET_FILE"])
-    assert "secret" in session["volume"]
-
-
-@pytest.mark.parametrize("source", SOURCES)
 def test_services_and_ingress_reach_the_listeners(
     source: str, renders: dict[str, tuple[Doc, ...]]
 ) -> None:
     docs = renders[source]
-    deployment = sidecar_deployment(docs)
+    deployment, authz, env = gateway(docs)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    authz = container(deployment, "mcp-authz")
-    env = env_of(docs, authz)
     for setting, port_name in (
         ("MCP_AUTHZ_ADMIN_LISTEN", "admin"),
         ("MCP_AUTHZ_CONSOLE_LISTEN", "console"),
@@ -196,9 +180,7 @@ def test_the_console_accepts_its_settings(
     template with {trace_id}, a session key long enough), on the rendered settings, with each
     mounted file laid out here as the kubelet would mount it."""
     docs = renders[source]
-    deployment = sidecar_deployment(docs)
-    authz = container(deployment, "mcp-authz")
-    env = env_of(docs, authz)
+    deployment, authz, env = gateway(docs)
 
     def file(setting: str, content: str) -> Path:
         found = mounted_file(deployment, authz, env[setting])
