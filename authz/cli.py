@@ -117,6 +117,18 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         choices=[m.value for m in FailMode],
     )
     opt(
+        "--max-sessions-per-identity",
+        "most sessions of one identity with live session budgets; new ones are refused",
+        default=_D.max_sessions_per_identity,
+        type=int,
+    )
+    opt(
+        "--memory-store-max-keys",
+        "most live budgets the in-process store keeps (no --redis-url); new ones are refused",
+        default=_D.memory_store_max_keys,
+        type=int,
+    )
+    opt(
         "--identity-source",
         "where the caller's identity comes from",
         default=_D.identity_source.value,
@@ -161,6 +173,18 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     opt("--approval-webhook", "URL POSTed every new approval request (default: none)")
     opt("--approval-webhook-secret-file", "key signing the webhook's POSTs (HMAC)", type=Path)
     opt(
+        "--approvals-max-pending",
+        "most pending approval requests in total; more are refused (-32007)",
+        default=_D.approvals_max_pending,
+        type=int,
+    )
+    opt(
+        "--approvals-max-pending-per-identity",
+        "most pending approval requests of one identity; more are refused (-32007)",
+        default=_D.approvals_max_pending_per_identity,
+        type=int,
+    )
+    opt(
         "--reload-interval",
         "seconds between looks at the policy file; 0 = never reload",
         default=_D.reload_interval,
@@ -175,6 +199,7 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.upstream_header,
     )
     opt("--upstream-bearer-file", "file holding the upstream's credential", type=Path)
+    _console_options(opt)
     opt(
         "--catalogue",
         "pin tool definitions, validate arguments, class tools by risk (needs ext_proc)",
@@ -214,6 +239,34 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_serve)
 
 
+Option = Callable[..., None]
+
+
+def _console_options(opt: Option) -> None:
+    """The web console's flags (docs/console.md)."""
+    opt("--console-listen", "host:port of the web console (default: none; docs/console.md)")
+    opt("--console-public-url", "the URL people open the console at (default http://LISTEN)")
+    opt("--console-roles-file", "who holds which console role (YAML)", type=Path)
+    opt("--console-oidc-issuer", "OIDC issuer URL for console sign-in")
+    opt("--console-oidc-client-id", "the console's OIDC client id")
+    opt("--console-oidc-client-secret-file", "file holding the OIDC client secret", type=Path)
+    opt(
+        "--console-trusted-header",
+        "header an auth proxy sets to the person (only where the proxy alone can connect)",
+    )
+    opt("--console-trace-url", "trace link template with {trace_id} (Grafana, Jaeger)")
+    opt(
+        "--console-session-secret-file",
+        "key signing console sessions (default: per process)",
+        type=Path,
+    )
+    opt(
+        "--console-redact-args",
+        "comma-separated argument paths the console never shows: PATH or NAME:PATH",
+        default="",
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from authz.runner import run  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
 
@@ -227,12 +280,14 @@ def _serve(args: argparse.Namespace) -> int:
             redis_prefix=args.redis_prefix,
             redis_timeout=float(args.redis_timeout),
             fail_mode=FailMode(args.fail_mode),
+            max_sessions_per_identity=int(args.max_sessions_per_identity),
+            memory_store_max_keys=int(args.memory_store_max_keys),
             identity_source=IdentitySourceKind(args.identity_source),
             identity_header=args.identity_header or _D.identity_header,
             identity_claim=args.identity_claim or _D.identity_claim,
             jwt_payload_key=args.jwt_payload_key or _D.jwt_payload_key,
             audit_log=args.audit_log,
-            audit_args=tuple(a.strip() for a in args.audit_args.split(",") if a.strip()),
+            audit_args=_paths(args.audit_args),
             audit_hash_key_file=args.audit_hash_key_file,
             metrics_listen=args.metrics_listen or None,
             health_listen=args.health_listen or None,
@@ -243,6 +298,8 @@ def _serve(args: argparse.Namespace) -> int:
             admin_tls_client_ca=args.admin_tls_client_ca,
             approval_webhook=args.approval_webhook or None,
             approval_webhook_secret_file=args.approval_webhook_secret_file,
+            approvals_max_pending=int(args.approvals_max_pending),
+            approvals_max_pending_per_identity=int(args.approvals_max_pending_per_identity),
             reload_interval=float(args.reload_interval),
             grace=float(args.grace),
             log_level=args.log_level,
@@ -255,6 +312,16 @@ def _serve(args: argparse.Namespace) -> int:
             grants_file=args.grants_file,
             upstream_header=args.upstream_header,
             upstream_bearer_file=args.upstream_bearer_file,
+            console_listen=args.console_listen or None,
+            console_public_url=args.console_public_url or None,
+            console_roles_file=args.console_roles_file,
+            console_oidc_issuer=args.console_oidc_issuer or None,
+            console_oidc_client_id=args.console_oidc_client_id or None,
+            console_oidc_client_secret_file=args.console_oidc_client_secret_file,
+            console_trusted_header=args.console_trusted_header or None,
+            console_trace_url=args.console_trace_url or None,
+            console_session_secret_file=args.console_session_secret_file,
+            console_redact_args=_paths(args.console_redact_args),
             catalogue=args.catalogue == "on",
             catalogue_upstream=args.catalogue_upstream,
             catalogue_max_upstreams=int(args.catalogue_max_upstreams),
@@ -268,6 +335,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"mcp-authz: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _paths(text: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in text.split(",") if a.strip())
 
 
 # Which --identity-source each identity flag belongs to.

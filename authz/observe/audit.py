@@ -28,6 +28,7 @@ from authz import __version__
 from authz.catalogue.base import Change, Observed
 from authz.core.outcome import Outcome, ToolFacts
 from authz.core.response_side import ResponseEvent
+from authz.observe.recent import RecentRecords
 from authz.protocol.echo import json_line
 from authz.protocol.mcp import McpCall
 
@@ -170,26 +171,35 @@ class AuditLog:
         *,
         owned: bool = False,
         clock: Callable[[], datetime] = _now,
+        recent: RecentRecords | None = None,
     ) -> None:
         self._stream = stream
         self._arguments = arguments
         self._owned = owned
         self._clock = clock
+        # The console's pages read the same lines (authz/observe/recent.py).
+        self.recent = recent
 
     @classmethod
-    def open(cls, target: str, arguments: ArgumentAudit) -> AuditLog:
+    def open(
+        cls, target: str, arguments: ArgumentAudit, recent: RecentRecords | None = None
+    ) -> AuditLog:
         """`-` for stdout, `off` for none, anything else is a file appended to."""
         if target == "off":
-            return cls(None, arguments)
+            return cls(None, arguments, recent=recent)
         if target == "-":
-            return cls(sys.stdout, arguments)
-        return cls(open(target, "a", encoding="utf-8", buffering=1), arguments, owned=True)
+            return cls(sys.stdout, arguments, recent=recent)
+        file = open(target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
+        return cls(file, arguments, owned=True, recent=recent)
 
     def record(self, outcome: Outcome, latency: float, span: SpanContext) -> None:
-        if self._stream is None:
+        if self._stream is None and self.recent is None:
             return
         line = self.line(outcome, latency, span)
-        self._stream.write(json_line(line) + "\n")
+        if self.recent is not None:
+            self.recent.add_decision(line)
+        if self._stream is not None:
+            self._stream.write(json_line(line) + "\n")
 
     def line(self, outcome: Outcome, latency: float, span: SpanContext) -> dict[str, Any]:
         caller = outcome.caller
@@ -243,7 +253,7 @@ class AuditLog:
         span: SpanContext | None = None,
     ) -> None:
         """One admin API call (authz/admin/server.py): who did what to which target, and its end."""
-        if self._stream is None:
+        if self._stream is None and self.recent is None:
             return
         valid = span is not None and span.is_valid
         line = {
@@ -258,7 +268,10 @@ class AuditLog:
             "result": result,
             "note": note or None,
         }
-        self._stream.write(json_line(line) + "\n")
+        if self.recent is not None:
+            self.recent.add_admin(line)
+        if self._stream is not None:
+            self._stream.write(json_line(line) + "\n")
 
     def record_catalogue(self, upstream: str, observed: Sequence[Observed]) -> None:
         """What one `tools/list` answer changed in the catalogue: one line per tool added,

@@ -111,10 +111,13 @@ async def stub(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Stub]
         redis_timeout=1.0,
     )
     gateway = Gateway.build(settings)
+    # Calls are judged without the catalogue (test_catalogue_replicas.py and the e2e tests
+    # judge with it); the response side records every list in one.
+    decider = gateway.decider()
     gateway.catalogue = MemoryCatalogue()
     await gateway.store.ready()
     server, port, _ = await create_server(
-        "127.0.0.1:0", gateway.decider(), gateway.audit, response_side=gateway.response_side()
+        "127.0.0.1:0", decider, gateway.audit, response_side=gateway.response_side()
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield Stub(channel, gateway)
