@@ -178,3 +178,28 @@ async def test_a_destructive_tool_waits_for_approval_by_its_class(stack: Stack) 
         assert data["risk"] == "destructive"
         result = await client.call_tool("echo", {"text": "still usable"})
         assert not result.is_error
+
+
+def test_make_runs_demo_pins_the_tools_before_its_first_call(gateway_for: Any) -> None:
+    """`make run` serves with --catalogue on and lists the tools once at start-up
+    (run_demo.pin_tools), so the curl it prints, a tools/call with no tools/list before it,
+    is judged instead of refused as a tool never listed."""
+    from run_demo import pin_tools  # noqa: PLC0415 - examples/, on sys.path
+    from stack import SEED_POLICY  # noqa: PLC0415
+
+    async def call_without_listing(url: str) -> str | None:
+        """The refusal's message, or None when the call went through."""
+        async with Client(url, mode="legacy") as client:
+            try:
+                result = await client.call_tool("binance_us_create_listen_key")
+            except MCPError as e:
+                return e.error.message
+            assert not result.is_error
+            return None
+
+    with gateway_for(SEED_POLICY, "--catalogue", "on") as url:
+        refused = asyncio.run(call_without_listing(url))
+        assert refused is not None
+        assert "never listed" in refused
+        assert asyncio.run(pin_tools(url)) == ["binance_us_create_listen_key"]
+        assert asyncio.run(call_without_listing(url)) is None
