@@ -1077,7 +1077,9 @@ def routes(config: Doc) -> list[Doc]:
 def enabled_ext_authz(config: Doc, route: Doc) -> set[str]:
     names = {f["name"] for f in ext_authz_filters(config)}
     per_route = route.get("typed_per_filter_config", {})
-    assert set(per_route) <= names | {"envoy.filters.http.jwt_authn"}, set(per_route)
+    # A per-route override names a filter of the chain (ext_authz, ext_proc, jwt_authn):
+    # a misspelt name would silently leave that filter on.
+    assert set(per_route) <= {f["name"] for f in envoy_http_filters(config)}, set(per_route)
     return {n for n in names if not per_route.get(n, {}).get("disabled", False)}
 
 
