@@ -7,7 +7,8 @@ Runs the HTTP transport's `HttpCheck` (decide, observe, encode) on bench/mcp.lua
 (a `tools/call` of `bench_tool` from 1,000 identities in rotation) against bench/policy.json,
 with telemetry off, the audit log written to a file, and the in-process store or a private
 redis-server (`--redis`). Prints CPU microseconds per check (process time, so another
-process's load barely moves it), median of `--repeat` rounds. `--profile` prints cProfile's
+process's load barely moves it), median and minimum of `--repeat` rounds: on a shared
+machine the minimum is the steadier figure to compare. `--profile` prints cProfile's
 top functions instead. Compare two trees by running this in each, interleaved.
 """
 
@@ -17,7 +18,9 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,6 +87,13 @@ async def rounds(check: HttpCheck, args: argparse.Namespace) -> list[float]:
         return (time.process_time() - started) / (per_worker * args.concurrency) * 1e6
 
     await one_round()  # warm-up
+    if args.callgrind:
+        # Instructions are what a shared machine cannot blur: count one round's only.
+        _callgrind("on")
+        await one_round()
+        _callgrind("off")
+        print(f"callgrind: counted {per_worker * args.concurrency} checks")
+        return []
     if args.profile:
         cprofile, pstats = _stdlib_profilers()
         profiler = cprofile.Profile()
@@ -93,6 +103,12 @@ async def rounds(check: HttpCheck, args: argparse.Namespace) -> list[float]:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         return []
     return [await one_round() for _ in range(args.repeat)]
+
+
+def _callgrind(state: str) -> None:
+    subprocess.run(
+        ["callgrind_control", "-i", state, str(os.getpid())], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def _stdlib_profilers() -> tuple[Any, Any]:
@@ -129,6 +145,12 @@ def main() -> int:
     parser.add_argument("--redis", action="store_true", help="count in a private redis-server")
     parser.add_argument("--audit", default="", help="audit log file, or off (default: a temp file)")
     parser.add_argument("--profile", action="store_true", help="cProfile one round instead")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count one round's instructions (run under valgrind --tool=callgrind "
+        "--instr-atstart=no; then callgrind_annotate)",
+    )
     args = parser.parse_args()
     import uvloop  # noqa: PLC0415 - as the HTTP transport runs
 
@@ -143,7 +165,10 @@ def main() -> int:
             samples = uvloop.run(measure(MemoryStore(), audit, args))
     if samples:
         shown = " ".join(f"{s:.1f}" for s in samples)
-        print(f"CPU us/check: median {statistics.median(samples):.1f} (rounds: {shown})")
+        print(
+            f"CPU us/check: median {statistics.median(samples):.1f} min {min(samples):.1f} "
+            f"(rounds: {shown})"
+        )
     return 0
 
 

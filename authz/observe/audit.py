@@ -9,6 +9,7 @@ hashes match across replicas and restarts, or is made per process.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import hmac
@@ -40,6 +41,14 @@ MAX_KEY_CHARS: Final = 64
 # Names the layout of every audit line; the number grows when a field changes meaning or goes.
 AUDIT_SCHEMA: Final = "mcp-authz.audit/1"
 _ABSENT: Final = object()
+# The file's buffer: decision lines are written when it fills, and at the end of the event
+# loop's turn that wrote them, so a burst of decisions costs one write, not one per line.
+BUFFER_BYTES: Final = 64 * 1024
+# The canonical JSON that argument hashes are taken of (built once: json.dumps with options
+# builds an encoder on every call). Its layout is part of the hash: never change it.
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False
+).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +114,8 @@ class ArgumentAudit:
         return entry
 
     def digest(self, call: McpCall) -> str:
-        canonical = json.dumps(
-            call.arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
-        return hmac.new(self._key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+        canonical = _CANONICAL(call.arguments).encode("utf-8")
+        return hmac.digest(self._key, canonical, "sha256").hex()
 
     def clear(self, call: McpCall) -> dict[str, Any]:
         paths = (p for p in self._allowed if p.applies_to(call.target))
@@ -161,6 +168,7 @@ class AuditLog:
         self._arguments = arguments
         self._owned = owned
         self._clock = clock
+        self._flush_due = False
 
     @classmethod
     def open(cls, target: str, arguments: ArgumentAudit) -> AuditLog:
@@ -169,13 +177,33 @@ class AuditLog:
             return cls(None, arguments)
         if target == "-":
             return cls(sys.stdout, arguments)
-        return cls(open(target, "a", encoding="utf-8", buffering=1), arguments, owned=True)
+        return cls(
+            open(target, "a", encoding="utf-8", buffering=BUFFER_BYTES), arguments, owned=True
+        )
 
     def record(self, outcome: Outcome, latency: float, span: SpanContext) -> None:
         if self._stream is None:
             return
-        line = self.line(outcome, latency, span)
-        self._stream.write(json_line(line) + "\n")
+        self._stream.write(json_line(self.line(outcome, latency, span)) + "\n")
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush once the event loop's current turn is over (at once outside a loop): the
+        decisions of one turn share a write, and no line waits longer than that turn."""
+        if self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_due = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_due = False
+        if self._stream is not None and not self._stream.closed:
+            self._stream.flush()
 
     def line(self, outcome: Outcome, latency: float, span: SpanContext) -> dict[str, Any]:
         caller = outcome.caller
@@ -242,7 +270,10 @@ class AuditLog:
             "note": note or None,
         }
         self._stream.write(json_line(line) + "\n")
+        self.flush()
 
     def close(self) -> None:
+        """Writes what is buffered; closes the file this log opened."""
+        self.flush()
         if self._owned and self._stream is not None:
             self._stream.close()
