@@ -131,6 +131,10 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         type=Path,
     )
     opt("--metrics-listen", "host:port of a Prometheus /metrics endpoint (default: none)")
+    opt(
+        "--health-listen",
+        "host:port of an HTTP health endpoint, GET /ready and /live (default: none)",
+    )
     opt("--admin-listen", "host:port of the admin gRPC API (default: none; needs a tokens file)")
     opt("--admin-tokens-file", "admin API tokens: lines of TOKEN IDENTITY [claim=value,...]")
     opt("--admin-tls-cert", "the admin API's TLS certificate (with --admin-tls-key)", type=Path)
@@ -184,6 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
             audit_args=tuple(a.strip() for a in args.audit_args.split(",") if a.strip()),
             audit_hash_key_file=args.audit_hash_key_file,
             metrics_listen=args.metrics_listen or None,
+            health_listen=args.health_listen or None,
             admin_listen=args.admin_listen or None,
             admin_tokens_file=Path(args.admin_tokens_file) if args.admin_tokens_file else None,
             admin_tls_cert=args.admin_tls_cert,

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import grpc
-from grpc_health.v1 import health as grpc_health
 
 from authz import __version__
 from authz.admin.server import (
@@ -25,11 +24,12 @@ from authz.admin.server import (
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
-from authz.core.decision import Decider
+from authz.core.decision import Decider, FailMode
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
-from authz.edges.authz_grpc import create_server, mark_serving
+from authz.edges.authz_grpc import create_server
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
+from authz.edges.health import ReplicaHealth, serve_http
 from authz.edges.workers import run_loop, run_workers
 from authz.grants.base import GrantKey, Grants
 from authz.grants.file import FileGrants
@@ -274,8 +274,7 @@ class Gateway:
         Check pays that out of its per-call timeout; retries, saying why, until SIGTERM."""
         while not stop.is_set():
             try:
-                await self.store.ready()
-                await self.approvals.ready()
+                await self.stores_answer()
             except StoreUnavailable as e:
                 log.warning(
                     "waiting for the store before serving (retrying in %.0fs): %s", READY_RETRY, e
@@ -285,9 +284,14 @@ class Gateway:
             else:
                 return
 
+    async def stores_answer(self) -> None:
+        """Raises StoreUnavailable unless every store a Check may need answers."""
+        await self.store.ready()
+        await self.approvals.ready()
+
     async def _serve_checks(
-        self, stop: asyncio.Event
-    ) -> tuple[grpc.aio.Server | HttpServer, int, grpc_health.aio.HealthServicer | None]:
+        self, stop: asyncio.Event, health: ReplicaHealth
+    ) -> tuple[grpc.aio.Server | HttpServer, int]:
         """The ext_authz server of the configured transport, started once the stores are
         ready: gRPC's binds at once with health NOT_SERVING until then, HTTP's binds after."""
         if self.settings.transport is Transport.HTTP:
@@ -299,31 +303,45 @@ class Gateway:
                 self.settings.identity_source,
                 self.upstream,
             )
-            http, port = await create_http_server(
+            server: grpc.aio.Server | HttpServer
+            server, port = await create_http_server(
                 self.settings.listen, check, reuse_port=self.settings.workers > 1
             )
-            return http, port, None
-        grpc_server, port, health = await create_server(
-            self.settings.listen,
-            self.decider(),
-            self.audit,
-            self.telemetry,
-            self.upstream,
-            serving=False,
-        )
-        await self.until_ready(stop)
+        else:
+            server, port, _ = await create_server(
+                self.settings.listen,
+                self.decider(),
+                self.audit,
+                self.telemetry,
+                self.upstream,
+                health=health,
+            )
+            await self.until_ready(stop)
         if not stop.is_set():
-            await mark_serving(health)
-        return grpc_server, port, health
+            await health.set_judging(True)
+        return server, port
+
+    async def serve_health(self, health: ReplicaHealth) -> asyncio.Server | None:
+        """The HTTP health endpoint, when configured: up before the checks, so that a probe
+        reads NOT_SERVING while start-up waits for the stores, not a refused connection."""
+        if self.settings.health_listen is None:
+            return None
+        server, port = await serve_http(
+            self.settings.health_listen, health, reuse_port=self.settings.workers > 1
+        )
+        log.info("serving HTTP health (GET /ready, GET /live) on port %d", port)
+        return server
 
     async def serve(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        health = await ReplicaHealth.start(judging=False)
+        health_http = await self.serve_health(health)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
-        server, port, health = await self._serve_checks(stop)
+        server, port = await self._serve_checks(stop, health)
         log.info(
             "mcp-authz %s serving ext_authz on port %d; transport %s; policy %s (%s); "
             "fail mode %s; identity from %s",
@@ -345,16 +363,29 @@ class Gateway:
             if self.settings.reload_interval > 0
             else None
         )
+        watching = self._watch_stores(health)
         await stop.wait()
         log.info("shutting down: draining for up to %.1fs", self.settings.grace)
-        if reloading is not None:
-            reloading.cancel()
+        for task in (reloading, watching):
+            if task is not None:
+                task.cancel()
         await self._stop(server, health, admin[0] if admin is not None else None)
+        if health_http is not None:
+            health_http.close()
+            await health_http.wait_closed()
+
+    def _watch_stores(self, health: ReplicaHealth) -> asyncio.Task[None] | None:
+        """In fail-closed mode, health follows the stores: a replica that would refuse every
+        limited call says so, and Envoy's health checks send the calls elsewhere. In
+        fail-open mode it keeps serving, as the operator chose answers over judgement."""
+        if self.settings.fail_mode is not FailMode.CLOSED:
+            return None
+        return asyncio.create_task(health.watch(self.stores_answer))
 
     async def _stop(
         self,
         server: grpc.aio.Server | HttpServer,
-        health: grpc_health.aio.HealthServicer | None,
+        health: ReplicaHealth,
         admin: grpc.aio.Server | None,
     ) -> None:
         """Everything down within --grace, and the exporters within EXPORT_FLOOR after it at
@@ -367,8 +398,7 @@ class Gateway:
             return max(deadline - loop.time(), 0.0)
 
         # Health goes NOT_SERVING first so probes stop routing new work here while we drain.
-        if health is not None:
-            await health.enter_graceful_shutdown()
+        await health.drain()
         await server.stop(left())
         if admin is not None:
             await admin.stop(left())

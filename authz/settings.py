@@ -39,6 +39,8 @@ class Settings:
     audit_hash_key_file: Path | None = None
     # host:port of the Prometheus scrape endpoint; None serves none.
     metrics_listen: str | None = None
+    # host:port of the HTTP health endpoint (GET /ready, GET /live); None serves none.
+    health_listen: str | None = None
     # host:port of the admin gRPC API (approvals, counters, policy status); None serves none.
     admin_listen: str | None = None
     # Lines of `TOKEN IDENTITY [claim=value,...]`: who may call the admin API, as whom.

@@ -46,28 +46,30 @@ class StartupError(RuntimeError):
 
 @dataclass(frozen=True)
 class Ports:
-    """The stack's four ports; the defaults are the ones in the shipped Envoy config."""
+    """The stack's ports; the defaults are the ones in the shipped Envoy configs. `health` is
+    mcp-authz's HTTP health endpoint (--health-listen), which envoy-http.yaml checks."""
 
     mcp_server: int = 8000
     authz: int = 9191
     envoy: int = 10000
     admin: int = 9901
+    health: int = 9193
 
     @classmethod
     def free(cls) -> Ports:
-        """Four distinct ports the kernel has just handed out as free."""
-        sockets = [socket.socket() for _ in range(4)]
+        """Distinct ports the kernel has just handed out as free."""
+        sockets = [socket.socket() for _ in range(5)]
         with ExitStack() as stack:
             for sock in sockets:
                 stack.enter_context(sock)
                 sock.bind((HOST, 0))
-            mcp_server, authz, envoy, admin = (sock.getsockname()[1] for sock in sockets)
-        return cls(mcp_server=mcp_server, authz=authz, envoy=envoy, admin=admin)
+            mcp_server, authz, envoy, admin, health = (s.getsockname()[1] for s in sockets)
+        return cls(mcp_server, authz, envoy, admin, health)
 
     def ensure_free(self) -> None:
         """Fail early and plainly on a busy port: a probe would take whatever holds it for
         the process we started."""
-        for port in (self.mcp_server, self.authz, self.envoy, self.admin):
+        for port in (self.mcp_server, self.authz, self.envoy, self.admin, self.health):
             with socket.socket() as sock:
                 # As the servers do, so a port left in TIME_WAIT by the last run counts as free.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -183,11 +185,12 @@ def grpc_serving(port: int) -> Callable[[], bool]:
     return probe
 
 
-def envoy_ready(admin_port: int) -> Callable[[], bool]:
-    """Envoy's admin /ready answers 200 once listeners and clusters are initialised."""
+def ready_200(port: int) -> Callable[[], bool]:
+    """GET /ready answers 200: Envoy's admin port once listeners and clusters are initialised,
+    mcp-authz's HTTP health endpoint once it can judge."""
 
     def probe() -> bool:
-        with closing(http.client.HTTPConnection(HOST, admin_port, timeout=1.0)) as conn:
+        with closing(http.client.HTTPConnection(HOST, port, timeout=1.0)) as conn:
             try:
                 conn.request("GET", "/ready")
                 return conn.getresponse().status == 200
@@ -195,6 +198,10 @@ def envoy_ready(admin_port: int) -> Callable[[], bool]:
                 return False
 
     return probe
+
+
+def envoy_ready(admin_port: int) -> Callable[[], bool]:
+    return ready_200(admin_port)
 
 
 def render_envoy_config(
@@ -216,6 +223,8 @@ def render_envoy_config(
             for lb_endpoint in locality["lb_endpoints"]:
                 address = lb_endpoint["endpoint"]["address"]["socket_address"]
                 address["port_value"] = cluster_ports[cluster["name"]]
+                if "health_check_config" in lb_endpoint["endpoint"]:
+                    lb_endpoint["endpoint"]["health_check_config"]["port_value"] = ports.health
     dest.write_text(yaml.safe_dump(config, sort_keys=False))
     return dest
 
@@ -235,7 +244,9 @@ def start_authz(
 ) -> Process:
     """mcp-authz serving `policy`; `options` are further `serve` flags (e.g. --redis-url)."""
     if transport != "grpc":
-        options = ("--transport", transport, *options)
+        # The HTTP transport's health endpoint, which envoy-http.yaml's health checks ask.
+        health = f"{HOST}:{ports.health}"
+        options = ("--transport", transport, "--health-listen", health, *options)
     argv = [
         executable("mcp-authz"),
         "serve",
@@ -248,8 +259,8 @@ def start_authz(
     process = launch("mcp-authz", argv, log)
     if transport == "grpc":
         process.wait_ready(grpc_serving(ports.authz), "serving gRPC health")
-    else:  # the HTTP transport has no health service: it is up once it accepts connections
-        process.wait_ready(accepts_tcp(ports.authz), "accepting connections")
+    else:  # the HTTP transport's health endpoint says 200 once the stores answered
+        process.wait_ready(ready_200(ports.health), "ready on its HTTP health endpoint")
     return process
 
 

@@ -6,16 +6,15 @@ import time
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.core.decision import Decider
 from authz.core.reply import UpstreamCredential, reply_for
 from authz.edges import envoy
+from authz.edges.health import ReplicaHealth
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
-
-AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
@@ -49,32 +48,19 @@ async def create_server(
     telemetry: Telemetry | None = None,
     upstream: UpstreamCredential | None = None,
     *,
-    serving: bool = True,
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A started server bound to `listen` (port 0 picks a free one) and the bound port.
-
-    With `serving=False` health says NOT_SERVING until `mark_serving`: the runner first
-    makes sure the stores answer."""
+    health: ReplicaHealth | None = None,
+) -> tuple[grpc.aio.Server, int, ReplicaHealth]:
+    """A started server bound to `listen` (port 0 picks a free one), the bound port and the
+    health it serves: `health` (the runner's, NOT_SERVING until the stores answer), or one
+    that says SERVING from the start."""
+    health = health or await ReplicaHealth.start(judging=True)
     server = grpc.aio.server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
         AuthorizationServicer(decider, audit, telemetry or Telemetry.off(), upstream), server
     )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for service in ("", AUTHORIZATION_SERVICE):
-        await health_servicer.set(service, status)
-    return server, port, health_servicer
-
-
-async def mark_serving(health_servicer: health.aio.HealthServicer) -> None:
-    for service in ("", AUTHORIZATION_SERVICE):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health

@@ -29,6 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from authz.edges.health import AUTHORIZATION_SERVICE, JUDGING, LIVENESS
 from authz.policy.load import load_policy
 from authz.settings import Settings
 
@@ -241,9 +242,14 @@ def envoy_http_filters(config: Doc) -> list[Doc]:
 
 
 def envoy_cluster_address(config: Doc, cluster: str) -> tuple[str, int]:
-    (found,) = [c for c in config["static_resources"]["clusters"] if c["name"] == cluster]
-    socket = found["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-    return socket["socket_address"]["address"], int(socket["socket_address"]["port_value"])
+    locality = envoy_cluster(config, cluster)["load_assignment"]["endpoints"][0]
+    socket = locality["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    return socket["address"], int(socket["port_value"])
+
+
+def envoy_cluster(config: Doc, name: str) -> Doc:
+    (found,) = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
+    return dict(found)
 
 
 def envoy_listener_port(config: Doc) -> int:
@@ -316,7 +322,8 @@ def test_helm_output_validates_against_the_kubernetes_schemas(
 
 
 def test_istio_kubernetes_objects_validate() -> None:
-    validate_all(tuple(d for d in kustomize(ISTIO) if not d["apiVersion"].startswith("security.")))
+    docs = kustomize(ISTIO)
+    validate_all(tuple(d for d in docs if ".istio.io/" not in d["apiVersion"]))
 
 
 def test_strict_validation_catches_a_misspelt_field() -> None:
@@ -370,8 +377,7 @@ def check_sidecar_pod(docs: tuple[Doc, ...]) -> None:
     env = env_of(docs, authz)
     listen_host, listen_port = host_port(env["MCP_AUTHZ_LISTEN"])
     assert listen_port == port_of(authz, "grpc")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert authz[probe]["grpc"]["port"] == listen_port, probe
+    check_probes(authz, listen_port)
     envoy_files = configmap_data(docs, deployment, "envoy-config")
     if envoy_files:
         config = yaml.safe_load(envoy_files["envoy.yaml"])
@@ -384,6 +390,17 @@ def check_sidecar_pod(docs: tuple[Doc, ...]) -> None:
     check_exposure(docs, deployment, listen_host)
     if deployment["spec"]["replicas"] > 1:
         assert "MCP_AUTHZ_REDIS_URL" in env, "replicas with per-pod counters multiply limits"
+
+
+def check_probes(authz: Doc, listen_port: int) -> None:
+    """gRPC probes on the check port: readiness asks whether mcp-authz can judge (NOT_SERVING
+    while draining or without its Redis), startup and liveness only whether it answers, so a
+    Redis outage never restarts it."""
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert authz[probe]["grpc"]["port"] == listen_port, probe
+    assert authz["readinessProbe"]["grpc"].get("service", "") in JUDGING
+    assert authz["startupProbe"]["grpc"]["service"] == LIVENESS
+    assert authz["livenessProbe"]["grpc"]["service"] == LIVENESS
 
 
 def check_policy_mount(
@@ -471,7 +488,12 @@ def test_embedded_overlay_is_one_replica_without_redis() -> None:
 
 def test_shared_redis_overlay_points_every_replica_at_its_redis() -> None:
     docs = kustomize(K8S / "overlays" / "shared-redis")
-    deployment = sidecar_deployment(docs)
+    check_shared_redis(docs, sidecar_deployment(docs))
+
+
+def check_shared_redis(docs: tuple[Doc, ...], deployment: Doc) -> None:
+    """Several replicas, all counting in one Redis that the rendering runs and only their
+    pods may reach."""
     assert deployment["spec"]["replicas"] > 1
     host, port = host_port(env_of(docs, container(deployment, "mcp-authz"))["MCP_AUTHZ_REDIS_URL"])
     service = one(docs, "Service", host)
@@ -830,6 +852,76 @@ def test_istio_authorization_policies() -> None:
     )
 
 
+# Istio's OutlierDetection (istio/api, networking/v1/destination_rule.proto): the fields it
+# has, so a misspelt one fails here instead of being dropped by istiod.
+ISTIO_DESTINATION_RULE_SPEC = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["host", "trafficPolicy"],
+    "properties": {
+        "host": {"type": "string"},
+        "trafficPolicy": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "outlierDetection": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "consecutiveGatewayErrors": {"type": "integer", "minimum": 0},
+                        "consecutive5xxErrors": {"type": "integer", "minimum": 0},
+                        "consecutiveLocalOriginFailures": {"type": "integer", "minimum": 0},
+                        "splitExternalLocalOriginErrors": {"type": "boolean"},
+                        "interval": {"type": "string", "pattern": "^[0-9.]+(ms|s|m|h)$"},
+                        "baseEjectionTime": {"type": "string", "pattern": "^[0-9.]+(ms|s|m|h)$"},
+                        "maxEjectionPercent": {"type": "integer", "minimum": 0, "maximum": 100},
+                        "minHealthPercent": {"type": "integer", "minimum": 0, "maximum": 100},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_istio_mcp_authz_runs_replicas_that_share_one_redis() -> None:
+    docs = kustomize(ISTIO)
+    deployment = one(docs, "Deployment", "mcp-authz")
+    authz = container(deployment, "mcp-authz")
+    env = env_of(docs, authz)
+    assert deployment["spec"]["replicas"] >= 2
+    check_shared_redis(docs, deployment)
+    assert env["MCP_AUTHZ_FAIL_MODE"] == "closed"
+    check_probes(authz, host_port(env["MCP_AUTHZ_LISTEN"])[1])
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pdb = one(docs, "PodDisruptionBudget", "mcp-authz")
+    assert selects(pdb["spec"]["selector"]["matchLabels"], labels)
+    assert pdb["spec"]["maxUnavailable"] < deployment["spec"]["replicas"]
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname"}
+    for constraint in spread:
+        assert selects(constraint["labelSelector"]["matchLabels"], labels)
+        # A cluster with fewer nodes than replicas still runs them all.
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+
+
+def test_istio_proxies_eject_replicas_like_the_shipped_envoy() -> None:
+    (rule,) = find(kustomize(ISTIO), "DestinationRule")
+    assert rule["apiVersion"] == "networking.istio.io/v1"
+    jsonschema.validate(rule["spec"], ISTIO_DESTINATION_RULE_SPEC)
+    assert rule["spec"]["host"] == istio_provider()["envoyExtAuthzGrpc"]["service"]
+    shipped = envoy_cluster(SHIPPED, "mcp_authz")["outlier_detection"]
+    assert rule["spec"]["trafficPolicy"]["outlierDetection"] == {
+        "consecutiveGatewayErrors": shipped["consecutive_gateway_failure"],
+        "consecutive5xxErrors": shipped["consecutive_5xx"],
+        "interval": shipped["interval"],
+        "baseEjectionTime": shipped["base_ejection_time"],
+        "maxEjectionPercent": shipped["max_ejection_percent"],
+    }
+    # Istio enforces a consecutive-error ejection at 100% whenever its threshold is set.
+    assert shipped["enforcing_consecutive_gateway_failure"] == 100
+
+
 # ===================================================================== Envoy config shapes
 
 ENVOY_CONFIGS = sorted(ENVOY_DIR.glob("*.yaml"))
@@ -898,3 +990,36 @@ def test_jwt_sidecar_hands_verified_claims_to_mcp_authz() -> None:
         if enabled_ext_authz(config, route):
             (rule,) = [r for r in rules if r["match"] == route["match"]]
             assert rule.get("requires"), route["match"]
+
+
+def ext_authz_cluster(f: Doc) -> str:
+    typed = f["typed_config"]
+    if "http_service" in typed:
+        return str(typed["http_service"]["server_uri"]["cluster"])
+    return str(typed["grpc_service"]["envoy_grpc"]["cluster_name"])
+
+
+@pytest.mark.parametrize("path", ENVOY_CONFIGS, ids=lambda p: p.name)
+def test_every_mcp_authz_cluster_is_health_checked_like_the_shipped_one(path: Path) -> None:
+    """Any of these clusters may be given several replicas: each must leave out one that is
+    dead (outlier detection) or cannot judge (health checks), with the shipped settings."""
+    config = yaml.safe_load(path.read_text())
+    shipped = envoy_cluster(SHIPPED, "mcp_authz")
+    (shipped_check,) = shipped["health_checks"]
+    timing = {k: v for k, v in shipped_check.items() if k != "grpc_health_check"}
+    assert shipped_check["grpc_health_check"] == {"service_name": AUTHORIZATION_SERVICE}
+    for f in ext_authz_filters(config):
+        cluster = envoy_cluster(config, ext_authz_cluster(f))
+        assert cluster["outlier_detection"] == shipped["outlier_detection"], cluster["name"]
+        (check,) = cluster["health_checks"]
+        assert {k: v for k, v in check.items() if not k.endswith("_health_check")} == timing
+        if "http_service" in f["typed_config"]:
+            # gRPC health needs HTTP/2; the HTTP endpoint lives on a port of its own.
+            assert check["http_health_check"] == {"path": "/ready"}
+            for locality in cluster["load_assignment"]["endpoints"]:
+                for endpoint in locality["lb_endpoints"]:
+                    address = endpoint["endpoint"]["address"]["socket_address"]
+                    health_port = endpoint["endpoint"]["health_check_config"]["port_value"]
+                    assert health_port != address["port_value"]
+        else:
+            assert check["grpc_health_check"] == shipped_check["grpc_health_check"]

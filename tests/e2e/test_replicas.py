@@ -1,0 +1,275 @@
+"""Two mcp-authz replicas behind the real front proxy (deploy/envoy/front-proxy.yaml): Envoy's
+gRPC health checks and outlier detection take a dead replica, or one whose Redis is gone in
+fail-closed mode, out of rotation, and every call made after that is judged by the other.
+
+The front proxy is the shipped file with only addresses and ports changed: its payments route
+goes to the demo MCP server, and its payments mcp-authz cluster names two replicas. Agents are
+official Python SDK clients calling `echo` (limited, so each Check needs Redis) in a loop; each
+call is recorded with when it started and how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mcp import Client
+from stack import (
+    HOST,
+    SEED_POLICY,
+    Ports,
+    Process,
+    envoy_ready,
+    executable,
+    launch,
+    start_authz,
+    start_envoy,
+)
+
+from tests.conftest import RedisServer
+from tests.e2e.conftest import PROCESSES
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+FRONT_PROXY = REPO / "deploy" / "envoy" / "front-proxy.yaml"
+AUTHZ_CLUSTER = "mcp_authz_payments"
+TOOL = "echo"
+AGENTS = 4
+# Calls made before a replica is hurt, and calls that must all succeed once it is out.
+WARM_CALLS = 40
+CALLS_AFTER = 120
+# Upper bounds only (the test waits for the event, it does not time it): with the shipped
+# settings a killed replica is ejected within a second or two of load, a NOT_SERVING one is
+# out after two health checks (~2 s), a recovered one back after two more.
+EVENT_WITHIN = 30.0
+
+
+def policy(tmp: Path) -> Path:
+    """Default deny; `echo` allowed under a limit no test reaches, so every Check counts in
+    Redis and a replica without its Redis refuses (fail-closed) instead of judging."""
+    rule = {"limits": [{"counter": "echo", "window": "minute", "max": 1_000_000}]}
+    path = tmp / "policy.json"
+    path.write_text(json.dumps({"version": "1", "default": "deny", "tools": {TOOL: rule}}))
+    return path
+
+
+def render_front_proxy(ports: Ports, replicas: list[int], dest: Path) -> Path:
+    """The shipped front proxy with its addresses on loopback: the MCP routes to the demo
+    server, both mcp-authz clusters to `replicas`, the collector to a closed port."""
+    config: dict[str, Any] = yaml.safe_load(FRONT_PROXY.read_text())
+    config["admin"]["address"]["socket_address"]["port_value"] = ports.admin
+    (listener,) = config["static_resources"]["listeners"]
+    listener["address"]["socket_address"].update(address=HOST, port_value=ports.envoy)
+    targets = {"payments_mcp": [ports.mcp_server], "github_mcp": [ports.mcp_server]}
+    targets |= {"mcp_authz_payments": replicas, "mcp_authz_github": replicas}
+    targets["otel_collector"] = [ports.authz]  # nothing listens there
+    for cluster in config["static_resources"]["clusters"]:
+        (locality,) = cluster["load_assignment"]["endpoints"]
+        template = locality["lb_endpoints"][0]
+        locality["lb_endpoints"] = [
+            {"endpoint": {"address": {"socket_address": {"address": HOST, "port_value": port}}}}
+            | {k: v for k, v in template.items() if k != "endpoint"}
+            for port in targets[cluster["name"]]
+        ]
+    dest.write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+def admin_get(ports: Ports, path: str) -> str:
+    conn = http.client.HTTPConnection(HOST, ports.admin, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def health_flags(ports: Ports, cluster: str = AUTHZ_CLUSTER) -> dict[int, str]:
+    """Each endpoint's health flags in `cluster`, as Envoy's admin /clusters says."""
+    flags: dict[int, str] = {}
+    for line in admin_get(ports, "/clusters").splitlines():
+        parts = line.split("::")
+        if parts[0] == cluster and len(parts) == 4 and parts[2] == "health_flags":
+            flags[int(parts[1].rpartition(":")[2])] = parts[3]
+    return flags
+
+
+async def wait_flags(ports: Ports, port: int, healthy: bool) -> float:
+    """Waits until Envoy holds `port` healthy (or not); the time that took."""
+    started = time.monotonic()
+    while ((await asyncio.to_thread(health_flags, ports)).get(port) == "healthy") != healthy:
+        assert time.monotonic() - started < EVENT_WITHIN, health_flags(ports)
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+@dataclass
+class Call:
+    started: float
+    ok: bool
+    error: str = ""
+
+
+@dataclass
+class Agents:
+    """AGENTS SDK clients calling TOOL in a loop until stopped; every call is recorded."""
+
+    url: str
+    calls: list[Call] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _recorded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _agent(self, n: int) -> None:
+        async with Client(self.url, mode="auto") as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    result = await client.call_tool(TOOL, {"text": f"agent {n}"})
+                except Exception as e:  # every failure is a data point here
+                    self._record(Call(started, ok=False, error=f"{type(e).__name__}: {e}"))
+                else:
+                    self._record(Call(started, ok=not result.is_error, error=str(result)))
+
+    def _record(self, call: Call) -> None:
+        self.calls.append(call)
+        self._recorded.set()
+
+    async def until(self, calls: int, after: float = 0.0) -> None:
+        """Waits for `calls` finished calls that started after `after`."""
+        while sum(c.started > after for c in self.calls) < calls:
+            self._recorded.clear()
+            await self._recorded.wait()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        self._stop.clear()
+        tasks = [asyncio.ensure_future(self._agent(n)) for n in range(AGENTS)]
+        try:
+            yield
+        finally:
+            self._stop.set()
+            for task in tasks:
+                task.cancel()
+
+    def failed_after(self, moment: float) -> list[Call]:
+        return [c for c in self.calls if c.started > moment and not c.ok]
+
+
+@dataclass
+class Replicas:
+    ports: Ports
+    authz: list[Process]
+    redis: list[RedisServer]
+    endpoints: list[int]
+    url: str
+
+
+def start_replica(stack: ExitStack, tmp: Path, n: int) -> tuple[Process, RedisServer, int]:
+    """Replica `n`: fail-closed, with a Redis of its own so it can lose its store alone."""
+    redis = RedisServer(tmp / f"redis-{n}").start()
+    stack.callback(redis.stop)
+    ports = Ports.free()
+    options = ("--redis-url", redis.url, "--fail-mode", "closed", "--audit-log", "off")
+    log = tmp / f"mcp-authz-{n}.log"
+    process = stack.enter_context(start_authz(ports, policy(tmp), log, *options))
+    return process, redis, ports.authz
+
+
+@pytest.fixture
+def replicas(
+    request: pytest.FixtureRequest, demo_server: tuple[Ports, Process], tmp_path: Path
+) -> Iterator[Replicas]:
+    """Two mcp-authz replicas behind the front proxy, both healthy in Envoy's eyes."""
+    demo_ports, demo_process = demo_server
+    processes = request.node.stash[PROCESSES] = [demo_process]
+    with ExitStack() as stack:
+        started = [start_replica(stack, tmp_path, n) for n in range(2)]
+        authz = [process for process, _, _ in started]
+        processes.extend(authz)
+        ports = replace(Ports.free(), mcp_server=demo_ports.mcp_server)
+        endpoints = [port for _, _, port in started]
+        config = render_front_proxy(ports, endpoints, tmp_path / "front-proxy.yaml")
+        argv = [executable("envoy"), "-c", str(config), "--disable-hot-restart"]
+        envoy = stack.enter_context(launch("envoy", argv, tmp_path / "envoy.log"))
+        processes.append(envoy)
+        envoy.wait_ready(envoy_ready(ports.admin), "ready on its admin port")
+        envoy.wait_ready(lambda: set(health_flags(ports).values()) == {"healthy"}, "healthy")
+        url = f"http://{HOST}:{ports.envoy}/payments/mcp"
+        yield Replicas(ports, authz, [redis for _, redis, _ in started], endpoints, url)
+
+
+async def test_a_killed_replica_is_ejected_and_the_other_judges_every_call(
+    replicas: Replicas,
+) -> None:
+    agents = Agents(replicas.url)
+    with agents.running():
+        await agents.until(WARM_CALLS)
+        assert not agents.failed_after(0.0), agents.failed_after(0.0)[:3]
+        killed = time.monotonic()
+        replicas.authz[0].popen.kill()  # SIGKILL: no drain, no NOT_SERVING, connections reset
+        out_after = await wait_flags(replicas.ports, replicas.endpoints[0], healthy=False)
+        ejected = time.monotonic()
+        await agents.until(CALLS_AFTER, after=ejected)
+    lost = agents.failed_after(killed)
+    print(f"killed replica out of rotation {out_after:.2f}s after SIGKILL; {len(lost)} calls lost")
+    assert not agents.failed_after(ejected), agents.failed_after(ejected)[:3]
+    assert health_flags(replicas.ports)[replicas.endpoints[1]] == "healthy"
+
+
+async def test_a_replica_without_its_redis_leaves_rotation_and_comes_back(
+    replicas: Replicas,
+) -> None:
+    agents = Agents(replicas.url)
+    with agents.running():
+        await agents.until(WARM_CALLS)
+        assert not agents.failed_after(0.0), agents.failed_after(0.0)[:3]
+        replicas.redis[0].kill()
+        out_after = await wait_flags(replicas.ports, replicas.endpoints[0], healthy=False)
+        out = time.monotonic()
+        await agents.until(CALLS_AFTER, after=out)
+        flags = health_flags(replicas.ports)[replicas.endpoints[0]]
+        replicas.redis[0].start()
+        back_after = await wait_flags(replicas.ports, replicas.endpoints[0], healthy=True)
+        await agents.until(CALLS_AFTER, after=time.monotonic())
+    print(f"storeless replica out {out_after:.2f}s after its Redis died, back {back_after:.2f}s")
+    # Out by the active health check (the replica said NOT_SERVING), not by failed Checks:
+    # its refusals are well-formed answers, which outlier detection does not count.
+    assert "failed_active_hc" in flags, flags
+    assert not agents.failed_after(out), agents.failed_after(out)[:3]
+    assert replicas.authz[0].running()
+
+
+def test_each_shipped_sidecar_config_health_checks_its_mcp_authz(
+    request: pytest.FixtureRequest,
+    demo_server: tuple[Ports, Process],
+    tmp_path: Path,
+    transport: str,
+) -> None:
+    """envoy.yaml asks the gRPC health service, envoy-http.yaml the HTTP endpoint on its own
+    port: both must find the replica healthy, or a real outage could not be told apart."""
+    demo_ports, demo_process = demo_server
+    ports = replace(Ports.free(), mcp_server=demo_ports.mcp_server)
+    processes = request.node.stash[PROCESSES] = [demo_process]
+    with ExitStack() as stack:
+        log = tmp_path / "mcp-authz.log"
+        processes.append(
+            stack.enter_context(start_authz(ports, SEED_POLICY, log, transport=transport))
+        )
+        envoy = start_envoy(ports, tmp_path, tmp_path / "envoy.log", transport=transport)
+        processes.append(stack.enter_context(envoy))
+        envoy.wait_ready(
+            lambda: health_flags(ports, "mcp_authz") == {ports.authz: "healthy"}, "healthy"
+        )
+        stats = admin_get(ports, "/stats?filter=^cluster.mcp_authz.health_check.")
+        counts = dict(line.split(": ") for line in stats.splitlines())
+        assert int(counts["cluster.mcp_authz.health_check.success"]) >= 1, stats
