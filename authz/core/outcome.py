@@ -12,7 +12,10 @@ from authz.protocol.mcp import McpCall, RequestId
 from authz.protocol.request import UNKNOWN_ORIGIN, Origin
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of these fields through object.__setattr__, five
+# times the cost of a plain one, and the decision core builds one per request and completes
+# it in place (authz/core/decision.py). Once `Decider.decide` returns it, nothing changes it.
+@dataclass(slots=True)
 class Outcome:
     decision_id: str
     policy_version: str
