@@ -22,6 +22,7 @@ from authz.observe.logs import LogFormat
 from authz.observe.logs import configure as configure_logs
 from authz.policy.explain import explain
 from authz.policy.load import PolicyError, load_policy
+from authz.policy.model import RISK_LABELS, UNKNOWN_RISK
 from authz.protocol.identity import ANONYMOUS, Caller, IdentitySourceKind
 from authz.protocol.mcp import McpCall
 from authz.scan.command import add_command as add_scan_command
@@ -66,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--identity", default=ANONYMOUS)
     check.add_argument("--session")
     check.add_argument("--claims", default="{}", help="verified JWT claims as a JSON object")
+    check.add_argument(
+        "--risk",
+        default=UNKNOWN_RISK,
+        choices=RISK_LABELS,
+        help="the tool's risk class, as the catalogue would give it (default: unknown)",
+    )
     check.add_argument("--json", action="store_true", help="print the explanation as JSON")
     check.set_defaults(handler=_check)
     add_admin_commands(commands)
@@ -87,6 +94,17 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         "ext_authz protocol Envoy speaks: grpc (grpc_service) or http (http_service)",
         default=_D.transport.value,
         choices=[t.value for t in Transport],
+    )
+    opt(
+        "--extproc",
+        "serve Envoy's ext_proc (tools/list filtering, quota refunds): on or off",
+        default="on",
+        choices=["on", "off"],
+    )
+    opt(
+        "--extproc-listen",
+        "ext_proc's own gRPC address with --transport http (with grpc it shares --listen)",
+        default=_D.extproc_listen,
     )
     opt("--workers", "processes sharing the port (more than 1 needs --redis-url)", default=1)
     opt("--redis-url", "Redis URL; without one the in-process store is used")
@@ -157,6 +175,35 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.upstream_header,
     )
     opt("--upstream-bearer-file", "file holding the upstream's credential", type=Path)
+    opt(
+        "--catalogue",
+        "pin tool definitions, validate arguments, class tools by risk (needs ext_proc)",
+        default="off",
+        choices=["off", "on"],
+    )
+    opt(
+        "--catalogue-upstream",
+        'the upstream\'s catalogue name, or ":authority" to name each by its host',
+        default=_D.catalogue_upstream,
+    )
+    opt(
+        "--catalogue-max-upstreams",
+        "most upstreams catalogued",
+        default=_D.catalogue_max_upstreams,
+        type=int,
+    )
+    opt(
+        "--catalogue-max-tools",
+        "most tools catalogued per upstream",
+        default=_D.catalogue_max_tools,
+        type=int,
+    )
+    opt(
+        "--catalogue-max-definition-bytes",
+        "largest tool definition catalogued (JSON bytes)",
+        default=_D.catalogue_max_definition_bytes,
+        type=int,
+    )
     opt("--log-level", "DEBUG, INFO, WARNING or ERROR", default=_D.log_level)
     opt(
         "--log-format",
@@ -201,11 +248,18 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             log_format=LogFormat(args.log_format),
             transport=Transport(args.transport),
+            extproc=args.extproc == "on",
+            extproc_listen=args.extproc_listen,
             workers=int(args.workers),
             grant_key_file=args.grant_key_file,
             grants_file=args.grants_file,
             upstream_header=args.upstream_header,
             upstream_bearer_file=args.upstream_bearer_file,
+            catalogue=args.catalogue == "on",
+            catalogue_upstream=args.catalogue_upstream,
+            catalogue_max_upstreams=int(args.catalogue_max_upstreams),
+            catalogue_max_tools=int(args.catalogue_max_tools),
+            catalogue_max_definition_bytes=int(args.catalogue_max_definition_bytes),
         )
         return run(settings)
     except PolicyError as e:
@@ -271,7 +325,7 @@ def _check(args: argparse.Namespace) -> int:
         print(f"mcp-authz check: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     caller = Caller(identity=args.identity, session=args.session, claims=claims)
-    explanation = explain(policy, call, caller)
+    explanation = explain(policy, call, caller, args.risk)
     print(
         json.dumps(explanation, indent=2, ensure_ascii=False)
         if args.json

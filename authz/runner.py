@@ -24,10 +24,14 @@ from authz.admin.server import (
 from authz.approvals.base import Approval, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
+from authz.catalogue.base import Bounds, Catalogue
+from authz.catalogue.memory import MemoryCatalogue
 from authz.core.decision import Decider, FailMode
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
-from authz.edges.authz_grpc import create_server
+from authz.core.response_side import ResponseSide
+from authz.core.tool_check import ToolCheck
+from authz.edges.authz_grpc import create_extproc_server, create_server
 from authz.edges.authz_http import HttpCheck, HttpServer, create_http_server, require_http_identity
 from authz.edges.health import ReplicaHealth, serve_http
 from authz.edges.workers import run_loop, run_workers
@@ -35,11 +39,14 @@ from authz.grants.base import GrantKey, Grants
 from authz.grants.file import FileGrants
 from authz.limits.base import CounterStore, StoreUnavailable
 from authz.limits.memory import MemoryStore
+from authz.limits.redis_client import RedisBacked
 from authz.observe.audit import ArgumentAudit, AuditLog
+from authz.observe.catalogue_audit import AuditedCatalogue
 from authz.observe.logs import configure as configure_logs
 from authz.observe.metrics import PolicyTools
 from authz.observe.telemetry import OtelSettings, Telemetry
 from authz.policy.load import load_policy
+from authz.policy.model import Policy
 from authz.policy.reload import PolicyHolder, PolicyWatcher
 from authz.protocol.identity import (
     Anonymous,
@@ -80,6 +87,35 @@ def build_store(settings: Settings) -> CounterStore:
 
     return RedisStore.from_url(
         settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+    )
+
+
+def build_catalogue(settings: Settings) -> Catalogue | None:
+    """The tool catalogue, when on: kept with the counters (Redis, shared by every replica,
+    or this process), bounded by the settings."""
+    if not settings.catalogue:
+        return None
+    if not settings.extproc:
+        raise ValueError(
+            "--catalogue on needs --extproc on: only ext_proc sees tools/list answers, so "
+            "every tool would stay unlisted and every tool call be refused"
+        )
+    bounds = Bounds(
+        settings.catalogue_max_upstreams,
+        settings.catalogue_max_tools,
+        settings.catalogue_max_definition_bytes,
+    )
+    if min(bounds.max_upstreams, bounds.max_tools, bounds.max_definition_bytes) < 1:
+        raise ValueError("the --catalogue-max-* bounds must be at least 1")
+    if settings.redis_url is None:
+        return MemoryCatalogue(bounds)
+    from authz.catalogue.redis import RedisCatalogue  # noqa: PLC0415 - only with Redis
+
+    return RedisCatalogue.connect(
+        settings.redis_url,
+        bounds=bounds,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
     )
 
 
@@ -191,6 +227,10 @@ class Gateway:
     admin: AdminConfig | None = None
     grants: Grants | None = None
     upstream: UpstreamCredential | None = None
+    # The tool catalogue every edge uses (None when off); its changes reach the audit log.
+    catalogue: Catalogue | None = None
+    # The same backend unwrapped, to connect it at start-up.
+    catalogue_backend: Catalogue | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Gateway:
@@ -208,6 +248,8 @@ class Gateway:
         audit = AuditLog.open(settings.audit_log, arguments)
         approvals = build_approvals(settings)
         grants, upstream = build_grants(settings), build_upstream(settings)
+        catalogue = build_catalogue(settings)
+        _warn_unclassed(policy.current, catalogue is not None)
         return cls(
             settings,
             policy,
@@ -219,6 +261,8 @@ class Gateway:
             admin=admin,
             grants=grants,
             upstream=upstream,
+            catalogue=AuditedCatalogue(catalogue, audit) if catalogue is not None else None,
+            catalogue_backend=catalogue,
         )
 
     def decider(self) -> Decider:
@@ -237,7 +281,36 @@ class Gateway:
                 if self.grants is not None
                 else None
             ),
+            tools=(
+                ToolCheck(
+                    self.catalogue,
+                    self.settings.catalogue_upstream,
+                    fail_open=self.settings.fail_mode is FailMode.OPEN,
+                )
+                if self.catalogue is not None
+                else None
+            ),
         )
+
+    def response_side(self) -> ResponseSide | None:
+        """What ext_proc runs on answers; None when --extproc off."""
+        if not self.settings.extproc:
+            return None
+        return ResponseSide(
+            self.policy, self.store, self.catalogue, self.settings.catalogue_upstream
+        )
+
+    async def serve_extproc(self, health: ReplicaHealth) -> grpc.aio.Server | None:
+        """ext_proc on its own port, for --transport http (with gRPC it shares the listener);
+        it serves the replica's gRPC health too."""
+        side = self.response_side()
+        if side is None or self.settings.transport is not Transport.HTTP:
+            return None
+        server, port = await create_extproc_server(
+            self.settings.extproc_listen, side, self.audit, health
+        )
+        log.info("serving ext_proc on port %d", port)
+        return server
 
     def _announce(self, approval: Approval) -> None:
         log.info(
@@ -262,6 +335,7 @@ class Gateway:
             self.audit,
             telemetry=self.telemetry,
             grants=self.grants,
+            catalogue=self.catalogue,
         )
         server, port = await create_admin_server(self.admin.listen, servicer, self.admin.tls)
         log.info(
@@ -288,6 +362,8 @@ class Gateway:
         """Raises StoreUnavailable unless every store a Check may need answers."""
         await self.store.ready()
         await self.approvals.ready()
+        if isinstance(self.catalogue_backend, RedisBacked):
+            await self.catalogue_backend.ready()
 
     async def _serve_checks(
         self, stop: asyncio.Event, health: ReplicaHealth
@@ -315,6 +391,7 @@ class Gateway:
                 self.telemetry,
                 self.upstream,
                 health=health,
+                response_side=self.response_side(),
             )
             await self.until_ready(stop)
         if not stop.is_set():
@@ -341,6 +418,7 @@ class Gateway:
         health_http = await self.serve_health(health)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
+        extproc = await self.serve_extproc(health)
         server, port = await self._serve_checks(stop, health)
         log.info(
             "mcp-authz %s serving ext_authz on port %d; transport %s; policy %s (%s); "
@@ -369,6 +447,8 @@ class Gateway:
         for task in (reloading, watching):
             if task is not None:
                 task.cancel()
+        if extproc is not None:
+            await extproc.stop(self.settings.grace)
         await self._stop(server, health, admin[0] if admin is not None else None)
         if health_http is not None:
             health_http.close()
@@ -408,8 +488,20 @@ class Gateway:
         await self.approvals.close()
         if self.grants is not None:
             await self.grants.close()
+        if self.catalogue is not None:
+            await self.catalogue.close()
         self.audit.close()
         self.telemetry.shutdown(max(left(), EXPORT_FLOOR))
+
+
+def _warn_unclassed(policy: Policy, catalogue: bool) -> None:
+    """Risk rules without a catalogue only ever see the class `unknown`: say so at start-up."""
+    if catalogue or not any(g.risk for g in (policy.everyone, *policy.grants)):
+        return
+    log.warning(
+        "the policy keys rules on risk classes but --catalogue is off: every tool is classed "
+        "unknown, so only risk.unknown rules apply"
+    )
 
 
 def run(settings: Settings) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from authz.catalogue.base import DEFAULT_BOUNDS, DEFAULT_UPSTREAM
 from authz.core.decision import FailMode
 from authz.observe.logs import LogFormat
 from authz.protocol.identity import IdentitySourceKind
@@ -59,6 +60,10 @@ class Settings:
     # Operational logs on stderr: text, or one JSON object a line (observe/logs.py).
     log_format: LogFormat = LogFormat.TEXT
     transport: Transport = Transport.GRPC
+    # The response side (ext_proc): served on the ext_authz gRPC listener with --transport
+    # grpc, on this address of its own with --transport http; False serves none.
+    extproc: bool = True
+    extproc_listen: str = "127.0.0.1:9194"
     # Processes sharing the listen port (SO_REUSEPORT); more than one needs Redis.
     workers: int = 1
     # Identity source `token`: the key of the grant tokens' hashes, and the grants file used
@@ -69,3 +74,12 @@ class Settings:
     # agent's: the header, and the file holding its (bearer) value.
     upstream_header: str = "authorization"
     upstream_bearer_file: Path | None = None
+    # The tool catalogue (docs/catalogue.md): pins each upstream's tool definitions, checks
+    # tools/call arguments against their schema and classes tools by risk. Off until the
+    # ext_proc filter feeds it tools/list answers: on, a tool never listed is refused.
+    catalogue: bool = False
+    # Which catalogue a request belongs to: a fixed upstream name, or ":authority".
+    catalogue_upstream: str = DEFAULT_UPSTREAM
+    catalogue_max_upstreams: int = DEFAULT_BOUNDS.max_upstreams
+    catalogue_max_tools: int = DEFAULT_BOUNDS.max_tools
+    catalogue_max_definition_bytes: int = DEFAULT_BOUNDS.max_definition_bytes

@@ -46,6 +46,39 @@ def transfer_funds(amount: float, to: str) -> str:
     return f"transferred {amount:.2f} to {to} (not really)"
 
 
+@server.tool()
+def unavailable() -> str:
+    """Never reached: the server's front answers every call to it 503 (an outage)."""
+    return "unreachable"
+
+
+class Outage:
+    """ASGI middleware answering 503, before the MCP app, every tools/call of `unavailable`:
+    an upstream that fails without a result, for the quota refund's end-to-end test."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self._app(scope, receive, send)
+            return
+        messages = [await receive()]
+        while messages[-1].get("more_body"):
+            messages.append(await receive())
+        body = b"".join(m.get("body", b"") for m in messages)
+        if b'"tools/call"' in body and b'"unavailable"' in body:
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"upstream unavailable"})
+            return
+        replay = iter(messages)
+
+        async def again() -> Any:
+            return next(replay, None) or await receive()
+
+        await self._app(scope, again, send)
+
+
 class HeaderLog:
     """ASGI middleware writing each HTTP request's method, path and headers to `path`."""
 
@@ -69,12 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--header-log", type=Path, help="append each request's headers here")
     args = parser.parse_args(argv)
-    if args.header_log is None:
-        server.run("streamable-http", host=args.host, port=args.port, streamable_http_path="/mcp")
-        return
-    app = HeaderLog(
-        server.streamable_http_app(streamable_http_path="/mcp", host=args.host), args.header_log
-    )
+    app: Any = Outage(server.streamable_http_app(streamable_http_path="/mcp", host=args.host))
+    if args.header_log is not None:
+        app = HeaderLog(app, args.header_log)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

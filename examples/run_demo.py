@@ -27,7 +27,8 @@ CURL_BODY = (
 
 
 def python_snippet(url: str) -> str:
-    """A whole script, runnable as it is printed: 31 calls, the last one refused."""
+    """A whole script, runnable as it is printed: the agent's tool list (filtered for it by
+    ext_proc), then 31 calls, the last one refused."""
     return f'''import asyncio
 
 from mcp import Client, MCPError
@@ -35,6 +36,8 @@ from mcp import Client, MCPError
 
 async def main() -> None:
     async with Client("{url}") as client:
+        listing = await client.list_tools()
+        print("tools:", [tool.name for tool in listing.tools])
         for n in range(1, 32):
             try:
                 await client.call_tool("binance_us_create_listen_key")
@@ -59,8 +62,9 @@ Call a tool the policy does not list (refused with a JSON-RPC error, HTTP 200):
     -H 'mcp-method: tools/call' -H 'mcp-name: transfer_funds' \\
     -d '{CURL_BODY}'
 
-From Python (official SDK), the 31st call within a minute is refused; save as demo_calls.py
-and run it with .venv/bin/python demo_calls.py:
+From Python (official SDK): the server offers four tools, the agent's tools/list shows the
+one the policy lets it call, and the 31st call within a minute is refused; save as
+demo_calls.py and run it with .venv/bin/python demo_calls.py:
 {textwrap.indent(python_snippet(url), "  ")}
 mcp-authz decisions print below; demo server and Envoy logs are in {workdir}.
 Ctrl-C stops all three.

@@ -47,29 +47,32 @@ class StartupError(RuntimeError):
 @dataclass(frozen=True)
 class Ports:
     """The stack's ports; the defaults are the ones in the shipped Envoy configs. `health` is
-    mcp-authz's HTTP health endpoint (--health-listen), which envoy-http.yaml checks."""
+    mcp-authz's HTTP health endpoint (--health-listen), which envoy-http.yaml checks; `extproc`
+    is its ext_proc port with --transport http (with gRPC, ext_proc shares `authz`)."""
 
     mcp_server: int = 8000
     authz: int = 9191
     envoy: int = 10000
     admin: int = 9901
     health: int = 9193
+    extproc: int = 9194
 
     @classmethod
     def free(cls) -> Ports:
         """Distinct ports the kernel has just handed out as free."""
-        sockets = [socket.socket() for _ in range(5)]
+        sockets = [socket.socket() for _ in range(6)]
         with ExitStack() as stack:
             for sock in sockets:
                 stack.enter_context(sock)
                 sock.bind((HOST, 0))
-            mcp_server, authz, envoy, admin, health = (s.getsockname()[1] for s in sockets)
-        return cls(mcp_server, authz, envoy, admin, health)
+            mcp_server, authz, envoy, admin, health, extproc = (s.getsockname()[1] for s in sockets)
+        return cls(mcp_server, authz, envoy, admin, health, extproc)
 
     def ensure_free(self) -> None:
         """Fail early and plainly on a busy port: a probe would take whatever holds it for
         the process we started."""
-        for port in (self.mcp_server, self.authz, self.envoy, self.admin, self.health):
+        ports = (self.mcp_server, self.authz, self.envoy, self.admin, self.health, self.extproc)
+        for port in ports:
             with socket.socket() as sock:
                 # As the servers do, so a port left in TIME_WAIT by the last run counts as free.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -217,7 +220,11 @@ def render_envoy_config(
         manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
         exporter = manager["tracing"]["provider"]["typed_config"]["grpc_service"]
         exporter["google_grpc"]["target_uri"] = f"{HOST}:{collector}"
-    cluster_ports = {"mcp_server": ports.mcp_server, "mcp_authz": ports.authz}
+    cluster_ports = {
+        "mcp_server": ports.mcp_server,
+        "mcp_authz": ports.authz,
+        "mcp_authz_extproc": ports.extproc,
+    }
     for cluster in config["static_resources"]["clusters"]:
         for locality in cluster["load_assignment"]["endpoints"]:
             for lb_endpoint in locality["lb_endpoints"]:
@@ -244,9 +251,11 @@ def start_authz(
 ) -> Process:
     """mcp-authz serving `policy`; `options` are further `serve` flags (e.g. --redis-url)."""
     if transport != "grpc":
-        # The HTTP transport's health endpoint, which envoy-http.yaml's health checks ask.
+        # The HTTP transport's health endpoint, which envoy-http.yaml's health checks ask, and
+        # ext_proc's own gRPC port (envoy-http.yaml's mcp_authz_extproc cluster).
         health = f"{HOST}:{ports.health}"
-        options = ("--transport", transport, "--health-listen", health, *options)
+        extproc = ("--extproc-listen", f"{HOST}:{ports.extproc}")
+        options = ("--transport", transport, "--health-listen", health, *extproc, *options)
     argv = [
         executable("mcp-authz"),
         "serve",

@@ -16,12 +16,15 @@ from typing import Final, TypeVar
 
 from authz.admin.roles import Permission, may
 from authz.approvals.base import Approval, ApprovalError, ApprovalStore, may_approve
+from authz.catalogue.base import Catalogue, CatalogueEntry, CatalogueUnavailable
+from authz.core.tool_check import risk_of
 from authz.grants.base import GrantError, GrantExistsError, GrantNotFoundError
 from authz.limits.base import CounterKey, CounterStore, Hit, LimitState, StoreUnavailable
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
 from authz.policy.model import Limit, Policy, Rule, Scope
 from authz.policy.reload import PolicyHolder
+from authz.protocol.tools import RiskClass
 
 T = TypeVar("T")
 SERVICE: Final = "mcpauthz.admin.v1.AdminService"
@@ -41,6 +44,8 @@ NEEDS: Final = {
     "rotate_grant": Permission.MANAGE_GRANTS,
     "revoke_grant": Permission.MANAGE_GRANTS,
     "list_grants": Permission.MANAGE_GRANTS,
+    # Moving a pin changes what every agent's calls are judged against, as a policy does.
+    "accept_tool": Permission.MANAGE_POLICIES,
 }
 
 
@@ -80,6 +85,14 @@ class Operator:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassedTool:
+    """A catalogue entry and its class under the policy in force."""
+
+    entry: CatalogueEntry
+    risk: RiskClass
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyStatus:
     version: str
     source: str
@@ -95,7 +108,10 @@ class AdminActions:
         policy: PolicyHolder,
         audit: AuditLog,
         telemetry: Telemetry | None = None,
+        *,
+        catalogue: Catalogue | None = None,
     ) -> None:
+        self._catalogue = catalogue
         self._approvals = approvals
         self._counters = counters
         self._policy = policy
@@ -159,6 +175,42 @@ class AdminActions:
 
         return await self.run(operator, "get_policy_status", "", work)
 
+    async def tools(self, operator: Operator | None, upstream: str = "") -> list[ClassedTool]:
+        """Every catalogued tool (of one upstream, or all), classed by the policy in force."""
+
+        async def work(_: Operator) -> list[ClassedTool]:
+            entries = await self._catalogue_in_use().entries(upstream or None)
+            policy = self._policy.current
+            return [ClassedTool(e, risk_of(policy, e)) for e in entries]
+
+        return await self.run(operator, "list_tools", upstream, work)
+
+    async def accept_tool(
+        self, operator: Operator | None, upstream: str, name: str, fingerprint: str, note: str = ""
+    ) -> ClassedTool:
+        """Pin the tool to its pending definition `fingerprint`, in the operator's name."""
+
+        async def work(who: Operator) -> ClassedTool:
+            catalogue = self._catalogue_in_use()
+            try:
+                entry = await catalogue.accept(upstream, name, fingerprint, by=who.identity)
+            except KeyError as e:
+                raise Refused(Code.NOT_FOUND, str(e.args[0])) from None
+            except ValueError as e:
+                raise Refused(Code.FAILED_PRECONDITION, str(e)) from None
+            return ClassedTool(entry, risk_of(self._policy.current, entry))
+
+        target = json.dumps([upstream, name, fingerprint], ensure_ascii=False)
+        return await self.run(operator, "accept_tool", target, work, note=note)
+
+    def _catalogue_in_use(self) -> Catalogue:
+        if self._catalogue is None:
+            raise Refused(
+                Code.FAILED_PRECONDITION,
+                "this gateway keeps no tool catalogue (serve --catalogue on)",
+            )
+        return self._catalogue
+
     def budget(self, counter: str, scope: str, subject: Sequence[str]) -> Hit:
         """The policy's budget `counter` for `subject`; Refused if there is none such."""
         policy = self._policy.current
@@ -202,6 +254,8 @@ class AdminActions:
                 refusal = Refused(_GRANT_ERRORS.get(type(e), Code.INVALID_ARGUMENT), str(e))
             except StoreUnavailable as e:
                 refusal = Refused(Code.UNAVAILABLE, f"the store is unavailable: {e}")
+            except CatalogueUnavailable as e:
+                refusal = Refused(Code.UNAVAILABLE, f"the tool catalogue is unavailable: {e}")
             except Refused as e:
                 refusal = e
             else:
@@ -270,6 +324,7 @@ def limits_of(policy: Policy) -> dict[str, Limit]:
         entries = [*grant.tools.exact.values(), *(p.entry for p in grant.tools.patterns)]
         rules += [rule for entry in entries for rule in entry.rules]
         rules += grant.every_tool
+        rules += [rule for entry in grant.risk.values() for rule in entry.rules]
     methods = [*policy.methods.exact.values(), *(p.entry for p in policy.methods.patterns)]
     rules += [rule for entry in methods for rule in entry.rules]
     return {c.limit.counter: c.limit for rule in rules for c in rule.counts}

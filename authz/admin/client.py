@@ -1,4 +1,4 @@
-"""The admin commands of `mcp-authz`: approvals, usage, counters, policy-status.
+"""The admin commands of `mcp-authz`: approvals, usage, counters, policy-status, grants, tools.
 
 They talk to a running gateway's admin API (`serve --admin-listen`) with a token from a
 file. Every option has an environment twin: --admin-address is MCP_AUTHZ_ADMIN_ADDRESS,
@@ -69,6 +69,32 @@ def add_commands(commands: Any) -> None:
     for name, verb, step, printer in grant_steps:
         one = _command(grant_actions, name, verb, step, printer)
         one.add_argument("label", metavar="LABEL")
+    _tool_commands(commands)
+
+
+def _tool_commands(commands: Any) -> None:
+    tools = commands.add_parser("tools", help="the tool catalogue: list, show, accept a change")
+    actions = tools.add_subparsers(required=True, metavar="ACTION")
+    listing = _command(
+        actions, "list", "every catalogued tool, its pin and any drift", _list_tools, _print_tools
+    )
+    listing.add_argument("--upstream", default="", help="one upstream's tools (default: all)")
+    show = _command(
+        actions,
+        "show",
+        "a tool's pinned and pending definitions, to review",
+        _list_tools,
+        _show_tool,
+    )
+    show.add_argument("name", metavar="TOOL")
+    show.add_argument("--upstream", default="", help="the tool's upstream (default: all)")
+    accept = _command(
+        actions, "accept", "pin a tool to the definition it changed to", _accept_tool, _print_tool
+    )
+    accept.add_argument("name", metavar="TOOL")
+    accept.add_argument("fingerprint", metavar="FINGERPRINT", help="the pending definition's")
+    accept.add_argument("--upstream", default="default", help="the tool's upstream")
+    accept.add_argument("--note", default="", help="why, for the audit log")
 
 
 def _command(
@@ -229,6 +255,58 @@ def _revoke(stub: Any, args: argparse.Namespace) -> Message:
     return reply
 
 
+def _list_tools(stub: Any, args: argparse.Namespace) -> Message:
+    reply: pb.ListToolsResponse = stub.ListTools(pb.ListToolsRequest(upstream=args.upstream))
+    if getattr(args, "name", None) is not None:
+        # `tools show`: the one tool (of every upstream that lists it).
+        tools = [t for t in reply.tools if t.name == args.name]
+        if not tools:
+            raise ValueError(f"no catalogued tool {args.name!r}")
+        return pb.ListToolsResponse(tools=tools)
+    return reply
+
+
+def _accept_tool(stub: Any, args: argparse.Namespace) -> Message:
+    request = pb.AcceptToolRequest(
+        upstream=args.upstream, name=args.name, fingerprint=args.fingerprint, note=args.note
+    )
+    reply: Message = stub.AcceptTool(request)
+    return reply
+
+
+def _print_tool(t: pb.Tool) -> str:
+    state = "removed" if t.removed else "listed"
+    line = f"{t.name}  upstream {t.upstream}  {t.risk}  pinned {t.fingerprint[:12]}  {state}"
+    if t.accepted_by:
+        line += f"  (accepted by {t.accepted_by})"
+    if t.pending_fingerprint:
+        too_big = "  over the size bound, cannot be accepted" if t.oversized else ""
+        line += (
+            f"\n  CHANGED to {t.pending_fingerprint}{too_big}: calls are judged by on_change;"
+            f" review with `mcp-authz tools show {t.name} --upstream {t.upstream}`"
+        )
+    return line
+
+
+def _print_tools(reply: pb.ListToolsResponse) -> str:
+    return "\n".join(_print_tool(t) for t in reply.tools) or "no tools catalogued"
+
+
+def _show_tool(reply: pb.ListToolsResponse) -> str:
+    shown = []
+    for t in reply.tools:
+        lines = [_print_tool(t), "  pinned definition:", _indented(t.definition_json)]
+        if t.pending_json:
+            lines += ["  pending definition:", _indented(t.pending_json)]
+        shown.append("\n".join(lines))
+    return "\n\n".join(shown)
+
+
+def _indented(definition: str) -> str:
+    text = json.dumps(json.loads(definition), indent=2, ensure_ascii=False, sort_keys=True)
+    return "\n".join("    " + line for line in text.splitlines())
+
+
 def _print_grant(g: pb.GrantInfo) -> str:
     policy = (
         "its own policy"
@@ -255,10 +333,10 @@ def _print_token(reply: pb.GrantWithToken) -> str:
 def _as_dict(message: Message) -> dict[str, Any]:
     data = MessageToDict(message, preserving_proto_field_name=True)
     # JSON inside JSON reads badly: give the arguments and claims as objects.
-    for approval in [data, *data.get("approvals", [])]:
-        for key in ("arguments_json", "approver_claims_json"):
-            if key in approval:
-                approval[key.removesuffix("_json")] = json.loads(approval.pop(key))
+    for item in [data, *data.get("approvals", []), *data.get("tools", [])]:
+        for key in ("arguments_json", "approver_claims_json", "definition_json", "pending_json"):
+            if item.get(key):
+                item[key.removesuffix("_json")] = json.loads(item.pop(key))
     return data
 
 

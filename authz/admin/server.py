@@ -22,14 +22,16 @@ import grpc
 
 from authz._gen.mcpauthz.admin.v1 import admin_pb2 as pb
 from authz._gen.mcpauthz.admin.v1 import admin_pb2_grpc
-from authz.admin.actions import AdminActions, Code, Operator, PolicyStatus, Refused
+from authz.admin.actions import AdminActions, ClassedTool, Code, Operator, PolicyStatus, Refused
 from authz.approvals.base import Approval, ApprovalStore, Status
+from authz.catalogue.base import Catalogue
 from authz.grants.base import Grant, Grants
 from authz.limits.base import CounterStore, LimitState
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
 from authz.policy.load import PolicyError, parse_policy
 from authz.policy.reload import PolicyHolder
+from authz.protocol.tools import ToolDefinition
 
 log = logging.getLogger("mcp_authz.admin")
 
@@ -120,10 +122,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         *,
         telemetry: Telemetry | None = None,
         grants: Grants | None = None,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self._grants = grants
         self._tokens = tokens
-        self._actions = AdminActions(approvals, counters, policy, audit, telemetry)
+        self._actions = AdminActions(
+            approvals, counters, policy, audit, telemetry, catalogue=catalogue
+        )
 
     async def ListApprovals(self, request: pb.ListApprovalsRequest, context: Context) -> Any:  # noqa: N802 - gRPC method name
         pending = await self._answer(context, self._actions.pending)
@@ -187,6 +192,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             return grant_message(await self._grant_store().revoke(request.label))
 
         return await self._call(context, "revoke_grant", request.label, work)
+
+    async def ListTools(self, request: pb.ListToolsRequest, context: Context) -> Any:  # noqa: N802
+        tools = await self._answer(context, lambda op: self._actions.tools(op, request.upstream))
+        return pb.ListToolsResponse(tools=[tool_message(t) for t in tools])
+
+    async def AcceptTool(self, request: pb.AcceptToolRequest, context: Context) -> Any:  # noqa: N802
+        accepted = await self._answer(
+            context,
+            lambda op: self._actions.accept_tool(
+                op, request.upstream, request.name, request.fingerprint, request.note
+            ),
+        )
+        return tool_message(accepted)
 
     def _grant_store(self) -> Grants:
         if self._grants is None:
@@ -256,6 +274,30 @@ def approval_message(approval: Approval) -> pb.Approval:
         expires_at=datetime.fromtimestamp(approval.expires_at, UTC),
         decided_by=approval.decided_by or "",
     )
+
+
+def tool_message(tool: ClassedTool) -> pb.Tool:
+    entry = tool.entry
+    pending = entry.pending
+    return pb.Tool(
+        upstream=entry.upstream,
+        name=entry.pinned.name,
+        fingerprint=entry.pinned.fingerprint,
+        definition_json=definition_json(entry.pinned),
+        pending_fingerprint=pending.fingerprint if pending else "",
+        pending_json=definition_json(pending) if pending and not entry.oversized else "",
+        risk=tool.risk.label,
+        removed=entry.removed,
+        oversized=entry.oversized,
+        accepted_by=entry.accepted_by or "",
+        first_seen=datetime.fromtimestamp(entry.first_seen, UTC),
+        last_seen=datetime.fromtimestamp(entry.last_seen, UTC),
+    )
+
+
+def definition_json(tool: ToolDefinition) -> str:
+    """A definition as an operator reviews it: every field it is fingerprinted by."""
+    return json.dumps(tool.fields(), ensure_ascii=False, sort_keys=True)
 
 
 def usage_message(state: LimitState) -> pb.Usage:

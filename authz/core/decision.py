@@ -17,9 +17,10 @@ from authz.approvals.memory import MemoryApprovals
 from authz.core.approval_gate import ApprovalGate
 from authz.core.grant_identity import GrantIdentity, Identified
 from authz.core.outcome import Outcome, whole_seconds
+from authz.core.tool_check import Looked, ToolCheck
 from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
 from authz.policy.evaluate import Verdict, evaluate, hits
-from authz.policy.model import Policy
+from authz.policy.model import UNKNOWN_RISK, Policy
 from authz.protocol.echo import echo
 from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.identity import Caller, IdentitySource, caller_of
@@ -47,6 +48,7 @@ class Decider:
         approvals: ApprovalStore | None = None,
         on_approval_requested: Callable[[Approval], None] = lambda approval: None,
         grants: GrantIdentity | None = None,
+        tools: ToolCheck | None = None,
     ) -> None:
         self._policy = policy
         self._identity = identity
@@ -57,6 +59,8 @@ class Decider:
         self._approvals = ApprovalGate(approvals or MemoryApprovals(), on_approval_requested)
         # With grant tokens the token names the caller (and maybe its policy), not `identity`.
         self._grants = grants
+        # With a tool catalogue, each called tool is looked up, classed and checked.
+        self._tools = tools
 
     async def decide(self, request: HttpRequest) -> Outcome:
         outcome = await self._decide(request)
@@ -94,7 +98,11 @@ class Decider:
         base = Outcome(
             decision_id, policy.version, None, "", "", calls=calls, caller=caller, request_ids=ids
         )
-        return await self._judge(policy, base, caller)
+        outcome = await self._judge(policy, base, caller, request)
+        if outcome.allowed and _may_list_tools(calls):
+            grant = policy.grant_of(caller)
+            return replace(outcome, view_grant="" if grant is None else grant.name)
+        return outcome
 
     async def _identify(self, request: HttpRequest, policy: Policy) -> Identified | str:
         if self._grants is not None:
@@ -104,11 +112,32 @@ class Decider:
             return "the request carries no identity from the configured source"
         return Identified(caller_of(request, identity, self._payload_key), policy)
 
-    async def _judge(self, policy: Policy, base: Outcome, caller: Caller) -> Outcome:
-        verdicts = [(call, evaluate(policy, call, caller)) for call in base.calls]
-        for call, verdict in verdicts:
-            if not verdict.allowed:
-                return _verdict(base, call, verdict, Refusal.DENIED)
+    async def _judge(
+        self, policy: Policy, base: Outcome, caller: Caller, request: HttpRequest
+    ) -> Outcome:
+        if self._tools is None:
+            return await self._judge_calls(policy, base, caller, [None] * len(base.calls))
+        looked = await self._tools.look(policy, request, base.calls)
+        outcome = await self._judge_calls(policy, base, caller, looked)
+        subject = next((i for i, c in enumerate(base.calls) if c is outcome.subject), 0)
+        found = looked[subject] if looked else None
+        if found is None:
+            return outcome
+        unread = any(f is not None and f.error for f in looked)
+        fail_open = outcome.fail_open or (outcome.allowed and unread)
+        return replace(outcome, tool=outcome.tool or found.facts, fail_open=fail_open)
+
+    async def _judge_calls(
+        self, policy: Policy, base: Outcome, caller: Caller, looked: list[Looked | None]
+    ) -> Outcome:
+        verdicts = [
+            (call, evaluate(policy, call, caller, found.facts.risk if found else UNKNOWN_RISK))
+            for call, found in zip(base.calls, looked, strict=True)
+        ]
+        admitted = self._admit(policy, base, verdicts, looked)
+        if isinstance(admitted, Outcome):
+            return admitted
+        verdicts = admitted
         approved = await self._hold(base, verdicts, caller)
         if isinstance(approved, Outcome):
             return approved
@@ -129,6 +158,30 @@ class Decider:
             if outcome.refusal is not None:
                 return outcome
         return await self._dry_run(outcome, verdicts, caller)
+
+    def _admit(
+        self,
+        policy: Policy,
+        base: Outcome,
+        verdicts: list[tuple[McpCall, Verdict]],
+        looked: list[Looked | None],
+    ) -> list[tuple[McpCall, Verdict]] | Outcome:
+        """The verdicts as the policy and then the catalogue leave them, or the first
+        refusal: the policy's own first, so a tool it denies anyway is refused as denied."""
+        for call, verdict in verdicts:
+            if not verdict.allowed:
+                return _verdict(base, call, verdict, Refusal.DENIED)
+        if self._tools is None:
+            return verdicts
+        checked = []
+        for (call, verdict), found in zip(verdicts, looked, strict=True):
+            result = (
+                verdict if found is None else self._tools.judge(policy, base, call, verdict, found)
+            )
+            if isinstance(result, Outcome):
+                return result
+            checked.append((call, result))
+        return checked
 
     async def _hold(
         self, base: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller
@@ -188,6 +241,12 @@ class Decider:
             )
         refused = Verdict(False, verdict.rule, reason + "; the fail mode is closed", verdict.grant)
         return _verdict(base, call, refused, Refusal.LIMITS_UNAVAILABLE)
+
+
+def _may_list_tools(calls: tuple[McpCall, ...]) -> bool:
+    """A tools/list, or a bodiless request (a GET opens the server's event stream, where a
+    resumed stream may replay a list answer)."""
+    return not calls or any(c.method == "tools/list" for c in calls)
 
 
 def _refused(

@@ -12,6 +12,22 @@ from authz.protocol.mcp import McpCall, RequestId
 from authz.protocol.request import UNKNOWN_ORIGIN, Origin
 
 
+@dataclass(frozen=True, slots=True)
+class ToolFacts:
+    """What the catalogue says about a called tool: for replies, spans and audit lines."""
+
+    upstream: str
+    # One of RISK_LABELS: read, write, destructive, or unknown (never listed, no catalogue).
+    risk: str
+    open_world: bool | None = None
+    # The pinned definition's fingerprint; None for a tool never listed.
+    fingerprint: str | None = None
+    # The definition the server offers now, when it drifted from the pin.
+    offered: str | None = None
+    # Where the arguments failed the tool's inputSchema.
+    argument_path: str | None = None
+
+
 # Not frozen: a frozen dataclass sets each of these fields through object.__setattr__, five
 # times the cost of a plain one, and the decision core builds one per request and completes
 # it in place (authz/core/decision.py). Once `Decider.decide` returns it, nothing changes it.
@@ -37,6 +53,12 @@ class Outcome:
     approval: Approval | None = None
     request_ids: tuple[RequestId | None, ...] = ()
     origin: Origin = UNKNOWN_ORIGIN
+    # The catalogue's word on the subject's tool, when a catalogue is configured.
+    tool: ToolFacts | None = None
+    # The caller's grant when the answer may list tools (a tools/list, or a GET event
+    # stream): the response side filters the list for it. "" when the caller's grant token
+    # names a grant the policy lacks (nothing is then shown).
+    view_grant: str | None = None
 
     @property
     def allowed(self) -> bool:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from authz.core.outcome import Outcome, retry_seconds
+from authz.core.outcome import Outcome, ToolFacts, retry_seconds
+from authz.core.response_plan import PLAN_HEADER, ResponsePlan
 from authz.protocol.echo import json_line
 from authz.protocol.errors import Refusal
 
@@ -27,6 +28,8 @@ _MESSAGES = {
     Refusal.UNAUTHENTICATED: "Unauthenticated: {reason}",
     Refusal.APPROVAL_REQUIRED: "Approval required: {reason}",
     Refusal.APPROVAL_DENIED: "Approval denied: {reason}",
+    Refusal.TOOL_CHANGED: "Tool changed: {reason}",
+    Refusal.INVALID_ARGUMENTS: "Invalid arguments: {reason}",
 }
 
 
@@ -95,11 +98,18 @@ def _allowed(outcome: Outcome, upstream: UpstreamCredential | None) -> Reply:
             ("x-ratelimit-remaining", str(tightest.remaining)),
             ("x-ratelimit-window", str(tightest.hit.window)),
         ]
-    added = ((DECISION_HEADER, outcome.decision_id), *(upstream.headers if upstream else ()))
+    added = [(DECISION_HEADER, outcome.decision_id), *(upstream.headers if upstream else ())]
     # The upstream's own credential overwrites the agent's when it uses the same header;
     # removing that header as well would drop the credential just set.
     same = upstream is not None and upstream.header == AGENT_CREDENTIAL
-    return Reply(200, tuple(headers), added, upstream_removed=() if same else (AGENT_CREDENTIAL,))
+    removed = [] if same else [AGENT_CREDENTIAL]
+    # The response side's plan is always ours: set, or a client's copy removed.
+    plan = ResponsePlan.of(outcome)
+    if plan is None:
+        removed.append(PLAN_HEADER)
+    else:
+        added.append((PLAN_HEADER, plan.encode()))
+    return Reply(200, tuple(headers), tuple(added), upstream_removed=tuple(removed))
 
 
 def _message(outcome: Outcome, refusal: Refusal) -> str:
@@ -122,10 +132,22 @@ def _data(outcome: Outcome) -> dict[str, Any]:
         data["approval_id"] = outcome.approval.id
         data["approval_status"] = outcome.approval.status.value
         data["approval_expires_at"] = outcome.approval.expires_at
+    if outcome.tool is not None:
+        data |= _tool_data(outcome.tool)
     blocking = [s for s in outcome.limits if s.retry_after != 0]
     if outcome.refusal is Refusal.RATE_LIMITED and blocking:
         data["counter"] = blocking[0].hit.key.counter
         data["retry_after"] = retry_seconds(outcome)
+    return data
+
+
+def _tool_data(tool: ToolFacts) -> dict[str, Any]:
+    data: dict[str, Any] = {"risk": tool.risk}
+    if tool.offered is not None:
+        data["pinned_fingerprint"] = tool.fingerprint
+        data["offered_fingerprint"] = tool.offered
+    if tool.argument_path is not None:
+        data["path"] = tool.argument_path
     return data
 
 

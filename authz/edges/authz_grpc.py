@@ -1,4 +1,5 @@
-"""The gRPC edge: Envoy's Authorization service and the standard health service."""
+"""The gRPC edge: Envoy's Authorization service, its ExternalProcessor (edges/extproc.py) and
+the standard health service."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from grpc_health.v1 import health_pb2_grpc
 from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz.core.decision import Decider
 from authz.core.reply import UpstreamCredential, reply_for
+from authz.core.response_side import ResponseSide
 from authz.edges import envoy
+from authz.edges.extproc import add_external_processor
 from authz.edges.health import ReplicaHealth
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
@@ -49,15 +52,36 @@ async def create_server(
     upstream: UpstreamCredential | None = None,
     *,
     health: ReplicaHealth | None = None,
+    response_side: ResponseSide | None = None,
 ) -> tuple[grpc.aio.Server, int, ReplicaHealth]:
     """A started server bound to `listen` (port 0 picks a free one), the bound port and the
     health it serves: `health` (the runner's, NOT_SERVING until the stores answer), or one
-    that says SERVING from the start."""
+    that says SERVING from the start. With a `response_side` it serves ext_proc's
+    ExternalProcessor too."""
     health = health or await ReplicaHealth.start(judging=True)
     server = grpc.aio.server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
         AuthorizationServicer(decider, audit, telemetry or Telemetry.off(), upstream), server
     )
+    if response_side is not None:
+        add_external_processor(server, response_side, audit)
+    return await _start(server, listen, health)
+
+
+async def create_extproc_server(
+    listen: str, response_side: ResponseSide, audit: AuditLog, health: ReplicaHealth
+) -> tuple[grpc.aio.Server, int]:
+    """ExternalProcessor alone, on a port of its own: with `--transport http`, where ext_authz
+    is an HTTP server and ext_proc can only be gRPC. It serves the replica's health too."""
+    server = grpc.aio.server()
+    add_external_processor(server, response_side, audit)
+    server, port, _ = await _start(server, listen, health)
+    return server, port
+
+
+async def _start(
+    server: grpc.aio.Server, listen: str, health: ReplicaHealth
+) -> tuple[grpc.aio.Server, int, ReplicaHealth]:
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     port = server.add_insecure_port(listen)
     if port == 0:

@@ -49,10 +49,15 @@ def _address(address: Any) -> str:
 def _headers(http: Any) -> dict[str, str]:
     if http.headers:
         return dict(http.headers)
-    # With encode_raw_headers Envoy sends a list, repeated names included; join them as it
-    # does for the map so a repeated Mcp-Method can never hide behind its first value.
+    return joined_headers(http.header_map.headers)
+
+
+def joined_headers(headers: Iterable[Any]) -> dict[str, str]:
+    """A list of HeaderValue (ext_authz with encode_raw_headers, and ext_proc) as one map:
+    repeated names are joined as Envoy does for the map, so a repeated Mcp-Method can never
+    hide behind its first value."""
     joined: dict[str, str] = {}
-    for h in http.header_map.headers:
+    for h in headers:
         value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
         key = h.key.lower()
         joined[key] = f"{joined[key]},{value}" if key in joined else value

@@ -91,6 +91,18 @@ class CounterStore(Protocol):
 
     async def hit(self, hits: Sequence[Hit]) -> HitResult: ...
 
+    async def refund(self, decision_id: str, hits: Sequence[Hit]) -> bool:
+        """Give back the units `hits` counted for decision `decision_id`, atomically and at
+        most once per decision id: True when this call gave them back, False when that
+        decision was refunded before (a repeat counts nothing).
+
+        Each hit's `cost` is taken off its key's newest units still in the window (a call is
+        refunded moments after it was counted, so those are its own); units that have left
+        the window are not counted anyway and are never taken back twice. The marker that
+        makes a refund once-only lives as long as the longest window of `hits`, the time
+        after which there is nothing left to give back."""
+        ...
+
     async def usage(self, hit: Hit) -> LimitState:
         """What `hit` would find now, counting nothing: for operators, never for a Check."""
         ...

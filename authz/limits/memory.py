@@ -29,6 +29,16 @@ class _Log:
         while self.entries and self.entries[0][0] <= now - self.window:
             self.used -= self.entries.popleft()[1]
 
+    def give_back(self, cost: int) -> None:
+        """Take `cost` units off the newest entries (a refund)."""
+        while cost > 0 and self.entries:
+            stamp, units = self.entries.pop()
+            kept = units - cost
+            cost -= units
+            if kept > 0:
+                self.entries.append((stamp, kept))
+            self.used -= units - max(kept, 0)
+
     def wait_for(self, room: int, now: float) -> float:
         """Seconds until `room` units are free, counting only entries already in the log."""
         freed = 0
@@ -44,6 +54,8 @@ class MemoryStore:
         self._clock = clock
         self._logs: dict[CounterKey, _Log] = {}
         self._sweep_at = _SWEEP_FLOOR
+        # Decision ids already refunded, each until the longest window of its hits has passed.
+        self._refunded: dict[str, float] = {}
 
     async def hit(self, hits: Sequence[Hit]) -> HitResult:
         # No await between reading and writing: on one event loop this is atomic.
@@ -62,6 +74,20 @@ class MemoryStore:
             log.entries.append((now, h.cost))
             log.used += h.cost
         return HitResult(allowed=True, states=tuple(_counted(s) for s in states))
+
+    async def refund(self, decision_id: str, hits: Sequence[Hit]) -> bool:
+        now = self._clock()
+        if self._refunded.get(decision_id, now) > now:
+            return False
+        self._refunded[decision_id] = now + max((h.window for h in hits), default=0)
+        if len(self._refunded) >= self._sweep_at:
+            self._refunded = {k: t for k, t in self._refunded.items() if t > now}
+        for h in hits:
+            log = self._logs.get(h.key)
+            if log is not None:
+                log.expire(now)
+                log.give_back(h.cost)
+        return True
 
     async def usage(self, hit: Hit) -> LimitState:
         now = self._clock()

@@ -35,6 +35,7 @@ Call = tuple[list[str], list[int | str]]
 
 HIT = Script("authz.limits", "hit.lua")
 USAGE = Script("authz.limits", "usage.lua")
+REFUND = Script("authz.limits", "refund.lua")
 
 # A window is kept in this many quanta: a unit leaves the window at most window/100 late,
 # and a key holds at most about 100 entries whatever the limit (see docs/limits.md).
@@ -48,7 +49,7 @@ MAX_NAME = 200
 class RedisStore(RedisBacked):
     """A CounterStore on Redis (standalone, Sentinel or Cluster) that fails fast when it is down."""
 
-    SCRIPTS = (HIT, USAGE)
+    SCRIPTS = (HIT, USAGE, REFUND)
 
     @cached_property
     def _batcher(self) -> _Batcher:
@@ -68,6 +69,15 @@ class RedisStore(RedisBacked):
         with self._breaker.guard():
             reply = await self._run(keys, self._args(hits))
         return _result(hits, reply)
+
+    async def refund(self, decision_id: str, hits: Sequence[Hit]) -> bool:
+        marker = json.dumps(["refunded", decision_id], separators=(",", ":"))
+        if len(marker) > MAX_NAME:
+            marker = "sha256:" + hashlib.sha256(marker.encode()).hexdigest()
+        keys = [f"{{{self._prefix}}}:v1:{marker}", *(self.key(h.key) for h in hits)]
+        lifetime = max((h.window for h in hits), default=1) * 1000
+        args: list[int | str] = [lifetime, *(h.cost for h in hits)]
+        return bool(await self._direct(REFUND.run(self._client, keys, args)))
 
     async def usage(self, hit: Hit) -> LimitState:
         args = [self._now(), hit.limit, hit.window * _US, hit.cost]

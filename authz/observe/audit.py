@@ -26,7 +26,9 @@ from typing import Any, Final, TextIO
 from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
 from authz import __version__
-from authz.core.outcome import Outcome
+from authz.catalogue.base import Change, Observed
+from authz.core.outcome import Outcome, ToolFacts
+from authz.core.response_side import ResponseEvent
 from authz.protocol.echo import json_line
 from authz.protocol.mcp import McpCall
 
@@ -143,6 +145,18 @@ def _approval(outcome: Outcome) -> dict[str, Any] | None:
     return {"id": approval.id, "status": approval.status.value, "decided_by": approval.decided_by}
 
 
+def _catalogue(tool: ToolFacts | None) -> dict[str, Any] | None:
+    if tool is None:
+        return None
+    return {
+        "upstream": tool.upstream,
+        "fingerprint": tool.fingerprint,
+        "offered": tool.offered,
+        "open_world": tool.open_world,
+        "argument_path": tool.argument_path,
+    }
+
+
 def _read_key(path: Path) -> bytes:
     try:
         # Trailing whitespace is the newline `openssl rand -hex 32 > key` leaves, not key.
@@ -235,6 +249,9 @@ class AuditLog:
             "would_deny": outcome.would_deny,
             "retry_after": outcome.retry_after,
             "approval": _approval(outcome),
+            # The tool's risk class and what the catalogue knew of it (None without one).
+            "risk": outcome.tool.risk if outcome.tool else None,
+            "catalogue": _catalogue(outcome.tool),
             "methods": [c.method for c in outcome.calls],
             "tools": [c.tool for c in outcome.calls if c.tool is not None],
             # Tools and prompts take arguments; other calls have none to hash.
@@ -271,6 +288,42 @@ class AuditLog:
         }
         self._stream.write(json_line(line) + "\n")
         self.flush()
+
+    def record_catalogue(self, upstream: str, observed: Sequence[Observed]) -> None:
+        """What one `tools/list` answer changed in the catalogue: one line per tool added,
+        changed, removed or rejected (unchanged tools write nothing)."""
+        if self._stream is None:
+            return
+        for seen in observed:
+            if seen.change is Change.UNCHANGED:
+                continue
+            entry = seen.entry
+            line = {
+                "schema": AUDIT_SCHEMA,
+                "version": __version__,
+                "time": self._clock().isoformat(timespec="milliseconds"),
+                "catalogue_change": seen.change.value,
+                "upstream": upstream,
+                "tool": seen.name,
+                "fingerprint": entry.pinned.fingerprint if entry else None,
+                "offered": entry.pending.fingerprint if entry and entry.pending else None,
+                "oversized": entry.oversized if entry else None,
+            }
+            self._stream.write(json_line(line) + "\n")
+
+    def record_response(self, event: ResponseEvent) -> None:
+        """One thing the response side did (a list filtered, a refund, a withheld answer)."""
+        if self._stream is None:
+            return
+        line = {
+            "schema": AUDIT_SCHEMA,
+            "version": __version__,
+            "time": self._clock().isoformat(timespec="milliseconds"),
+            "response_event": event.kind,
+            "decision_id": event.decision_id or None,
+            **event.detail,
+        }
+        self._stream.write(json_line(line) + "\n")
 
     def close(self) -> None:
         """Writes what is buffered; closes the file this log opened."""

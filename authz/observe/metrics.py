@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from authz import __version__
 from authz.core.decision import FailMode
 from authz.core.outcome import Outcome
-from authz.policy.model import Policy
+from authz.policy.model import UNKNOWN_RISK, Policy
 from authz.protocol.errors import Refusal
 
 OTHER_TOOL: Final = "other"
@@ -100,7 +100,13 @@ class Metrics:
         if not self.recording:
             return
         decision = outcome.label
-        labels = {"decision": decision, "tool": self.tool_label(outcome), "rule": outcome.rule}
+        labels = {
+            "decision": decision,
+            "tool": self.tool_label(outcome),
+            "rule": outcome.rule,
+            # read, write, destructive or unknown: the catalogue's classes, never more.
+            "risk": outcome.tool.risk if outcome.tool else UNKNOWN_RISK,
+        }
         self._decisions.add(1, labels)
         self._check_duration.record(seconds, {"decision": decision})
         if outcome.fail_open:

@@ -46,7 +46,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from authz import __version__
-from authz.core.outcome import Outcome
+from authz.core.outcome import Outcome, ToolFacts
 from authz.limits.base import CounterKey, CounterStore, Hit, HitResult, LimitState
 from authz.observe.metrics import Metrics, PrometheusEndpoint
 
@@ -243,6 +243,9 @@ class ObservedStore:
         self._metrics.record_store(self._backend, perf_counter() - started, failed=False)
         return result
 
+    async def refund(self, decision_id: str, hits: Sequence[Hit]) -> bool:
+        return await self._store.refund(decision_id, hits)
+
     async def usage(self, hit: Hit) -> LimitState:
         return await self._store.usage(hit)
 
@@ -317,6 +320,24 @@ def _decision_attributes(outcome: Outcome) -> dict[str, AttributeValue]:
     if outcome.approval is not None:
         attributes["mcp_authz.approval.id"] = outcome.approval.id
         attributes["mcp_authz.approval.status"] = outcome.approval.status.value
+    if outcome.tool is not None:
+        attributes |= _tool_attributes(outcome.tool)
+    return attributes
+
+
+def _tool_attributes(tool: ToolFacts) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {
+        "mcp_authz.tool.risk": tool.risk,
+        "mcp_authz.tool.upstream": tool.upstream,
+    }
+    if tool.open_world is not None:
+        attributes["mcp_authz.tool.open_world"] = tool.open_world
+    if tool.fingerprint is not None:
+        attributes["mcp_authz.tool.fingerprint"] = tool.fingerprint
+    if tool.offered is not None:
+        attributes["mcp_authz.tool.offered_fingerprint"] = tool.offered
+    if tool.argument_path is not None:
+        attributes["mcp_authz.tool.argument_path"] = tool.argument_path
     return attributes
 
 

@@ -10,7 +10,18 @@ from dataclasses import dataclass
 
 from authz.limits.base import CounterKey, Hit
 from authz.policy.conditions import fires, is_number, resolve
-from authz.policy.model import Action, Counting, Entry, Grant, Mode, Policy, Rule, Scope
+from authz.policy.model import (
+    UNKNOWN_RISK,
+    Action,
+    Counting,
+    Entry,
+    Grant,
+    ListView,
+    Mode,
+    Policy,
+    Rule,
+    Scope,
+)
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall
 
@@ -46,7 +57,9 @@ class Verdict:
     approval: Rule | None = None
 
 
-def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
+def evaluate(policy: Policy, call: McpCall, caller: Caller, risk: str = UNKNOWN_RISK) -> Verdict:
+    """The verdict on one call; `risk` is the called tool's class (a label of RISK_LABELS),
+    which the decision core gets from the catalogue."""
     if call.method is None:
         # A client's answer to a server request (sampling, elicitation): it invokes nothing.
         return Verdict(True, UNLISTED_METHOD_RULE, "responses are not governed")
@@ -55,7 +68,7 @@ def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
         if grant is None:
             reason = f'the grant token names policy grant "{caller.policy_grant}", which is gone'
             return Verdict(False, NO_POLICY_RULE, reason)
-        return _tool(policy, grant, call, call.target)
+        return _tool(policy, grant, call, call.target, risk)
     entry = policy.methods.match(call.method)
     if entry is None:
         return Verdict(True, UNLISTED_METHOD_RULE, f"method {call.method} is not governed")
@@ -63,17 +76,53 @@ def evaluate(policy: Policy, call: McpCall, caller: Caller) -> Verdict:
     return _rules(entry.rules, entry, policy.everyone, call, what, on_deny=policy.on_deny)
 
 
-def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str) -> Verdict:
+def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str, risk: str) -> Verdict:
     what = f'tool "{tool}"'
     if policy.is_hidden(tool):
         reason = policy.on_deny or f'Tool "{tool}" is hidden by policy'
         return _refused(grant.mode, HIDDEN_RULE, reason, grant)
-    entry = grant.tools.match(tool)
+    entry, rules = governing(grant, tool, risk)
     if entry is None and grant.default is Action.DENY:
         reason = policy.on_deny or f"{what} is not in the policy, which denies by default"
         return _refused(grant.mode, DEFAULT_DENY_RULE, reason, grant)
-    rules = (entry.rules if entry else ()) + grant.every_tool
     return _rules(rules, entry, grant, call, what, on_deny=policy.on_deny)
+
+
+def governing(grant: Grant, tool: str, risk: str) -> tuple[Entry | None, tuple[Rule, ...]]:
+    """The entry that governs `tool` in `grant` (its own, else its class's; None leaves it to
+    the default) and every rule a call of it must pass: its own, its class's, then the
+    grant's rules for every tool."""
+    entry = grant.tools.match(tool)
+    # A class with rules governs the tools the grant does not name, as their entry would.
+    classed = grant.risk.get(risk)
+    rules = (entry.rules if entry else ()) + (classed.rules if classed else ()) + grant.every_tool
+    return entry or classed, rules
+
+
+def visible(policy: Policy, grant: str, tool: str, risk: str = UNKNOWN_RISK) -> bool:
+    """Whether a `tools/list` answer shows `tool` to a caller of grant `grant`.
+
+    A tool is left out when no call to it could pass for this caller, whatever its arguments:
+    `hide` names it, the grant denies it by default, or one of its enforced rules is a plain
+    deny. Every other tool is shown: allowed, limited, conditional and approval-gated ones,
+    since some call to them may pass, and every tool of a dry-run grant, whose calls pass.
+    A grant the policy no longer has (a reload between the request and its answer) shows
+    nothing, as its calls would be refused. `tools_list: whole` shows every tool. `risk` is
+    the tool's class, as for `evaluate`.
+    """
+    if policy.list_view is ListView.WHOLE:
+        return True
+    found = policy.grant_named(grant)
+    if found is None:
+        return False
+    if found.mode is Mode.DRY_RUN:
+        return True
+    if policy.is_hidden(tool):
+        return False
+    entry, rules = governing(found, tool, risk)
+    if entry is None and found.default is Action.DENY:
+        return False
+    return not any(r.action is Action.DENY and r.mode is Mode.ENFORCE for r in rules)
 
 
 def _refused(mode: Mode, rule: str, reason: str, grant: Grant) -> Verdict:

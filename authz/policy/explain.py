@@ -5,22 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 from authz.policy.conditions import resolve
-from authz.policy.evaluate import evaluate, hits
-from authz.policy.model import Policy, Rule
+from authz.policy.evaluate import evaluate, governing, hits
+from authz.policy.model import UNKNOWN_RISK, Policy, Rule
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall
 
 
-def explain(policy: Policy, call: McpCall, caller: Caller) -> dict[str, Any]:
-    verdict = evaluate(policy, call, caller)
+def explain(
+    policy: Policy, call: McpCall, caller: Caller, risk: str = UNKNOWN_RISK
+) -> dict[str, Any]:
+    """The verdict on `call` and every rule behind it; `risk` is the tool's class as the
+    catalogue would give it."""
+    verdict = evaluate(policy, call, caller, risk)
     grant = policy.grant_for(caller.identity, caller.claims)
-    entry = grant.tools.match(call.tool) if call.tool is not None else None
-    rules = (entry.rules if entry else ()) + (grant.every_tool if call.tool else ())
+    rules = governing(grant, call.tool, risk)[1] if call.tool is not None else ()
     return {
         "policy": policy.source,
         "policy_version": policy.version,
         "method": call.method,
         "tool": call.tool,
+        "risk": risk,
         "identity": caller.identity,
         "grant": verdict.grant,
         "decision": "allow" if verdict.allowed else "deny",

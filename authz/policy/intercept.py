@@ -30,7 +30,16 @@ from authz.policy.model import (
 from authz.policy.reader import Pairs, Reader, child, get
 from authz.policy.warnings import shadow_warnings
 
-_TOP_KEYS = ("version", "description", "default", "hide", "tools")
+_TOP_KEYS = (
+    "version",
+    "description",
+    "default",
+    "hide",
+    "tools",
+    "tools_list",
+    "risk",
+    "catalogue",
+)
 _RULE_KEYS = ("name", "action", "conditions", "on_deny", "rate_limit", "state")
 _STATE_KEYS = ("counter", "window", "increment", "increment_from")
 _WINDOWS = ("minute", "hour", "day")
@@ -70,14 +79,33 @@ class InterceptReader(Reader):
             entries[name] = self.entry(name, item, where)
         wildcard = entries.pop("*", None)
         everyone = Grant(
-            "default", default or Action.DENY, RuleSet(entries), wildcard.rules if wildcard else ()
+            "default",
+            default or Action.DENY,
+            RuleSet(entries),
+            wildcard.rules if wildcard else (),
+            risk=self.risk(top.get("risk", Pairs())),
         )
         hidden = self.hide(top.get("hide", []))
+        catalogue = self.catalogue(top.get("catalogue", Pairs()))
         policy = Policy(everyone, hidden=hidden, version=version, source=source)
         self.warnings += shadow_warnings(policy)
         return Policy(
-            everyone, hidden=hidden, version=version, source=source, warnings=tuple(self.warnings)
+            everyone,
+            hidden=hidden,
+            version=version,
+            source=source,
+            warnings=tuple(self.warnings),
+            catalogue=catalogue,
+            list_view=self.list_view(top),
         )
+
+    def risk(self, value: Any) -> dict[str, Entry]:
+        """`risk`: rules per risk class, each written as a tool's `rules` are; its counters
+        are `state._risk_CLASS.NAME`."""
+        return {
+            name: self.entry(name, item, where, section="risk")
+            for name, item, where in self.risk_entries(value, "$.risk")
+        }
 
     def hide(self, value: Any) -> frozenset[str]:
         names: list[str] = []
@@ -87,20 +115,16 @@ class InterceptReader(Reader):
                 self.fail(where, f'duplicate entry "{name}"')
             elif name:
                 names.append(name)
-        if names:
-            self.warn(
-                "$.hide",
-                "hidden tools are refused when called, but still appear in "
-                "tools/list: ext_authz cannot rewrite the server's answers",
-            )
         return frozenset(names)
 
-    def entry(self, tool: str, value: Any, path: str) -> Entry:
+    def entry(self, tool: str, value: Any, path: str, section: str = "tools") -> Entry:
         spec = self.fields(value, path, ("rules",))
         scope = GLOBAL_SCOPE if tool == "*" else tool
+        if section == "risk":
+            scope = f"_risk_{tool}"
         items = self.items(spec.get("rules", []), child(path, "rules"), "rules")
         states = self.states(scope, items)
-        rule_id = child("tools", tool)
+        rule_id = child(section, tool)
         rules = tuple(
             self.rule(scope, item, where, f"{rule_id}.rules[{i}]", states=states)
             for i, (item, where) in enumerate(items)

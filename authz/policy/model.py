@@ -15,6 +15,7 @@ import re2
 
 from authz.policy.conditions import Condition
 from authz.protocol.identity import Caller, claims_match
+from authz.protocol.tools import RiskClass
 
 
 class Action(StrEnum):
@@ -27,6 +28,32 @@ class Action(StrEnum):
 # What may happen to a tool no rule lists: asking a person about every unknown tool is not
 # a posture, so `approve` is for rules only.
 POSTURES = (Action.ALLOW, Action.DENY)
+
+
+class OnChange(StrEnum):
+    """What happens to a call of a tool whose definition drifted from its pin."""
+
+    # Refused with TOOL_CHANGED until an operator accepts the new definition.
+    DENY = "deny"
+    # Each call waits for a person's approval, as an `approve` rule would make it.
+    APPROVE = "approve"
+    # Judged against the new definition, and the drift noted in the audit line.
+    LOG = "log"
+
+
+# The class of a tool the catalogue cannot class: never listed, or no catalogue at all.
+UNKNOWN_RISK = "unknown"
+# The keys of `risk` rules: every class, and `unknown`.
+RISK_LABELS = (*(c.label for c in RiskClass), UNKNOWN_RISK)
+
+
+class ListView(StrEnum):
+    """What a caller's `tools/list` shows (`tools_list` in both syntaxes)."""
+
+    # Only the tools this caller could call: hidden and outright-denied ones are left out.
+    FILTERED = "filtered"
+    # Every tool the server lists; calls are still judged one by one.
+    WHOLE = "whole"
 
 
 class Mode(StrEnum):
@@ -163,6 +190,26 @@ def glob_regex(glob: str) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class CatalogueRules:
+    """How the policy reads the tool catalogue: pins, unknown tools, trust and baselines."""
+
+    on_change: OnChange = OnChange.DENY
+    # A tools/call of a tool its upstream never listed: the gateway cannot check its schema
+    # nor class it, so by default it does not guess.
+    on_unknown: Action = Action.DENY
+    # Upstreams whose annotations are taken as they are (they may loosen a class).
+    trusted: frozenset[str] = frozenset()
+    # The operator's class per tool name or glob, matched as tool rules are (exact first,
+    # then the most specific glob); each entry's id is the class's label.
+    baselines: RuleSet = field(default_factory=RuleSet)
+
+    def baseline(self, tool: str) -> RiskClass | None:
+        """The operator's class for `tool`: a floor the server's hints cannot lower."""
+        entry = self.baselines.match(tool)
+        return None if entry is None else RiskClass[entry.id.upper()]
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """Tool rules for a set of callers. The policy's top level is the grant of everyone
     that no named grant claims."""
@@ -177,6 +224,10 @@ class Grant:
     identities: RuleSet = field(default_factory=RuleSet)
     claims: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     mode: Mode = Mode.ENFORCE
+    # Rules per risk class (`read`, `write`, `destructive`, `unknown`): a call of a tool in
+    # that class must pass them too, after the tool's own rules; a class with rules also
+    # governs tools the grant does not name, as their entry would.
+    risk: Mapping[str, Entry] = field(default_factory=dict)
 
     def admits(self, identity: str, claims: Mapping[str, Any]) -> bool:
         return self.identities.match(identity) is not None or claims_match(claims, self.claims)
@@ -198,6 +249,8 @@ class Policy:
     # What the agent is told when the policy itself refuses (hidden, default deny); None for
     # the gateway's own sentence.
     on_deny: str | None = None
+    catalogue: CatalogueRules = field(default_factory=CatalogueRules)
+    list_view: ListView = ListView.FILTERED
 
     @property
     def default(self) -> Action:
@@ -216,6 +269,12 @@ class Policy:
         if caller.policy_grant is None:
             return self.grant_for(caller.identity, caller.claims)
         return next((g for g in self.grants if g.name == caller.policy_grant), None)
+
+    def grant_named(self, name: str) -> Grant | None:
+        """The grant called `name` (the top level is "default"), None when there is none."""
+        if name == self.everyone.name:
+            return self.everyone
+        return next((g for g in self.grants if g.name == name), None)
 
     def is_hidden(self, tool: str) -> bool:
         """Whether `hide` names the tool: pure, for the call-time refusal and for whatever

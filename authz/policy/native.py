@@ -40,6 +40,9 @@ _TOP_KEYS = (
     "hide",
     "all_tools",
     "on_deny",
+    "risk",
+    "catalogue",
+    "tools_list",
 )
 _RULE_KEYS = (
     "action",
@@ -56,7 +59,7 @@ _ALL_TOOLS_KEYS = ("limits",)
 _APPROVAL_KEYS = ("when", "lifetime", "approvers", "approver_claims")
 _MAX_LIFETIME = 7 * 86400
 _LIMIT_KEYS = ("counter", "window", "max", "scope", "increment", "increment_from")
-_GRANT_KEYS = ("identities", "claims", "default", "mode", "tools")
+_GRANT_KEYS = ("identities", "claims", "default", "mode", "tools", "risk")
 
 
 def escape(segment: str) -> str:
@@ -95,12 +98,14 @@ class NativeReader(Reader):
             self.rules(top.get("tools", Pairs()), "$.tools", mode),
             self.all_tools(top.get("all_tools", Pairs()), mode),
             mode=mode,
+            risk=self.risk(top.get("risk", Pairs()), "$.risk", mode),
         )
         methods = self.rules(top.get("methods", Pairs()), "$.methods", mode)
         if "tools/call" in methods.exact:
             self.fail(child("$.methods", "tools/call"), "tool calls are governed by $.tools")
         grants = self.grants(top.get("grants", Pairs()), mode)
         hidden = self.hide(top.get("hide", []))
+        catalogue = self.catalogue(top.get("catalogue", Pairs()))
         policy = Policy(everyone, grants, methods, hidden, version, source)
         self.warnings += shadow_warnings(policy)
         return Policy(
@@ -112,6 +117,8 @@ class NativeReader(Reader):
             source,
             tuple(self.warnings),
             on_deny,
+            catalogue,
+            self.list_view(top),
         )
 
     def message(self, spec: dict[str, Any], path: str) -> str | None:
@@ -134,16 +141,17 @@ class NativeReader(Reader):
             return inherited
         return self.choice(spec["mode"], child(path, "mode"), Mode, Mode) or inherited
 
+    def risk(self, value: Any, path: str, mode: Mode) -> dict[str, Entry]:
+        """`risk`: rules per risk class, written as a tool's rules are."""
+        return {
+            name: Entry(pointer(path, name), self.rule(item, where, pointer(path, name), mode))
+            for name, item, where in self.risk_entries(value, path)
+        }
+
     def hide(self, value: Any) -> frozenset[str]:
         names = [
             self.text(item, where) for item, where in self.items(value, "$.hide", "tool names")
         ]
-        if names:
-            self.warn(
-                "$.hide",
-                "hidden tools are refused when called, but still appear in "
-                "tools/list: ext_authz cannot rewrite the server's answers",
-            )
         return frozenset(n for n in names if n)
 
     def rules(self, value: Any, path: str, mode: Mode) -> RuleSet:
@@ -268,6 +276,7 @@ class NativeReader(Reader):
             RuleSet.build(identities),
             self.claims(spec.get("claims", Pairs()), child(path, "claims")),
             mode,
+            self.risk(spec.get("risk", Pairs()), child(path, "risk"), mode),
         )
 
     def claims(self, value: Any, path: str) -> dict[str, tuple[Any, ...]]:

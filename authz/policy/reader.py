@@ -15,9 +15,25 @@ from typing import Any
 
 from authz.policy.conditions import ConditionError, Op, compile_condition
 from authz.policy.conditions import kind as kind_of
-from authz.policy.model import NAMED_WINDOWS, Limit, Policy
+from authz.policy.model import (
+    NAMED_WINDOWS,
+    POSTURES,
+    RISK_LABELS,
+    Action,
+    CatalogueRules,
+    Entry,
+    Limit,
+    ListView,
+    OnChange,
+    Policy,
+    RuleSet,
+)
+from authz.protocol.tools import RiskClass
 
 MAX_LIMIT = 1_000_000_000_000
+_CATALOGUE_KEYS = ("on_change", "on_unknown", "upstreams", "baseline")
+_UPSTREAM_KEYS = ("trusted",)
+_CLASSES = tuple(c.label for c in RiskClass)
 MAX_WINDOW = 366 * 86400
 
 
@@ -127,6 +143,11 @@ class Reader:
             return None
         return member
 
+    def list_view(self, top: dict[str, Any]) -> ListView:
+        """`tools_list`: "filtered" (the default) or "whole"; the same key in both syntaxes."""
+        value = top.get("tools_list", ListView.FILTERED.value)
+        return self.choice(value, "$.tools_list", ListView, ListView) or ListView.FILTERED
+
     def text(self, value: Any, path: str) -> str | None:
         if isinstance(value, str) and value.strip():
             return value
@@ -184,6 +205,65 @@ class Reader:
         except ConditionError as e:
             self.fail(child(path, "value"), str(e))
             return None
+
+    def risk_entries(self, value: Any, path: str) -> Iterator[tuple[str, Any, str]]:
+        """The entries of a `risk` map whose keys name a class; any other key is reported."""
+        for name, item, where in self.entries(value, path):
+            if name in RISK_LABELS:
+                yield name, item, where
+            else:
+                expected = ", ".join(RISK_LABELS)
+                hint = did_you_mean(name, RISK_LABELS)
+                self.fail(where, f"unknown risk class{hint} (expected one of: {expected})")
+
+    def catalogue(self, value: Any, path: str = "$.catalogue") -> CatalogueRules:
+        """`catalogue`: what a drifted or never-listed tool gets, trusted upstreams, and the
+        operator's class per tool (both syntaxes read it the same way)."""
+        spec = self.fields(value, path, _CATALOGUE_KEYS)
+        on_change = self.choice(
+            spec.get("on_change", "deny"), child(path, "on_change"), OnChange, OnChange
+        )
+        on_unknown = self.choice(
+            spec.get("on_unknown", "deny"), child(path, "on_unknown"), Action, POSTURES
+        )
+        trusted = frozenset(
+            name
+            for name, item, where in self.entries(
+                spec.get("upstreams", Pairs()), child(path, "upstreams")
+            )
+            if self.trusted(item, where)
+        )
+        baselines = {
+            name: Entry(label, ())
+            for name, label, where in self.entries(
+                spec.get("baseline", Pairs()), child(path, "baseline")
+            )
+            if self.risk_class(label, where)
+        }
+        return CatalogueRules(
+            on_change or OnChange.DENY,
+            on_unknown or Action.DENY,
+            trusted,
+            RuleSet.build(baselines),
+        )
+
+    def trusted(self, value: Any, path: str) -> bool:
+        spec = self.fields(value, path, _UPSTREAM_KEYS)
+        trusted = spec.get("trusted", False)
+        if not isinstance(trusted, bool):
+            self.fail(child(path, "trusted"), f"expected true or false, got {kind(trusted)}")
+            return False
+        return trusted
+
+    def risk_class(self, value: Any, path: str) -> str | None:
+        if value in _CLASSES:
+            return str(value)
+        names = ", ".join(f'"{c}"' for c in _CLASSES)
+        hint = did_you_mean(value, _CLASSES)
+        self.fail(
+            path, f"expected a risk class ({names}), got {json.dumps(value, default=str)}{hint}"
+        )
+        return None
 
     def shared(self, limit: Limit, path: str) -> Limit:
         first = self.counters.setdefault(limit.counter, (path, limit))

@@ -25,6 +25,14 @@ class Refusal(Enum):
     BODY_UNREADABLE = (-32004, 400, "unreadable")
     APPROVAL_REQUIRED = (-32005, 200, "approval_required")
     APPROVAL_DENIED = (-32006, 200, "approval_denied")
+    # The tool's definition differs from the one pinned for it (authz/catalogue): refused
+    # until an operator accepts the new one.
+    TOOL_CHANGED = (-32008, 200, "tool_changed")
+    # The call's arguments do not validate strictly against the tool's inputSchema.
+    INVALID_ARGUMENTS = (-32009, 200, "invalid_arguments")
+    # The server's answer could not be judged (a tools/list the gateway cannot read with
+    # certainty, over its bound, compressed): withheld rather than passed unfiltered.
+    RESPONSE_WITHHELD = (-32010, 502, "response_withheld")
 
     @property
     def code(self) -> int:

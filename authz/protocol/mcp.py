@@ -53,6 +53,9 @@ class McpCall:
     # params.name of tools/call and prompts/get, params.uri of resources/read.
     target: str | None = None
     arguments: Mapping[str, Any] = field(default_factory=dict)
+    # A list request (tools/list...) that carried params.cursor: it asks for a later page, so
+    # its answer is not the whole list.
+    paged: bool = False
 
     @property
     def tool(self) -> str | None:
@@ -203,7 +206,7 @@ def _call(msg: dict[str, Any], where: str, request_id: RequestId | None) -> McpC
         raise _invalid(where, "params must be an object", request_id)
     key = _NAMED_PARAM.get(method)
     if key is None:
-        return McpCall(method=method, id=request_id)
+        return McpCall(method=method, id=request_id, paged="cursor" in params)
     target = params.get(key)
     if not isinstance(target, str):
         raise _invalid(where, f"params.{key} of {method} must be a string", request_id)

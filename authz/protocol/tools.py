@@ -51,6 +51,16 @@ class ToolDefinition:
     annotations: Mapping[str, Any]
     fingerprint: str
 
+    def fields(self) -> dict[str, Any]:
+        """The definition in MCP's own field names, as stored and as an operator reviews it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+            "outputSchema": self.output_schema,
+            "annotations": self.annotations,
+        }
+
     @property
     def open_world(self) -> bool:
         """The `openWorldHint` signal; the specification's default is true."""

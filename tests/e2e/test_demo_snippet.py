@@ -1,4 +1,5 @@
-"""The Python snippet `make run` prints runs as a script and shows the 31st call refused."""
+"""The Python snippet `make run` prints runs as a script: the agent's filtered tool list, then
+the 31st call refused."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.e2e
 LIMIT = 30
 
 
-def test_the_printed_snippet_runs_and_the_31st_call_is_refused(
+def test_the_printed_snippet_shows_the_filtered_list_and_refuses_the_31st_call(
     gateway: str, tmp_path: Path
 ) -> None:
     script = tmp_path / "demo_calls.py"
@@ -22,7 +23,9 @@ def test_the_printed_snippet_runs_and_the_31st_call_is_refused(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    tools, *lines = result.stdout.splitlines()
+    # The demo server offers four tools; the seed policy lets the agent call one.
+    assert tools == "tools: ['binance_us_create_listen_key']"
     assert lines[:LIMIT] == [f"{n} allowed" for n in range(1, LIMIT + 1)]
     assert lines[LIMIT].startswith("31 refused: Rate limited")
     assert len(lines) == LIMIT + 1

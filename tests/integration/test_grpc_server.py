@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz._gen.envoy.config.core.v3 import base_pb2
 from authz._gen.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
+from authz.core.response_plan import PLAN_HEADER
 from authz.edges.authz_grpc import create_server
 from authz.runner import Gateway
 from authz.settings import Settings
@@ -99,9 +100,11 @@ async def test_allowed_requests_carry_a_decision_id_the_client_cannot_forge(
 ) -> None:
     stub = external_auth_pb2_grpc.AuthorizationStub(channel)
     response = await stub.Check(check_request(tool_call(), x_mcp_authz_decision_id="forged"))
-    (header,) = response.ok_response.headers
-    assert header.header.key == "x-mcp-authz-decision-id"
+    # The decision id, and the response plan ext_proc reads (the call was counted).
+    header, plan = response.ok_response.headers
+    assert (header.header.key, plan.header.key) == ("x-mcp-authz-decision-id", PLAN_HEADER)
     assert header.header.value != "forged"
+    assert plan.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
     assert header.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 

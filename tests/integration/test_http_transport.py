@@ -21,6 +21,7 @@ import pytest
 
 from authz._gen.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
 from authz.core.reply import Reply
+from authz.core.response_plan import PLAN_HEADER, ResponsePlan
 from authz.edges.authz_grpc import create_server
 from authz.edges.authz_http import (
     MAX_BODY,
@@ -400,3 +401,18 @@ def test_worker_env_twin_is_read() -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env, check=False)
     assert result.returncode == 2
     assert "--workers 3 needs --redis-url" in result.stderr
+
+
+async def test_the_response_plan_is_ours_set_or_removed(client: Client) -> None:
+    """ext_proc trusts x-mcp-authz-response because ext_authz always sets it (a counted call,
+    a list) or removes a client's copy (anything else), over HTTP as over gRPC."""
+    forged = '{"d":"forged","r":[["c","global",[],1,60,1]]}'
+    counted = await client.check(tool_call(), x_mcp_authz_response=forged)
+    plan = ResponsePlan.decode(counted.headers[PLAN_HEADER])
+    assert plan.decision_id == counted.headers["x-mcp-authz-decision-id"]
+    assert [h.key.counter for h in plan.refund] == ["binance_us_create_listen_key_rate"]
+    listing = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
+    assert ResponsePlan.decode((await client.check(listing)).headers[PLAN_HEADER]).filters
+    free = await client.check(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+    assert PLAN_HEADER not in free.headers
+    assert PLAN_HEADER in free.headers["x-envoy-auth-headers-to-remove"].split(",")

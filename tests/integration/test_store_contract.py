@@ -226,3 +226,65 @@ async def test_reset_forgets_one_budget(store: CounterStore) -> None:
     assert (await store.usage(hit(limit=3))).used == 0
     assert (await store.usage(hit("other", limit=3))).used == 3
     assert (await store.hit([hit(limit=3)])).allowed
+
+
+async def test_a_refund_gives_the_units_back(store: CounterStore) -> None:
+    for _ in range(5):
+        assert (await store.hit([hit(cost=1)])).allowed
+    assert not (await store.hit([hit()])).allowed
+    assert await store.refund("d-1", [hit(cost=2)])
+    assert (await store.usage(hit())).used == 3
+    assert (await store.hit([hit(cost=2)])).allowed
+
+
+async def test_a_refund_happens_once_per_decision(store: CounterStore) -> None:
+    for _ in range(4):
+        await store.hit([hit()])
+    assert await store.refund("d-1", [hit()])
+    assert not await store.refund("d-1", [hit()])
+    assert (await store.usage(hit())).used == 3
+    # Another decision is another refund.
+    assert await store.refund("d-2", [hit()])
+    assert (await store.usage(hit())).used == 2
+
+
+async def test_a_refund_never_takes_back_more_than_the_window_holds(
+    store: CounterStore, clock: FakeClock
+) -> None:
+    await store.hit([hit(cost=2)])
+    clock.now += 5
+    await store.hit([hit(cost=1)])
+    assert await store.refund("d-1", [hit(cost=4)])
+    assert (await store.usage(hit())).used == 0
+    # What is counted next is counted from nothing, not from a negative balance.
+    await store.hit([hit(cost=5)])
+    assert not (await store.hit([hit()])).allowed
+
+
+async def test_a_refund_splits_an_entry_and_the_log_keeps_counting(
+    store: CounterStore, clock: FakeClock
+) -> None:
+    await store.hit([hit(cost=3)])
+    assert await store.refund("d-1", [hit(cost=1)])
+    assert (await store.usage(hit())).used == 2
+    clock.now += 1
+    assert (await store.hit([hit(cost=3)])).allowed
+    assert not (await store.hit([hit()])).allowed
+    # The first entry (2 units left) leaves the window on time, the second stays.
+    clock.now += 9
+    assert (await store.usage(hit())).used == 3
+
+
+async def test_a_refund_covers_every_key_of_the_decision(store: CounterStore) -> None:
+    pair = [hit("a", limit=2), hit("b", limit=2)]
+    await store.hit(pair)
+    await store.hit(pair)
+    assert await store.refund("d-1", pair)
+    for h in pair:
+        assert (await store.usage(h)).used == 1
+
+
+async def test_refunding_what_was_never_counted_is_harmless(store: CounterStore) -> None:
+    assert await store.refund("d-1", [hit("never")])
+    assert (await store.usage(hit("never"))).used == 0
+    assert (await store.hit([hit("never", limit=1)])).allowed

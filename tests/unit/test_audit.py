@@ -105,6 +105,8 @@ def test_a_line_answers_who_what_when_why_and_which_trace() -> None:
         "would_deny": None,
         "retry_after": None,
         "approval": None,
+        "risk": None,
+        "catalogue": None,
         "methods": ["tools/call"],
         "tools": ["transfer"],
         "arguments": None,

@@ -279,14 +279,22 @@ async def test_a_call_waiting_for_approval_names_the_approval() -> None:
     assert span.status.status_code is StatusCode.ERROR
 
 
+# Without a catalogue no tool has a class.
+UNCLASSED = ("risk", "unknown")
+
+
 async def test_decisions_metric_buckets_unknown_tools() -> None:
     h = harness()
     await h.check(call("echo"))
     await h.check(call("made-up-by-an-agent"))
     await h.check(call("another-one"))
     assert h.points("mcp_authz.decisions") == {
-        frozenset({("decision", "allowed"), ("tool", "echo"), ("rule", "/tools/echo")}): 1,
-        frozenset({("decision", "denied"), ("tool", "other"), ("rule", "(default deny)")}): 2,
+        frozenset(
+            {("decision", "allowed"), ("tool", "echo"), ("rule", "/tools/echo"), UNCLASSED}
+        ): 1,
+        frozenset(
+            {("decision", "denied"), ("tool", "other"), ("rule", "(default deny)"), UNCLASSED}
+        ): 2,
     }
     assert h.points("mcp_authz.check.duration") == {
         frozenset({("decision", "allowed")}): 1,

@@ -170,3 +170,55 @@ class GrantRequest(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     label: str
     def __init__(self, label: _Optional[str] = ...) -> None: ...
+
+class Tool(_message.Message):
+    __slots__ = ("upstream", "name", "fingerprint", "definition_json", "pending_fingerprint", "pending_json", "risk", "removed", "oversized", "accepted_by", "first_seen", "last_seen")
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_JSON_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PENDING_JSON_FIELD_NUMBER: _ClassVar[int]
+    RISK_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    OVERSIZED_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_BY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    upstream: str
+    name: str
+    fingerprint: str
+    definition_json: str
+    pending_fingerprint: str
+    pending_json: str
+    risk: str
+    removed: bool
+    oversized: bool
+    accepted_by: str
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, upstream: _Optional[str] = ..., name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., definition_json: _Optional[str] = ..., pending_fingerprint: _Optional[str] = ..., pending_json: _Optional[str] = ..., risk: _Optional[str] = ..., removed: _Optional[bool] = ..., oversized: _Optional[bool] = ..., accepted_by: _Optional[str] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListToolsRequest(_message.Message):
+    __slots__ = ("upstream",)
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    upstream: str
+    def __init__(self, upstream: _Optional[str] = ...) -> None: ...
+
+class ListToolsResponse(_message.Message):
+    __slots__ = ("tools",)
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    def __init__(self, tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ...) -> None: ...
+
+class AcceptToolRequest(_message.Message):
+    __slots__ = ("upstream", "name", "fingerprint", "note")
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    upstream: str
+    name: str
+    fingerprint: str
+    note: str
+    def __init__(self, upstream: _Optional[str] = ..., name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...

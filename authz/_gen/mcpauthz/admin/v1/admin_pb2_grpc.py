@@ -89,6 +89,16 @@ class AdminServiceStub:
                 request_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
                 response_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantInfo.FromString,
                 _registered_method=True)
+        self.ListTools = channel.unary_unary(
+                '/mcpauthz.admin.v1.AdminService/ListTools',
+                request_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListToolsRequest.SerializeToString,
+                response_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListToolsResponse.FromString,
+                _registered_method=True)
+        self.AcceptTool = channel.unary_unary(
+                '/mcpauthz.admin.v1.AdminService/AcceptTool',
+                request_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.AcceptToolRequest.SerializeToString,
+                response_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.Tool.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -176,6 +186,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTools(self, request, context):
+        """The tool catalogue (docs/catalogue.md): each upstream's tools, the definition each is
+        pinned to and the one it drifted to, if any. FAILED_PRECONDITION when the gateway runs
+        without `--catalogue on`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptTool(self, request, context):
+        """Pin a tool to the definition it drifted to, named by its fingerprint as ListTools shows
+        it (so what is accepted is exactly what was reviewed): its calls are judged against it
+        from the next request on, on every replica. NOT_FOUND for no such tool or pending
+        definition; FAILED_PRECONDITION for one over the size bound. Needs policy_manager or admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +262,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeGrant,
                     request_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantRequest.FromString,
                     response_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantInfo.SerializeToString,
+            ),
+            'ListTools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTools,
+                    request_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListToolsRequest.FromString,
+                    response_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListToolsResponse.SerializeToString,
+            ),
+            'AcceptTool': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptTool,
+                    request_deserializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.AcceptToolRequest.FromString,
+                    response_serializer=authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.Tool.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,6 +571,60 @@ class AdminService:
             '/mcpauthz.admin.v1.AdminService/RevokeGrant',
             authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantRequest.SerializeToString,
             authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.GrantInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcpauthz.admin.v1.AdminService/ListTools',
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListToolsRequest.SerializeToString,
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.ListToolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptTool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcpauthz.admin.v1.AdminService/AcceptTool',
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.AcceptToolRequest.SerializeToString,
+            authz_dot___gen_dot_mcpauthz_dot_admin_dot_v1_dot_admin__pb2.Tool.FromString,
             options,
             channel_credentials,
             insecure,

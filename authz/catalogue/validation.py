@@ -1,0 +1,199 @@
+"""Strict validation of a `tools/call`'s arguments against the tool's own `inputSchema`.
+
+Strict means JSON types as sent: `"2"` is a string, never the integer a lax server (pydantic
+in lax mode) would read it as, so a condition the gateway judged on a string cannot be
+passed by a value the server then takes for a number. The `jsonschema` library does the
+validating (every draft it knows, chosen by `$schema`; 2020-12 when absent); each schema is
+compiled once per fingerprint, in a bounded cache.
+
+The server writes the schema, so it is hostile input too: its regular expressions run on
+RE2 (linear time) instead of Python's backtracking `re`, a remote `$ref` is never fetched,
+and a schema that is not valid, or names a dialect nobody knows, cannot judge anything, so
+the call is refused rather than waved through.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final, cast
+
+import re2
+from jsonschema import Draft202012Validator, ValidationError, validators
+from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.protocols import Validator
+from referencing.exceptions import Unresolvable
+
+from authz.protocol.tools import ToolDefinition
+
+# Compiled schemas kept per process; a fingerprint names one schema forever.
+MAX_COMPILED: Final = 1024
+# How much of a schema's own value a refusal quotes.
+MAX_QUOTE: Final = 120
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentProblem:
+    """Why a call's arguments cannot pass: the failing JSON path ("$" for the arguments
+    object, or for a schema that cannot judge) and the sentence the agent is shown."""
+
+    path: str
+    message: str
+
+
+class Schemas:
+    """Argument checks for any tool: `problem(tool, arguments)` is None when they validate."""
+
+    def __init__(self, capacity: int = MAX_COMPILED) -> None:
+        self._capacity = capacity
+        self._compiled: OrderedDict[str, Validator | str] = OrderedDict()
+
+    def problem(self, tool: ToolDefinition, arguments: Mapping[str, Any]) -> ArgumentProblem | None:
+        """Why `arguments` do not validate against the tool's schema; None when they do."""
+        check = self._compile(tool)
+        if isinstance(check, str):
+            return ArgumentProblem("$", check)
+        try:
+            error = best_match(check.iter_errors(arguments))
+        except Unresolvable as e:
+            why = f"the tool's inputSchema refers to {e} which the gateway does not fetch"
+            return ArgumentProblem("$", why)
+        except re2.error as e:
+            why = f"the tool's inputSchema has a pattern the gateway cannot run ({e})"
+            return ArgumentProblem("$", why)
+        return None if error is None else ArgumentProblem(error.json_path, describe(error))
+
+    def __len__(self) -> int:
+        """How many compiled schemas are kept."""
+        return len(self._compiled)
+
+    def _compile(self, tool: ToolDefinition) -> Validator | str:
+        found = self._compiled.get(tool.fingerprint)
+        if found is None:
+            found = compile_schema(tool.input_schema)
+            self._compiled[tool.fingerprint] = found
+            while len(self._compiled) > self._capacity:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(tool.fingerprint)
+        return found
+
+
+def compile_schema(schema: Mapping[str, Any]) -> Validator | str:
+    """A validator for `schema`, or why it cannot judge anything."""
+    dialect = schema.get("$schema")
+    strict = _DEFAULT if dialect is None else _DIALECTS.get(str(dialect).rstrip("#"))
+    if strict is None:
+        return (
+            "the tool's inputSchema names a JSON Schema dialect the gateway does not know: "
+            + _quote(dialect)
+        )
+    try:
+        strict.check_schema(dict(schema))
+    except SchemaError as e:
+        return (
+            f"the tool's inputSchema is not a valid JSON Schema at {e.json_path}: "
+            + e.message[:MAX_QUOTE]
+        )
+    return strict(dict(schema))
+
+
+def describe(error: ValidationError) -> str:
+    """The failing path and the schema's own rule, never the argument's value: refusals reach
+    the audit log, which keeps argument names only."""
+    return f"arguments at {error.json_path} do not match the tool's inputSchema ({_rule(error)})"
+
+
+def _rule(error: ValidationError) -> str:
+    instance, schema, value = error.instance, error.schema, error.validator_value
+    rule = f"{error.validator}: {_quote(value)}"
+    if not isinstance(instance, Mapping):
+        return rule
+    if error.validator == "required" and isinstance(value, list):
+        # Only the names missing (the schema's own names, not the caller's values).
+        return f"required: {_quote([k for k in value if k not in instance])}"
+    if error.validator == "additionalProperties" and isinstance(schema, Mapping):
+        extras = sorted(str(k)[:64] for k in _extras(instance, schema))[:8]
+        return f"{rule} (unexpected: {', '.join(extras)})"
+    return rule
+
+
+def _quote(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= MAX_QUOTE else text[: MAX_QUOTE - 3] + "..."
+
+
+@lru_cache(maxsize=MAX_COMPILED)
+def _regex(pattern: str) -> Any:
+    return re2.compile(pattern)
+
+
+# The keyword functions get the concrete validator, whose `descend` the protocol leaves out.
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
+        yield ValidationError(f"does not match {pattern!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: Mapping[str, Any], instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _regex(pattern).search(key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, extra: Any, instance: Any, schema: Mapping[str, Any]
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    extras = _extras(instance, schema)
+    if validator.is_type(extra, "object"):
+        for key in extras:
+            yield from validator.descend(instance[key], extra, path=key)
+    elif extra is False and extras:
+        yield ValidationError(f"unexpected properties: {', '.join(sorted(extras))}")
+
+
+def _extras(instance: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
+    properties = schema.get("properties", {})
+    patterns = [_regex(p) for p in schema.get("patternProperties", {})]
+    return [
+        key
+        for key in instance
+        if key not in properties and not any(p.search(key) for p in patterns)
+    ]
+
+
+def _strict(cls: type[Validator]) -> type[Validator]:
+    """`cls` with its regular expressions on RE2."""
+    keywords = {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+    }
+    return cast(type[Validator], validators.extend(cls, keywords))  # type: ignore[no-untyped-call]
+
+
+_DEFAULT: Final = _strict(Draft202012Validator)
+# Every dialect the library knows, by its meta-schema URL with or without the trailing "#".
+_DIALECTS: Final = {
+    url.rstrip("#"): strict
+    for cls in (
+        validators.Draft202012Validator,
+        validators.Draft201909Validator,
+        validators.Draft7Validator,
+        validators.Draft6Validator,
+        validators.Draft4Validator,
+    )
+    for strict in (_DEFAULT if cls is Draft202012Validator else _strict(cls),)
+    for url in {cls.META_SCHEMA["$schema"], cls.META_SCHEMA.get("$id", "")}
+    if url
+}

@@ -1,0 +1,109 @@
+"""What the response side (ext_proc) must do with a request's answer, as ext_authz decided it.
+
+ext_authz judges the request and ext_proc sees the answer; they are two Envoy filters and may
+be served by two processes. The plan travels between them in one request header that
+ext_authz sets on every request it allows (or removes, when there is no plan), after the
+client's headers and before ext_proc's, so the client can never choose it; ext_proc reads it
+and removes it before the request goes upstream. It says:
+
+- which caller's grant a `tools/list` answer (or a GET event stream) is filtered for, and
+  whether the request asked for a later page (then the answer is not the whole list);
+- what the request counted, so a 5xx answer gives exactly that back (CounterStore.refund),
+  once, under the decision id.
+
+Decoding is strict: a plan that does not parse is an error the edge fails closed on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from authz.core.outcome import Outcome
+from authz.limits.base import CounterKey, Hit
+
+PLAN_HEADER: Final = "x-mcp-authz-response"
+# Envoy's request headers are capped at 60 KiB in all; a plan over this leaves out its
+# refund (a counted call then stays counted: the strict side) rather than break the request.
+MAX_PLAN_CHARS: Final = 16384
+_REFUND_BUDGET: Final = MAX_PLAN_CHARS - 512
+
+
+class PlanError(ValueError):
+    """A plan header that is not one ext_authz wrote."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsePlan:
+    decision_id: str
+    # The caller's grant, when the answer may list tools: filter it for this grant.
+    grant: str | None = None
+    # The request asked for a later page (params.cursor): its answer is not the whole list.
+    paged: bool = False
+    # The units the request counted, given back when the upstream answers 5xx.
+    refund: tuple[Hit, ...] = ()
+
+    @property
+    def filters(self) -> bool:
+        return self.grant is not None
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> ResponsePlan | None:
+        """The plan of an allowed outcome; None when its answer needs no processing."""
+        refund = tuple(state.hit for state in outcome.limits)
+        if outcome.view_grant is None and not refund:
+            return None
+        paged = any(c.paged for c in outcome.calls if c.method == "tools/list")
+        return cls(outcome.decision_id, outcome.view_grant, paged, refund)
+
+    def encode(self) -> str:
+        refund = [
+            [h.key.counter, h.key.scope, list(h.key.subject), h.limit, h.window, h.cost]
+            for h in self.refund
+        ]
+        doc: dict[str, Any] = {"d": self.decision_id}
+        if self.grant is not None:
+            doc["g"], doc["p"] = self.grant, self.paged
+        if refund and len(_json(refund)) <= _REFUND_BUDGET:
+            doc["r"] = refund
+        return _json(doc)
+
+    @classmethod
+    def decode(cls, value: str) -> ResponsePlan:
+        if len(value) > MAX_PLAN_CHARS:
+            raise PlanError(f"the plan header is over {MAX_PLAN_CHARS} characters")
+        try:
+            doc = json.loads(value)
+            grant = doc.get("g")
+            plan = cls(
+                _text(doc["d"]),
+                None if grant is None else _text(grant),
+                doc.get("p", False) is True,
+                tuple(_hit(item) for item in doc.get("r", ())),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise PlanError(f"the plan header does not parse: {e}") from None
+        return plan
+
+
+def _json(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TypeError(f"expected a whole number, got {value!r}")
+    return value
+
+
+def _hit(item: Any) -> Hit:
+    counter, scope, subject, limit, window, cost = item
+    key = CounterKey(_text(counter), _text(scope), tuple(_text(s) for s in subject))
+    return Hit(key, _count(limit), _count(window), _count(cost))
