@@ -92,7 +92,9 @@ class ArgumentAudit:
     def __init__(self, key: bytes, allowed: Sequence[ArgumentPath] = ()) -> None:
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"the audit hash key must be at least {MIN_KEY_BYTES} bytes")
-        self._key = key
+        # Keyed once: each hash copies this state (OpenSSL sets up an HMAC key per
+        # hmac.digest call, twice the cost of the hash itself).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
         self._allowed = tuple(allowed)
         # Names the key without revealing it, so a reader knows which hashes can match.
         self.key_id = hashlib.sha256(key).hexdigest()[:12]
@@ -117,7 +119,9 @@ class ArgumentAudit:
 
     def digest(self, call: McpCall) -> str:
         canonical = _CANONICAL(call.arguments).encode("utf-8")
-        return hmac.digest(self._key, canonical, "sha256").hex()
+        mac = self._keyed.copy()
+        mac.update(canonical)
+        return mac.hexdigest()
 
     def clear(self, call: McpCall) -> dict[str, Any]:
         paths = (p for p in self._allowed if p.applies_to(call.target))
