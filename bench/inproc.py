@@ -100,7 +100,9 @@ async def rounds(check: HttpCheck, args: argparse.Namespace) -> list[float]:
         profiler.enable()
         await one_round()
         profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+            int(os.environ.get("TOP", "30"))
+        )
         return []
     return [await one_round() for _ in range(args.repeat)]
 
