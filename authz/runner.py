@@ -10,10 +10,12 @@ import secrets
 import signal
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import grpc
 
 from authz import __version__
+from authz.admin.actions import AdminActions
 from authz.admin.server import (
     AdminServicer,
     AdminTls,
@@ -26,6 +28,7 @@ from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
 from authz.catalogue.base import Bounds, Catalogue
 from authz.catalogue.memory import MemoryCatalogue
+from authz.console.config import ConsoleConfig, build_console
 from authz.core.decision import Decider, FailMode
 from authz.core.grant_identity import GrantIdentity
 from authz.core.reply import UpstreamCredential
@@ -44,6 +47,7 @@ from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.observe.catalogue_audit import AuditedCatalogue
 from authz.observe.logs import configure as configure_logs
 from authz.observe.metrics import PolicyTools
+from authz.observe.recent import RecentRecords
 from authz.observe.telemetry import OtelSettings, Telemetry
 from authz.policy.load import load_policy
 from authz.policy.model import Policy
@@ -57,6 +61,9 @@ from authz.protocol.identity import (
     IdentitySourceKind,
 )
 from authz.settings import Settings, Transport
+
+if TYPE_CHECKING:
+    from authz.console.server import ConsoleServer
 
 log = logging.getLogger("mcp_authz")
 # Seconds between start-up's attempts to reach a store that did not answer.
@@ -135,7 +142,27 @@ def build_webhook(settings: Settings) -> ApprovalWebhook | None:
         return None
     secret_file = settings.approval_webhook_secret_file
     secret = read_secret(secret_file) if secret_file else None
-    return ApprovalWebhook(settings.approval_webhook, secret)
+    return ApprovalWebhook(
+        settings.approval_webhook, secret, console_url=settings.console_public_url
+    )
+
+
+def console_config(settings: Settings) -> ConsoleConfig | None:
+    """The console's settings, checked now; None when --console-listen is not given."""
+    if settings.console_listen is None:
+        return None
+    return build_console(
+        settings.console_listen,
+        public_url=settings.console_public_url,
+        roles_file=settings.console_roles_file,
+        oidc_issuer=settings.console_oidc_issuer,
+        oidc_client_id=settings.console_oidc_client_id,
+        oidc_client_secret_file=settings.console_oidc_client_secret_file,
+        trusted_header=settings.console_trusted_header,
+        trace_url=settings.console_trace_url,
+        session_secret_file=settings.console_session_secret_file,
+        redact=settings.console_redact_args,
+    )
 
 
 def build_grants(settings: Settings) -> Grants | None:
@@ -227,6 +254,9 @@ class Gateway:
     admin: AdminConfig | None = None
     grants: Grants | None = None
     upstream: UpstreamCredential | None = None
+    console: ConsoleConfig | None = None
+    # The decisions and admin actions the console shows (fed by the audit log).
+    recent: RecentRecords | None = None
     # The tool catalogue every edge uses (None when off); its changes reach the audit log.
     catalogue: Catalogue | None = None
     # The same backend unwrapped, to connect it at start-up.
@@ -239,13 +269,15 @@ class Gateway:
         if settings.transport is Transport.HTTP:
             require_http_identity(settings.identity_source)
         admin, webhook = build_admin(settings), build_webhook(settings)
+        console = console_config(settings)
+        recent = RecentRecords() if console is not None else None
         arguments = ArgumentAudit.configure(settings.audit_args, settings.audit_hash_key_file)
         # The only read of the OTEL_* variables (the SDK reads the rest inside start()).
         otel = OtelSettings.from_env(os.environ)
         telemetry = Telemetry.start(otel, PolicyTools(policy), settings.metrics_listen)
         backend = "memory" if settings.redis_url is None else "redis"
         store = telemetry.observe(build_store(settings), backend)
-        audit = AuditLog.open(settings.audit_log, arguments)
+        audit = AuditLog.open(settings.audit_log, arguments, recent)
         approvals = build_approvals(settings)
         grants, upstream = build_grants(settings), build_upstream(settings)
         catalogue = build_catalogue(settings)
@@ -261,6 +293,8 @@ class Gateway:
             admin=admin,
             grants=grants,
             upstream=upstream,
+            console=console,
+            recent=recent,
             catalogue=AuditedCatalogue(catalogue, audit) if catalogue is not None else None,
             catalogue_backend=catalogue,
         )
@@ -343,6 +377,28 @@ class Gateway:
         )
         return server, port
 
+    async def serve_console(self) -> ConsoleServer | None:
+        """The web console, when configured: on its own port, in this event loop, started."""
+        if self.console is None or self.recent is None:
+            return None
+        from authz.console.app import create_app  # noqa: PLC0415 - only with a console
+        from authz.console.server import ConsoleServer, bind  # noqa: PLC0415
+
+        actions = AdminActions(
+            self.approvals,
+            self.store,
+            self.policy,
+            self.audit,
+            self.telemetry,
+            catalogue=self.catalogue,
+        )
+        server = ConsoleServer(
+            create_app(self.console, actions, self.recent), bind(self.console.listen)
+        )
+        await server.start()
+        log.info("serving the console on port %d (%s)", server.port, self.console.public_url)
+        return server
+
     async def until_ready(self, stop: asyncio.Event) -> None:
         """Returns once the stores have connected, loaded their scripts and answered, so no
         Check pays that out of its per-call timeout; retries, saying why, until SIGTERM."""
@@ -418,6 +474,7 @@ class Gateway:
         health_http = await self.serve_health(health)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()
+        console = await self.serve_console()
         extproc = await self.serve_extproc(health)
         server, port = await self._serve_checks(stop, health)
         log.info(
@@ -449,7 +506,7 @@ class Gateway:
                 task.cancel()
         if extproc is not None:
             await extproc.stop(self.settings.grace)
-        await self._stop(server, health, admin[0] if admin is not None else None)
+        await self._stop(server, health, admin[0] if admin is not None else None, console)
         if health_http is not None:
             health_http.close()
             await health_http.wait_closed()
@@ -467,6 +524,7 @@ class Gateway:
         server: grpc.aio.Server | HttpServer,
         health: ReplicaHealth,
         admin: grpc.aio.Server | None,
+        console: ConsoleServer | None = None,
     ) -> None:
         """Everything down within --grace, and the exporters within EXPORT_FLOOR after it at
         worst: each step gets what the earlier ones left of one deadline, never a grace of its
@@ -482,6 +540,8 @@ class Gateway:
         await server.stop(left())
         if admin is not None:
             await admin.stop(left())
+        if console is not None:
+            await console.stop(left())
         if self.webhook is not None:
             await self.webhook.close(grace=left())
         await self.store.close()
@@ -538,6 +598,11 @@ def require_shared_state(settings: Settings) -> None:
         raise ValueError(
             f"--metrics-listen serves one process's metrics and --workers {settings.workers} "
             "starts several: export metrics over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT) instead"
+        )
+    if settings.console_listen is not None:
+        raise ValueError(
+            f"--console-listen serves from one process and --workers {settings.workers} "
+            "starts several: run the console in a gateway of its own with --workers 1"
         )
     if settings.listen.rpartition(":")[2] == "0":
         raise ValueError("--workers needs a fixed port in --listen: port 0 differs per worker")

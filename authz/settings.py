@@ -74,6 +74,20 @@ class Settings:
     # agent's: the header, and the file holding its (bearer) value.
     upstream_header: str = "authorization"
     upstream_bearer_file: Path | None = None
+    # The web console (authz/console; docs/console.md): off unless console_listen is set.
+    console_listen: str | None = None
+    console_public_url: str | None = None
+    console_roles_file: Path | None = None
+    console_oidc_issuer: str | None = None
+    console_oidc_client_id: str | None = None
+    console_oidc_client_secret_file: Path | None = None
+    # Only on a listener that the authenticating proxy alone can reach.
+    console_trusted_header: str | None = None
+    # A link to each decision's trace, `{trace_id}` replaced (Grafana, Tempo, Jaeger).
+    console_trace_url: str | None = None
+    console_session_secret_file: Path | None = None
+    # Argument paths the console never shows, even to approvers (PATH or TOOL:PATH).
+    console_redact_args: tuple[str, ...] = ()
     # The tool catalogue (docs/catalogue.md): pins each upstream's tool definitions, checks
     # tools/call arguments against their schema and classes tools by risk. Off until the
     # ext_proc filter feeds it tools/list answers: on, a tool never listed is refused.

@@ -1,8 +1,10 @@
 """The `make run` demo: the demo MCP server behind Envoy, guarded by mcp-authz.
 
-Starts the demo MCP server (:8000), mcp-authz with the seed policy and the in-process store
-(:9191) and Envoy with deploy/envoy/envoy.yaml (:10000, admin :9901), waits until all three
-serve, says how to call them, and stops them all on Ctrl-C or SIGTERM (or when one dies).
+Starts the demo OIDC provider (:9400), the demo MCP server (:8000), mcp-authz with the demo
+policy (the seed's rule plus transfers that wait for a person), the in-process store and the
+console (:9191, console :9300), and Envoy with deploy/envoy/envoy.yaml (:10000, admin
+:9901); waits until all serve, says how to call them and where to approve, and stops them
+all on Ctrl-C or SIGTERM (or when one dies).
 """
 
 from __future__ import annotations
@@ -14,13 +16,27 @@ import textwrap
 from pathlib import Path
 from types import FrameType
 
-from stack import SEED_POLICY, Ports, Stack, StartupError, running_stack
+from demo_oidc import CLIENT_ID, CLIENT_SECRET, DEMO_ACCOUNTS, DEMO_PASSWORD
+from stack import (
+    HOST,
+    REPO,
+    Ports,
+    Stack,
+    StartupError,
+    running_stack,
+    start_demo_oidc,
+)
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+DEMO_POLICY = REPO / "examples" / "policies" / "demo.yaml"
+CONSOLE_ROLES = REPO / "examples" / "console-roles.yaml"
+CONSOLE_PORT = 9300
+OIDC_PORT = 9400
+CONSOLE_URL = f"http://{HOST}:{CONSOLE_PORT}"
 
 CURL_BODY = (
     '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"transfer_funds",'
-    '"arguments":{"amount":5,"to":"mallory"},"_meta":{'
+    '"arguments":{"amount":500,"to":"mallory"},"_meta":{'
     '"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
     '"io.modelcontextprotocol/clientCapabilities":{}}}}'
 )
@@ -50,24 +66,47 @@ asyncio.run(main())
 '''
 
 
+def console_flags(workdir: Path) -> tuple[str, ...]:
+    """`serve` flags for the console, signing people in through the demo OIDC provider."""
+    secret = workdir / "console-client-secret"
+    secret.write_text(CLIENT_SECRET + "\n")
+    return (
+        "--console-listen", f"{HOST}:{CONSOLE_PORT}",
+        "--console-public-url", CONSOLE_URL,
+        "--console-roles-file", str(CONSOLE_ROLES),
+        "--console-oidc-issuer", f"http://{HOST}:{OIDC_PORT}",
+        "--console-oidc-client-id", CLIENT_ID,
+        "--console-oidc-client-secret-file", str(secret),
+    )  # fmt: skip
+
+
 def instructions(stack: Stack, workdir: Path) -> str:
     url = stack.ports.mcp_url
+    accounts = ", ".join(
+        f"{name} ({claims['groups'][0]})" for name, (_, claims) in DEMO_ACCOUNTS.items()
+    )
     return f"""
 mcp-authz demo is up. MCP endpoint (through Envoy): {url}
-Policy {SEED_POLICY.name}: default deny; binance_us_create_listen_key allowed 30 times a minute.
+Policy {DEMO_POLICY.name}: default deny; binance_us_create_listen_key allowed 30 times a
+minute; transfer_funds over 100 waits for a person from treasury.
 
-Call a tool the policy does not list (refused with a JSON-RPC error, HTTP 200):
+Console: {CONSOLE_URL}  (sign in as alice, password {DEMO_PASSWORD}; accounts: {accounts})
+
+Ask to transfer 500 (refused with a JSON-RPC error, HTTP 200: an approval is requested):
   curl -s {url} -H 'content-type: application/json' \\
     -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2026-07-28' \\
     -H 'mcp-method: tools/call' -H 'mcp-name: transfer_funds' \\
     -d '{CURL_BODY}'
+The request appears in the console's Approvals page; approve it there, run the same curl
+again and the transfer goes through (once).
 
 From Python (official SDK): the server offers four tools, the agent's tools/list shows the
 one the policy lets it call, and the 31st call within a minute is refused; save as
 demo_calls.py and run it with .venv/bin/python demo_calls.py:
 {textwrap.indent(python_snippet(url), "  ")}
-mcp-authz decisions print below; demo server and Envoy logs are in {workdir}.
-Ctrl-C stops all three.
+mcp-authz decisions print below; demo server, OIDC provider and Envoy logs are in
+{workdir}.
+Ctrl-C stops them all.
 """
 
 
@@ -95,7 +134,14 @@ def main() -> int:
     ports = Ports()
     try:
         ports.ensure_free()
-        with running_stack(ports, SEED_POLICY, workdir, authz_log=None) as stack:
+        with running_stack(
+            ports,
+            DEMO_POLICY,
+            workdir,
+            authz_log=None,
+            authz_options=console_flags(workdir),
+            before=(lambda: start_demo_oidc(OIDC_PORT, workdir / "demo_oidc.log"),),
+        ) as stack:
             print(instructions(stack, workdir), flush=True)
             received = wait_for_stop(stack)
             if received is None:

@@ -30,6 +30,7 @@ ENVOY_CONFIG = REPO / "deploy" / "envoy" / "envoy.yaml"
 ENVOY_CONFIGS = {"grpc": ENVOY_CONFIG, "http": REPO / "deploy" / "envoy" / "envoy-http.yaml"}
 SEED_POLICY = REPO / "examples" / "policies" / "seed.json"
 DEMO_SERVER = REPO / "examples" / "demo_server.py"
+DEMO_OIDC = REPO / "examples" / "demo_oidc.py"
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
@@ -236,13 +237,25 @@ def render_envoy_config(
     return dest
 
 
-def start_demo_server(ports: Ports, log: Path | None, header_log: Path | None = None) -> Process:
-    """The demo MCP server; with `header_log`, it records every request's headers there."""
+def start_demo_server(
+    ports: Ports, log: Path | None, header_log: Path | None = None, *options: str
+) -> Process:
+    """The demo MCP server; with `header_log`, it records every request's headers there;
+    `options` are further flags (`--rug-pull`)."""
     argv = [sys.executable, str(DEMO_SERVER), "--host", HOST, "--port", str(ports.mcp_server)]
     if header_log is not None:
         argv += ["--header-log", str(header_log)]
+    argv += options
     process = launch("demo MCP server", argv, log)
     process.wait_ready(accepts_tcp(ports.mcp_server), "accepting connections")
+    return process
+
+
+def start_demo_oidc(port: int, log: Path | None) -> Process:
+    """The demo's OIDC provider (examples/demo_oidc.py), for the console's sign-in."""
+    argv = [sys.executable, str(DEMO_OIDC), "--host", HOST, "--port", str(port)]
+    process = launch("demo OIDC provider", argv, log)
+    process.wait_ready(accepts_tcp(port), "accepting connections")
     return process
 
 
@@ -303,17 +316,25 @@ class Stack:
 
 @contextmanager
 def running_stack(
-    ports: Ports, policy: Path, workdir: Path, *, authz_log: Path | None
+    ports: Ports,
+    policy: Path,
+    workdir: Path,
+    *,
+    authz_log: Path | None,
+    authz_options: tuple[str, ...] = (),
+    before: tuple[Callable[[], Process], ...] = (),
 ) -> Iterator[Stack]:
     """Start all three, ready to serve, and stop them (in reverse) when the block ends.
 
     The demo server's and Envoy's output go to files in `workdir`; mcp-authz's to
-    `authz_log`, or to our own terminal when None.
+    `authz_log`, or to our own terminal when None. `authz_options` are further `serve`
+    flags; `before` starts processes mcp-authz needs first (the demo's OIDC provider).
     """
     with ExitStack() as cleanup:
-        processes = [
+        processes = [cleanup.enter_context(start()) for start in before]
+        processes += [
             cleanup.enter_context(start_demo_server(ports, workdir / "demo_server.log")),
-            cleanup.enter_context(start_authz(ports, policy, authz_log)),
+            cleanup.enter_context(start_authz(ports, policy, authz_log, *authz_options)),
             cleanup.enter_context(start_envoy(ports, workdir, workdir / "envoy.log")),
         ]
         yield Stack(ports, processes)

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 import redis
 
 STARTUP_TIMEOUT = 10.0
+# The demo's scripts (the stack launcher, the demo OIDC provider) live in examples/, a folder
+# of scripts, not a package; the tests start the very same ones.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 
 def free_port(*, with_bus: bool = False) -> int:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from authz.admin.roles import Permission, may
 from authz.approvals.base import Approval, ApprovalError, ApprovalStore, may_approve
@@ -22,12 +22,16 @@ from authz.grants.base import GrantError, GrantExistsError, GrantNotFoundError
 from authz.limits.base import CounterKey, CounterStore, Hit, LimitState, StoreUnavailable
 from authz.observe.audit import AuditLog
 from authz.observe.telemetry import Telemetry
+from authz.policy.explain import explain
 from authz.policy.model import Limit, Policy, Rule, Scope
 from authz.policy.reload import PolicyHolder
+from authz.protocol.identity import Caller
+from authz.protocol.mcp import McpCall
 from authz.protocol.tools import RiskClass
 
 T = TypeVar("T")
 SERVICE: Final = "mcpauthz.admin.v1.AdminService"
+MAX_APPROVAL_ID: Final = 128
 # The subject parts each scope keys its budgets by (see policy.evaluate.hits).
 SUBJECT_PARTS: Final = {
     Scope.GRANT: ("grant", "identity"),
@@ -98,6 +102,9 @@ class PolicyStatus:
     source: str
     warnings: tuple[str, ...]
     reload_errors: tuple[str, ...] | None  # None: the last reload (if any) succeeded
+    # Unix seconds: the policy in force was loaded; a reload was last refused (None: never).
+    loaded_at: float | None = None
+    refused_at: float | None = None
 
 
 class AdminActions:
@@ -152,6 +159,16 @@ class AdminActions:
         target = _counter_target(counter, scope, subject)
         return await self.run(operator, "get_usage", target, lambda _: self._counters.usage(hit))
 
+    async def usages(
+        self, operator: Operator | None, budgets: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> list[LimitState]:
+        """Several counters' usage, as one audited read (the console's Usage page)."""
+
+        async def work(_: Operator) -> list[LimitState]:
+            return [await self._counters.usage(self.budget(*b)) for b in budgets]
+
+        return await self.run(operator, "get_usage", f"{len(budgets)} counter(s)", work)
+
     async def reset(
         self, operator: Operator | None, counter: str, scope: str, subject: Sequence[str]
     ) -> LimitState:
@@ -171,6 +188,8 @@ class AdminActions:
                 policy.source,
                 tuple(policy.warnings),
                 tuple(f"{p.path}: {p.message}" for p in error.problems) if error else None,
+                self._policy.loaded_at,
+                self._policy.refused_at,
             )
 
         return await self.run(operator, "get_policy_status", "", work)
@@ -210,6 +229,20 @@ class AdminActions:
                 "this gateway keeps no tool catalogue (serve --catalogue on)",
             )
         return self._catalogue
+
+    async def explain(
+        self, operator: Operator | None, call: McpCall, caller: Caller
+    ) -> dict[str, Any]:
+        """How the policy in force decides `call` by `caller`: `mcp-authz check`'s answer."""
+
+        async def work(_: Operator) -> dict[str, Any]:
+            return explain(self._policy.current, call, caller)
+
+        return await self.run(operator, "explain", call.target or call.method or "", work)
+
+    @property
+    def keeps_catalogue(self) -> bool:
+        return self._catalogue is not None
 
     def budget(self, counter: str, scope: str, subject: Sequence[str]) -> Hit:
         """The policy's budget `counter` for `subject`; Refused if there is none such."""
@@ -275,7 +308,10 @@ class AdminActions:
         raise refusal
 
     async def _live(self, approval_id: str) -> Approval:
-        approval = await self._approvals.get(approval_id)
+        # Ids are short (approvals/base.py); a longer one is nobody's, and is never sent on.
+        approval = (
+            await self._approvals.get(approval_id) if len(approval_id) <= MAX_APPROVAL_ID else None
+        )
         if approval is None:
             raise Refused(
                 Code.NOT_FOUND, f"no live approval {approval_id!r} (unknown, used or expired)"

@@ -1,9 +1,14 @@
-"""`mcp-authz probe HOST:PORT`: one real ext_authz Check, as Envoy would send it.
+"""`mcp-authz probe HOST:PORT|URL`: one real ext_authz Check, as Envoy would send it.
 
-For smoke tests and `helm test`: it sends a `tools/call` JSON-RPC body over gRPC with the
-generated Envoy messages and prints the decision. It exits 0 when the service answered with a
-well-formed CheckResponse, allowed or denied alike (a denial is a working gateway), and 1 when
-it did not answer or answered something Envoy could not use.
+For smoke tests and `helm test`. Given HOST:PORT it sends a `tools/call` JSON-RPC body over
+gRPC with the generated Envoy messages and prints the decision. Given an http(s):// MCP URL it
+POSTs a `tools/call` to Envoy, which asks mcp-authz: the whole path an agent's call takes (the
+Service, Envoy's ext_authz filter, mcp-authz), with mcp-authz's own port left closed. That call
+names no tool, so mcp-authz refuses it whatever the policy says, before any counter (nothing is
+charged, nothing reaches the MCP server), and the answer carries its decision id header, which
+Envoy's own answers (503 when mcp-authz is unreachable) never do. It exits 0 when mcp-authz
+decided, allowed or denied alike (a denial is a working gateway), and 1 when it did not answer
+or answered something Envoy could not use.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.error
+import urllib.request
 from typing import Any, Final
 
 import grpc
@@ -21,6 +28,7 @@ from authz._gen.envoy.service.auth.v3 import (
     external_auth_pb2_grpc,
 )
 from authz._gen.google.rpc import code_pb2
+from authz.core.reply import DECISION_HEADER
 
 DEFAULT_TOOL: Final = "mcp-authz-probe"
 TIMEOUT: Final = 5.0
@@ -31,8 +39,14 @@ Attr = attribute_context_pb2.AttributeContext
 
 def add_command(commands: Any) -> None:
     probe = commands.add_parser("probe", help="send one ext_authz Check and print the decision")
-    probe.add_argument("address", metavar="HOST:PORT", help="the gRPC ext_authz address")
-    probe.add_argument("--tool", default=DEFAULT_TOOL, help="the tool of the tools/call")
+    probe.add_argument(
+        "address",
+        metavar="HOST:PORT|URL",
+        help="the gRPC ext_authz address, or an http(s):// MCP URL served by Envoy",
+    )
+    probe.add_argument(
+        "--tool", default=DEFAULT_TOOL, help="the tool of the tools/call (gRPC only: see above)"
+    )
     probe.add_argument(
         "--identity-header",
         action="append",
@@ -52,11 +66,15 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip().lower(), value
 
 
+def tool_call(tool: str | None) -> bytes:
+    params: dict[str, Any] = {"arguments": {}} if tool is None else {"name": tool, "arguments": {}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    return json.dumps(body).encode()
+
+
 def check_request(tool: str, headers: list[tuple[str, str]]) -> Any:
     """A CheckRequest for a `tools/call` of `tool`, as Envoy builds one with pack_as_bytes."""
-    params = {"name": tool, "arguments": {}}
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
-    http = Attr.HttpRequest(method="POST", path="/mcp", raw_body=json.dumps(body).encode())
+    http = Attr.HttpRequest(method="POST", path="/mcp", raw_body=tool_call(tool))
     http.headers.update({"content-type": "application/json", **dict(headers)})
     return external_auth_pb2.CheckRequest(attributes=Attr(request=Attr.Request(http=http)))
 
@@ -78,6 +96,8 @@ def describe(response: Any) -> str | None:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    if args.address.startswith(("http://", "https://")):
+        return _probe_url(args)
     request = check_request(args.tool, args.identity_header)
     try:
         with grpc.insecure_channel(args.address) as channel:
@@ -91,4 +111,33 @@ def _probe(args: argparse.Namespace) -> int:
         print(f"mcp-authz probe: malformed CheckResponse: {response}", file=sys.stderr)
         return EXIT_NO_ANSWER
     print(f"{args.tool}: {decision}")
+    return EXIT_ANSWERED
+
+
+def _probe_url(args: argparse.Namespace) -> int:
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        **dict(args.identity_header),
+    }
+    # http(s) only: _probe sends nothing else here.
+    request = urllib.request.Request(  # noqa: S310
+        args.address, data=tool_call(None), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:  # noqa: S310
+            status, decision, body = response.status, response.headers.get(DECISION_HEADER), b""
+    except urllib.error.HTTPError as e:
+        status, decision, body = e.code, e.headers.get(DECISION_HEADER), e.read(512)
+    except OSError as e:
+        print(f"mcp-authz probe: {args.address} did not answer: {e}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    if decision is None:
+        print(
+            f"mcp-authz probe: HTTP {status} from {args.address} without the {DECISION_HEADER} "
+            f"header: mcp-authz did not decide (Envoy's own answer?) {body[:200]!r}",
+            file=sys.stderr,
+        )
+        return EXIT_NO_ANSWER
+    print(f"{args.address}: mcp-authz decided (HTTP {status}, decision {decision})")
     return EXIT_ANSWERED

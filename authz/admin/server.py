@@ -325,7 +325,11 @@ def policy_status_message(status: PolicyStatus) -> pb.PolicyStatus:
 
 
 def is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
+    """Whether a HOST:PORT listens on loopback only."""
+    return is_loopback_host(listen.rpartition(":")[0].strip("[]"))
+
+
+def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:

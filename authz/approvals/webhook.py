@@ -37,9 +37,10 @@ _RETRIED: Final = frozenset({408, 429})
 Sleep = Callable[[float], Awaitable[None]]
 
 
-def payload(approval: Approval) -> dict[str, Any]:
-    """The JSON body: the exact call to approve, who asked, who may answer, and until when."""
-    return {
+def payload(approval: Approval, console_url: str | None = None) -> dict[str, Any]:
+    """The JSON body: the exact call to approve, who asked, who may answer, and until when;
+    with a console, the link to its page there (`console_url`)."""
+    body = {
         "event": EVENT,
         "id": approval.id,
         "status": approval.status.value,
@@ -47,6 +48,9 @@ def payload(approval: Approval) -> dict[str, Any]:
         "requested_at": _iso(approval.requested_at),
         "expires_at": _iso(approval.expires_at),
     }
+    if console_url is not None:
+        body["console_url"] = f"{console_url.rstrip('/')}/approvals/{approval.id}"
+    return body
 
 
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -79,6 +83,7 @@ class ApprovalWebhook:
         max_backoff: float = 60.0,
         timeout: float = 5.0,
         sleep: Sleep = asyncio.sleep,
+        console_url: str | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -91,6 +96,7 @@ class ApprovalWebhook:
         self._max_backoff = max_backoff
         self._timeout = timeout
         self._sleep = sleep
+        self._console_url = console_url
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.delivered = 0
@@ -138,7 +144,7 @@ class ApprovalWebhook:
                 self._queue.task_done()
 
     async def _deliver(self, approval: Approval) -> None:
-        body = json.dumps(payload(approval), ensure_ascii=False).encode()
+        body = json.dumps(payload(approval, self._console_url), ensure_ascii=False).encode()
         delivery = uuid.uuid4().hex
         for attempt in range(1, self._attempts + 1):
             status, problem = await asyncio.to_thread(self._post, body, delivery)

@@ -94,6 +94,19 @@ TOO_LARGE_TO_ACCEPT = (
 )
 
 
+def page_of(
+    tools: Sequence[ToolDefinition], bounds: Bounds, *, complete: bool
+) -> tuple[Sequence[ToolDefinition], list[Observed], bool]:
+    """The part of one listing a backend records, what it rejects unread, and whether the
+    listing still counts as complete: no more tools than an upstream may hold are sent on
+    (a server listing a million tools must not cost a million script arguments); the rest
+    are rejected and, since they were never compared, nothing is marked removed."""
+    if len(tools) <= bounds.max_tools:
+        return tools, [], complete
+    rest = [Observed(t.name, Change.REJECTED, None) for t in tools[bounds.max_tools :]]
+    return tools[: bounds.max_tools], rest, False
+
+
 def size_of(tool: ToolDefinition) -> int:
     """The bytes of a definition as the bound counts them: its fields as compact JSON."""
     return len(json.dumps(tool.fields(), separators=(",", ":"), ensure_ascii=False).encode())

@@ -18,6 +18,7 @@ from authz.catalogue.base import (
     CatalogueEntry,
     Change,
     Observed,
+    page_of,
     size_of,
     stub,
 )
@@ -42,7 +43,8 @@ class MemoryCatalogue:
             table = self._upstreams.setdefault(upstream, {})
         now = self._clock()
         seen: set[str] = set()
-        observed = [self._one(upstream, table, tool, now, seen) for tool in tools]
+        tools, rejected, complete = page_of(tools, self._bounds, complete=complete)
+        observed = [self._one(upstream, table, tool, now, seen) for tool in tools] + rejected
         if complete:
             for name in sorted(set(table) - seen):
                 if not table[name].removed:

@@ -25,6 +25,7 @@ from authz.catalogue.base import (
     CatalogueUnavailable,
     Change,
     Observed,
+    page_of,
     size_of,
 )
 from authz.limits.base import StoreUnavailable
@@ -120,6 +121,7 @@ class RedisCatalogue(RedisBacked):
         self, upstream: str, tools: Sequence[ToolDefinition], *, complete: bool
     ) -> list[Observed]:
         limit = self._bounds.max_definition_bytes
+        tools, rejected, complete = page_of(tools, self._bounds, complete=complete)
         args: list[int | str] = [
             upstream,
             "1" if complete else "0",
@@ -139,7 +141,7 @@ class RedisCatalogue(RedisBacked):
             entry = None if kind is Change.REJECTED else _text(raw)
             out.append((_text(name), kind, entry))
         entries = await self._entries(upstream, [(n, r) for n, _, r in out if r], given)
-        return [Observed(n, k, entries.get(n)) for n, k, _ in out]
+        return [Observed(n, k, entries.get(n)) for n, k, _ in out] + rejected
 
     async def lookup(self, upstream: str, name: str) -> CatalogueEntry | None:
         _, state, _ = self._upstream_keys(upstream)

@@ -16,6 +16,7 @@ after, Envoy resets the stream. Either way no unfiltered list reaches the agent.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -33,6 +34,8 @@ from authz.observe.audit import AuditLog
 from authz.protocol.echo import json_line
 from authz.protocol.errors import Refusal
 from authz.protocol.request import HttpRequest
+
+log = logging.getLogger("mcp_authz")
 
 EXTERNAL_PROCESSOR_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 _Mode = processing_mode_pb2.ProcessingMode
@@ -76,6 +79,11 @@ class _Exchange:
                 return await self._response_body(message.response_body)
         except (PlanError, ResponseRefused) as e:
             return self._withhold(str(e))
+        except Exception as e:
+            # A bug, or a store failing in a way it does not wrap: still an answer withheld
+            # and an audit line, never a broken stream with no trace of why.
+            log.exception("ext_proc could not process a %s message", phase)
+            return self._withhold(f"internal error ({type(e).__name__})")
         # Anything else (trailers, or a phase the shipped config never sends) passes as is.
         response = pb.ProcessingResponse()
         getattr(response, phase).SetInParent()
@@ -109,7 +117,7 @@ class _Exchange:
         if plan is None or self._request is None:
             return response
         headers = joined_headers(message.headers.headers)
-        status = int(headers.get(":status", "0") or 0)
+        status = _status(headers.get(":status", ""))
         self._record(await self._side.answered(plan, status))
         if plan.filters and not message.end_of_stream:
             self._rewriter = self._side.rewriter(
@@ -163,6 +171,13 @@ class _Exchange:
     def _record(self, event: ResponseEvent | None) -> None:
         if event is not None:
             self._audit.record_response(event)
+
+
+def _status(value: str) -> int:
+    """The answer's HTTP status, as Envoy wrote it; anything else is refused, not guessed."""
+    if not (value.isascii() and value.isdigit() and len(value) == 3):
+        raise ResponseRefused(f"an answer with the status {value[:16]!r}")
+    return int(value)
 
 
 def add_external_processor(server: grpc.aio.Server, side: ResponseSide, audit: AuditLog) -> None:

@@ -29,6 +29,7 @@ from authz import __version__
 from authz.catalogue.base import Change, Observed
 from authz.core.outcome import Outcome, ToolFacts
 from authz.core.response_side import ResponseEvent
+from authz.observe.recent import RecentRecords
 from authz.protocol.echo import json_line
 from authz.protocol.mcp import McpCall
 
@@ -181,29 +182,37 @@ class AuditLog:
         *,
         owned: bool = False,
         clock: Callable[[], datetime] = _now,
+        recent: RecentRecords | None = None,
     ) -> None:
         self._stream = stream
         self._arguments = arguments
         self._owned = owned
         self._clock = clock
         self._flush_due = False
+        # The console's pages read the same lines (authz/observe/recent.py).
+        self.recent = recent
 
     @classmethod
-    def open(cls, target: str, arguments: ArgumentAudit) -> AuditLog:
+    def open(
+        cls, target: str, arguments: ArgumentAudit, recent: RecentRecords | None = None
+    ) -> AuditLog:
         """`-` for stdout, `off` for none, anything else is a file appended to."""
         if target == "off":
-            return cls(None, arguments)
+            return cls(None, arguments, recent=recent)
         if target == "-":
-            return cls(sys.stdout, arguments)
-        return cls(
-            open(target, "a", encoding="utf-8", buffering=BUFFER_BYTES), arguments, owned=True
-        )
+            return cls(sys.stdout, arguments, recent=recent)
+        file = open(target, "a", encoding="utf-8", buffering=BUFFER_BYTES)  # noqa: SIM115 - closed in close()
+        return cls(file, arguments, owned=True, recent=recent)
 
     def record(self, outcome: Outcome, latency: float, span: SpanContext) -> None:
-        if self._stream is None:
+        if self._stream is None and self.recent is None:
             return
-        self._stream.write(json_line(self.line(outcome, latency, span)) + "\n")
-        self._flush_soon()
+        line = self.line(outcome, latency, span)
+        if self.recent is not None:
+            self.recent.add_decision(line)
+        if self._stream is not None:
+            self._stream.write(json_line(line) + "\n")
+            self._flush_soon()
 
     def _flush_soon(self) -> None:
         """Flush once the event loop's current turn is over (at once outside a loop): the
@@ -275,7 +284,7 @@ class AuditLog:
         span: SpanContext | None = None,
     ) -> None:
         """One admin API call (authz/admin/server.py): who did what to which target, and its end."""
-        if self._stream is None:
+        if self._stream is None and self.recent is None:
             return
         valid = span is not None and span.is_valid
         line = {
@@ -290,8 +299,11 @@ class AuditLog:
             "result": result,
             "note": note or None,
         }
-        self._stream.write(json_line(line) + "\n")
-        self.flush()
+        if self.recent is not None:
+            self.recent.add_admin(line)
+        if self._stream is not None:
+            self._stream.write(json_line(line) + "\n")
+            self.flush()
 
     def record_catalogue(self, upstream: str, observed: Sequence[Observed]) -> None:
         """What one `tools/list` answer changed in the catalogue: one line per tool added,
@@ -314,6 +326,7 @@ class AuditLog:
                 "oversized": entry.oversized if entry else None,
             }
             self._stream.write(json_line(line) + "\n")
+        self._flush_soon()
 
     def record_response(self, event: ResponseEvent) -> None:
         """One thing the response side did (a list filtered, a refund, a withheld answer)."""
@@ -328,6 +341,7 @@ class AuditLog:
             **event.detail,
         }
         self._stream.write(json_line(line) + "\n")
+        self._flush_soon()
 
     def close(self) -> None:
         """Writes what is buffered; closes the file this log opened."""

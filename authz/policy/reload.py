@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,20 @@ class _Look:
 class PolicyHolder:
     """The policy in force; callers take `holder()` once per request."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, clock: Callable[[], float] = time.time) -> None:
         self.current = policy
         self.last_error: PolicyError | None = None
+        self._clock = clock
+        # Unix seconds: when the policy in force was loaded, and when a reload was last
+        # refused (None: never since), for the admin API's and the console's status.
+        self.loaded_at = clock()
+        self.refused_at: float | None = None
+
+    def swap(self, policy: Policy) -> None:
+        self.current, self.last_error, self.loaded_at = policy, None, self._clock()
+
+    def refuse(self, error: PolicyError) -> None:
+        self.last_error, self.refused_at = error, self._clock()
 
     def __call__(self) -> Policy:
         return self.current
@@ -106,13 +118,12 @@ class PolicyWatcher:
         try:
             policy = await asyncio.to_thread(parse_policy, data, str(self._path))
         except PolicyError as e:
-            self._holder.last_error = e
+            self._holder.refuse(e)
             # The problems are the message; a traceback would only bury them.
             log.error("policy reload refused, keeping %s:\n%s", old, e)  # noqa: TRY400
             self._on_result(False)
             return False
-        self._holder.current = policy
-        self._holder.last_error = None
+        self._holder.swap(policy)
         log.info("policy reloaded: %s (was %s)", policy.version, old)
         for warning in policy.warnings:
             log.warning("policy %s: %s", self._path, warning)

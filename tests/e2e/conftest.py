@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
@@ -20,11 +19,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# The launcher belongs to the demo in examples/, which is a folder of scripts, not a package.
-sys.path.insert(0, str(REPO / "examples"))
-
-from stack import (  # noqa: E402
+# examples/ is on sys.path from tests/conftest.py.
+from stack import (
     LOG_TAIL_CHARS,
     SEED_POLICY,
     Ports,
@@ -33,6 +29,8 @@ from stack import (  # noqa: E402
     start_demo_server,
     start_envoy,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 HEADER_LOG = "upstream-headers.jsonl"
 TS_CLIENT_DIR = Path(__file__).resolve().parent / "ts"
@@ -69,6 +67,8 @@ class UpstreamRequests:
         self._start = path.stat().st_size if path.exists() else 0
 
     def seen(self) -> list[dict[str, Any]]:
+        if not self._path.exists():  # the demo server has not been sent a request yet
+            return []
         with self._path.open("rb") as log:
             log.seek(self._start)
             return [json.loads(line) for line in log.read().splitlines()]

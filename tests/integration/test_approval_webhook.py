@@ -121,6 +121,17 @@ async def test_unsigned_without_a_secret(receiver: Receiver) -> None:
     assert "x-mcp-authz-signature" not in headers
 
 
+async def test_carries_the_console_link_when_the_console_has_a_public_url(
+    receiver: Receiver,
+) -> None:
+    hook = ApprovalWebhook(receiver.url, console_url="https://console.example/")
+    hook.start()
+    hook.notify(approval(2))
+    await hook.close(grace=10)
+    assert receiver.bodies()[0]["console_url"] == "https://console.example/approvals/apr_2"
+    # Without a console the body has no link at all (see test_posts_the_request_signed).
+
+
 async def test_retries_with_exponential_backoff(receiver: Receiver) -> None:
     receiver.statuses = [500, 503, 429, 502]
     delays = Delays()

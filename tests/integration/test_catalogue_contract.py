@@ -222,3 +222,18 @@ async def test_a_redis_that_does_not_answer_is_unavailable(own_redis: RedisServe
     with pytest.raises(CatalogueUnavailable):
         await catalogue.observe("pay", [tool()], complete=True)
     await catalogue.close()
+
+
+async def test_a_listing_longer_than_the_bound_is_cut_and_removes_nothing(pair: Pair) -> None:
+    a, b = pair
+    await a.observe("pay", [tool("kept")], complete=True)
+    names = [f"n{i}" for i in range(BOUNDS.max_tools * 3)]
+    seen = await a.observe("pay", [tool(n) for n in names], complete=True)
+    assert len(seen) == len(names)
+    assert [o.change for o in seen[BOUNDS.max_tools :]] == [Change.REJECTED] * (
+        len(names) - BOUNDS.max_tools
+    )
+    # Never compared, so never taken for removed.
+    entry = await b.lookup("pay", "kept")
+    assert entry is not None
+    assert not entry.removed

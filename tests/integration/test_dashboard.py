@@ -9,33 +9,22 @@ query filters on must be one the service sets. So neither side can be renamed al
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import socket
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
 
-from authz._gen.envoy.service.auth.v3 import external_auth_pb2_grpc
-from authz.core.decision import FailMode
 from authz.core.outcome import Outcome
-from authz.edges.authz_grpc import create_server
 from authz.limits.base import CounterKey, Hit, LimitState
 from authz.observe.metrics import PROMETHEUS_NAMES
 from authz.observe.telemetry import check_attributes
-from authz.policy.reload import PolicyWatcher
 from authz.protocol.errors import Refusal
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall
-from authz.runner import Gateway
-from authz.settings import Settings
-from tests.integration.test_grpc_server import check_request, tool_call
+from tests.integration.served_series import serve_every_series
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -149,60 +138,9 @@ def test_collector_pipelines_use_only_what_it_defines() -> None:
     assert set(config["service"]["pipelines"]) == {"traces", "metrics"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def scrape(address: str) -> set[str]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] not in "#"}
-
-
 async def test_a_running_gateway_serves_every_series_the_dashboard_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The collector and Redis are both down: spans pile up and are dropped, the store fails,
-    # the fail mode decides. Everything the dashboard shows then has a series.
-    for name in [k for k in os.environ if k.startswith("OTEL_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
-    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "1")
-    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")
-    policy = tmp_path / "policy.json"
-    shutil.copy(SEED, policy)
-    metrics_at = f"127.0.0.1:{free_port()}"
-    settings = Settings(
-        policy=policy,
-        redis_url=f"redis://127.0.0.1:{free_port()}",
-        fail_mode=FailMode.OPEN,
-        audit_log="off",
-        metrics_listen=metrics_at,
-    )
-    gateway = Gateway.build(settings)
-    server, port, _ = await create_server(
-        "127.0.0.1:0", gateway.decider(), gateway.audit, gateway.telemetry
-    )
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-            for rid, tool in enumerate(["binance_us_create_listen_key", "transfer_funds"] * 3):
-                await stub.Check(check_request(tool_call(tool, rid=rid)))
-        watcher = PolicyWatcher(policy, gateway.policy, gateway.telemetry.metrics.record_reload)
-        # Renamed over the old file, as a ConfigMap update does, so it applies at once.
-        fresh = policy.with_name("policy.new")
-        fresh.write_text(SEED.read_text().replace('"max": 30', '"max": 20'))
-        fresh.replace(policy)
-        assert await watcher.check() is True
-        served = scrape(metrics_at)
-    finally:
-        await server.stop(None)
-        await gateway.store.close()
-        gateway.telemetry.shutdown()
+    served = {series.name for series in await serve_every_series(tmp_path, monkeypatch)}
     wanted = {n for query in promql() for n in METRIC.findall(query)}
     assert wanted - served == set()

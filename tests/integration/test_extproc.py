@@ -56,6 +56,16 @@ class Stub:
             out.pop(name, None)
         return out
 
+    async def listed(self) -> None:
+        """The agent lists the tools first, as agents do: the catalogue then knows them, and
+        calls to them can be judged (a tool never listed is refused with a catalogue)."""
+        headers = await self.upstream_headers(list_request())
+        await self.process(
+            headers_message(headers),
+            headers_message({":status": "200", "content-type": "application/json"}, response=True),
+            body_message(json.dumps(listing()).encode(), end=True),
+        )
+
     async def process(self, *messages: Any) -> list[Any]:
         call = self.processor.Process()
         answers = []
@@ -101,10 +111,13 @@ async def stub(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Stub]
         redis_timeout=1.0,
     )
     gateway = Gateway.build(settings)
+    # Calls are judged without the catalogue (test_catalogue_replicas.py and the e2e tests
+    # judge with it); the response side records every list in one.
+    decider = gateway.decider()
     gateway.catalogue = MemoryCatalogue()
     await gateway.store.ready()
     server, port, _ = await create_server(
-        "127.0.0.1:0", gateway.decider(), gateway.audit, response_side=gateway.response_side()
+        "127.0.0.1:0", decider, gateway.audit, response_side=gateway.response_side()
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield Stub(channel, gateway)
@@ -172,6 +185,7 @@ async def test_an_event_stream_is_filtered_event_by_event(stub: Stub) -> None:
 
 
 async def test_a_5xx_answer_gives_the_count_back_once(stub: Stub, tmp_path: Path) -> None:
+    await stub.listed()
     planned = [await stub.upstream_headers(call_request(rid=i)) for i in range(30)]
     refused = await stub.check(check_request(json.dumps(call_request(99)).encode()))
     assert refused.status.code == 7  # the budget of 30 a minute is spent
@@ -196,6 +210,7 @@ async def test_a_5xx_answer_gives_the_count_back_once(stub: Stub, tmp_path: Path
 
 
 async def test_a_tools_own_error_result_is_not_refunded(stub: Stub, tmp_path: Path) -> None:
+    await stub.listed()
     headers = await stub.upstream_headers(call_request())
     await stub.process(headers_message(headers), headers_message({":status": "200"}, response=True))
     assert not [e for e in audit(tmp_path) if e["response_event"] == "refunded"]
@@ -242,3 +257,29 @@ async def test_a_list_answer_that_cannot_be_read_is_withheld(
         body_message(body, end=True),
     )
     assert answers[-1].immediate_response.status.code == 502
+
+
+async def test_a_store_that_fails_unexpectedly_withholds_the_answer(
+    stub: Stub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await stub.listed()
+    headers = await stub.upstream_headers(call_request())
+
+    async def broken(*_: Any) -> bool:
+        raise RuntimeError("not a StoreUnavailable")
+
+    monkeypatch.setattr(stub.gateway.store, "refund", broken)
+    _, status = await stub.process(
+        headers_message(headers), headers_message({":status": "503"}, response=True)
+    )
+    assert status.immediate_response.status.code == 502
+    assert audit(tmp_path)[-1]["reason"] == "internal error (RuntimeError)"
+
+
+async def test_an_unreadable_status_is_refused(stub: Stub) -> None:
+    await stub.listed()
+    headers = await stub.upstream_headers(call_request())
+    _, status = await stub.process(
+        headers_message(headers), headers_message({":status": "5O3"}, response=True)
+    )
+    assert status.immediate_response.status.code == 502

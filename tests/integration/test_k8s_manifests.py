@@ -41,8 +41,9 @@ ISTIO = ROOT / "deploy" / "istio"
 ENVOY_DIR = ROOT / "deploy" / "envoy"
 SHIPPED_ENVOY = ENVOY_DIR / "envoy.yaml"
 SEED_POLICY = ROOT / "examples" / "policies" / "seed.json"
-# kustomize's and the chart's (release "demo"): fixed names, never a content hash.
-FIXED_POLICY_NAMES = {"mcp-authz-policy", "demo-policy"}
+# kustomize's and the chart's (release "demo", or its fullnameOverride): fixed names, never a
+# content hash.
+FIXED_POLICY_NAMES = {"mcp-authz-policy", "demo-policy", "tools-gateway-policy"}
 # preStop `sleep` hooks are on by default from 1.30; the newest is whatever the validator ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 
@@ -121,6 +122,67 @@ HELM_CASES: dict[str, Doc] = {
         "envoy": {"existingConfigMap": "my-envoy"},
     },
     "no-traces-no-metrics": {"otel": {"endpoint": ""}, "metrics": {"enabled": False}},
+    # What a platform team sets (docs/kubernetes.md, production checklist).
+    "production": {
+        "fullnameOverride": "tools-gateway",
+        "replicas": 3,
+        "redis": {
+            "url": "redis+sentinel://sentinel-0.redis:26379,sentinel-1.redis:26379/mymaster/0",
+            "passwordSecret": {"name": "redis-auth"},
+        },
+        "image": {"digest": "sha256:" + "ab" * 32},
+        "podLabels": {"team": "payments"},
+        "podSecurityContext": {"fsGroup": 10001},
+        "securityContext": {"runAsUser": 10002},
+        "mcpServer": {"securityContext": {"runAsUser": 1000, "runAsGroup": 1000}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
+        "priorityClassName": "gateway-critical",
+        "extraVolumes": [{"name": "grants", "secret": {"secretName": "grants"}}],
+        "extraVolumeMounts": [{"name": "grants", "mountPath": "/etc/grants", "readOnly": True}],
+        "extraEnv": [{"name": "MCP_AUTHZ_REDIS_TIMEOUT", "value": "0.2"}],
+        "networkPolicy": {"agentsFrom": [{"namespaceSelector": {"matchLabels": {"agents": "1"}}}]},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    },
+    "cluster-redis-pod-monitor": {
+        "replicas": 2,
+        "redis": {
+            "url": "rediss+cluster://redis-0.redis:6379,redis-1.redis:6379",
+            "passwordSecret": {"name": "redis-auth", "key": "password"},
+        },
+        "serviceAccount": {"create": False, "name": "mcp-tools"},
+        "podMonitor": {"enabled": True},
+    },
+    "admin-and-console": {
+        "replicas": 2,
+        "redis": {"deploy": True},
+        "admin": {
+            "enabled": True,
+            "tokensSecret": {"name": "mcp-authz-admin"},
+            "tls": {"secretName": "mcp-authz-admin-tls", "clientCA": True},
+            "from": [{"namespaceSelector": {"matchLabels": {"team": "operators"}}}],
+        },
+        "console": {
+            "enabled": True,
+            "publicUrl": "https://approvals.example.com",
+            "oidc": {
+                "issuer": "https://login.example.com/realms/ops",
+                "clientId": "mcp-authz-console",
+                "clientSecret": {"name": "mcp-authz-console-oidc"},
+            },
+            "roles": {"existingConfigMap": "mcp-authz-console-roles"},
+            "traceUrl": "https://grafana.example.com/explore?traceId={trace_id}",
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
+            ],
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "host": "approvals.example.com",
+                "tlsSecretName": "approvals-tls",
+            },
+        },
+    },
 }
 
 
@@ -291,8 +353,52 @@ def test_copy_matches_its_source(copy_path: Path, source: Path) -> None:
 # ======================================================================= schema validation
 
 
+# prometheus-operator's CRD schemas, vendored (schemas/prometheus-operator/README.md).
+CRD_SCHEMAS = ROOT / "tests" / "integration" / "schemas" / "prometheus-operator"
+MONITORING_API = "monitoring.coreos.com/v1"
+
+
+def strict(schema: Doc) -> Doc:
+    """The CRD schema refusing unknown fields, as `kubectl apply --validate=strict` does (the
+    API server would silently prune them otherwise)."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [strict(v) for v in schema]
+    return schema
+
+
+@functools.cache
+def crd_validator(kind: str) -> jsonschema.Draft7Validator:
+    schema = strict(json.loads((CRD_SCHEMAS / f"{kind.lower()}.json").read_text()))
+    # metadata is the API server's ObjectMeta, checked by name and labels here.
+    schema["properties"]["metadata"] = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"type": "string"}, "labels": {"type": "object"}},
+    }
+    return jsonschema.Draft7Validator(schema)
+
+
+def validate_custom_resource(doc: Doc) -> None:
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in crd_validator(doc["kind"]).iter_errors(doc)
+    ]
+    assert not errors, f"{doc['kind']}/{doc['metadata']['name']}: {errors}"
+
+
 def validate_all(docs: tuple[Doc, ...]) -> None:
     for doc in docs:
+        if doc["apiVersion"] == MONITORING_API:
+            validate_custom_resource(doc)
+            continue
         for version in K8S_VERSIONS:
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
@@ -419,10 +525,14 @@ def check_policy_mount(
 
 
 def check_hardening(deployment: Doc) -> None:
-    pod = deployment["spec"]["template"]["spec"]
+    check_pod_hardening(deployment["spec"]["template"]["spec"])
+
+
+def check_pod_hardening(pod: Doc) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
-    for c in pod["containers"]:
+    for c in pod["containers"] + pod.get("initContainers", []):
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False, c["name"]
         assert sc["readOnlyRootFilesystem"] is True, c["name"]
@@ -439,10 +549,11 @@ def check_exposure(docs: tuple[Doc, ...], deployment: Doc, listen_host: str) -> 
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= {"http", "metrics"}
     for pdb in find(docs, "PodDisruptionBudget"):
         assert selects(pdb["spec"]["selector"]["matchLabels"], labels)
+    # A helm test hook's NetworkPolicy exists only while `helm test` runs (checked apart).
     policies = [
         n
         for n in find(docs, "NetworkPolicy")
-        if selects(n["spec"]["podSelector"]["matchLabels"], labels)
+        if selects(n["spec"]["podSelector"]["matchLabels"], labels) and not is_hook(n)
     ]
     if ipaddress.ip_address(listen_host).is_unspecified:
         # Bound to the pod's IP for the kubelet's probes: only the NetworkPolicy keeps other
@@ -450,8 +561,17 @@ def check_exposure(docs: tuple[Doc, ...], deployment: Doc, listen_host: str) -> 
         assert len(policies) == 1, "mcp-authz listens on the pod IP without a NetworkPolicy"
     for netpol in policies:
         assert netpol["spec"]["policyTypes"] == ["Ingress"]
-        opened = {p["port"] for rule in netpol["spec"]["ingress"] for p in rule["ports"]}
-        assert opened <= {"http", "metrics"}, opened
+        for rule in netpol["spec"]["ingress"]:
+            opened = {p["port"] for p in rule["ports"]}
+            assert opened <= {"http", "metrics", "admin", "console"}, opened
+            if opened & {"admin", "console"}:
+                # The operators' ports: only from the peers named for them, never from all.
+                assert opened in ({"admin"}, {"console"}), opened
+                assert rule.get("from"), opened
+
+
+def is_hook(doc: Doc) -> bool:
+    return "helm.sh/hook" in doc["metadata"].get("annotations", {})
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -562,7 +682,7 @@ def check_collector_config(config: Doc, env: set[str]) -> None:
 def comparable_pod(deployment: Doc) -> Doc:
     """The pod template without what legitimately differs: names, images and Helm labels."""
     pod = copy.deepcopy(deployment["spec"]["template"]["spec"])
-    for c in pod["containers"]:
+    for c in pod["containers"] + pod["initContainers"]:
         c.pop("image")
         c.pop("imagePullPolicy", None)
         for source in c.get("envFrom", []):
@@ -680,9 +800,10 @@ def test_helm_itself_refuses_bad_values(name: str, tmp_path: Path) -> None:
     assert "schema" in result.stderr
 
 
-def test_helm_lint_is_clean(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["defaults", "production", "admin-and-console"])
+def test_helm_lint_is_clean(case: str, tmp_path: Path) -> None:
     values_file = tmp_path / "values.json"
-    values_file.write_text(json.dumps({"mcpServer": MCP_IMAGE}))
+    values_file.write_text(json.dumps(helm_values(case)))
     run(tool("helm"), "lint", "--strict", str(CHART), "-f", str(values_file))
 
 
@@ -707,7 +828,7 @@ def test_a_user_overlay_replaces_images_policy_and_collector(tmp_path: Path) -> 
                         "newTag": "2.0",
                     },
                     {
-                        "name": "mcp-authz",
+                        "name": "ghcr.io/mcp-authz/mcp-authz",
                         "newName": "registry.example.com/mcp-authz",
                         "newTag": "0.1.0",
                     },

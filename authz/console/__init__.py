@@ -1,0 +1,1 @@
+"""The web console for approvers and operators (docs/console.md)."""
