@@ -135,10 +135,14 @@ def argument_keys(call: McpCall) -> list[str]:
     cut to MAX_KEY_CHARS with unprintable characters escaped: a name with U+0085 or U+2028
     in it must not split the line for a line-based log reader."""
     cut = (_printable(k[:MAX_KEY_CHARS]) for k in call.arguments)
+    if len(call.arguments) <= MAX_ARGUMENT_KEYS:
+        return sorted(cut)  # the usual few: a heap would only add its own work
     return heapq.nsmallest(MAX_ARGUMENT_KEYS, cut)
 
 
 def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
     return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
