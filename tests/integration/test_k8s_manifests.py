@@ -137,6 +137,8 @@ HELM_CASES: dict[str, Doc] = {
         "mcpServer": {"securityContext": {"runAsUser": 1000, "runAsGroup": 1000}},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
         "priorityClassName": "gateway-critical",
+        "nodeSelector": {"pool": "gateways"},
+        "tolerations": [{"key": "gateways", "operator": "Exists", "effect": "NoSchedule"}],
         "extraVolumes": [{"name": "grants", "secret": {"secretName": "grants"}}],
         "extraVolumeMounts": [{"name": "grants", "mountPath": "/etc/grants", "readOnly": True}],
         "extraEnv": [{"name": "MCP_AUTHZ_REDIS_TIMEOUT", "value": "0.2"}],
@@ -170,7 +172,17 @@ HELM_CASES: dict[str, Doc] = {
                 "clientId": "mcp-authz-console",
                 "clientSecret": {"name": "mcp-authz-console-oidc"},
             },
-            "roles": {"existingConfigMap": "mcp-authz-console-roles"},
+            "roles": {
+                "inline": {
+                    "identity_claim": "email",
+                    "roles": {
+                        "approver": ["alice@example.com", "group:treasury"],
+                        "viewer": ["group:engineering"],
+                    },
+                }
+            },
+            "sessionSecret": {"name": "mcp-authz-console-session"},
+            "redactArgs": ["withdraw:args.iban", "args.card_number"],
             "traceUrl": "https://grafana.example.com/explore?traceId={trace_id}",
             "from": [
                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
@@ -1074,10 +1086,17 @@ def routes(config: Doc) -> list[Doc]:
     return list(vhost["routes"])
 
 
+EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+
+
 def enabled_ext_authz(config: Doc, route: Doc) -> set[str]:
     names = {f["name"] for f in ext_authz_filters(config)}
+    # The response side (ext_proc, docs/catalogue.md) is switched per route the same way.
+    ext_proc = {
+        f["name"] for f in envoy_http_filters(config) if f["typed_config"]["@type"] == EXT_PROC
+    }
     per_route = route.get("typed_per_filter_config", {})
-    assert set(per_route) <= names | {"envoy.filters.http.jwt_authn"}, set(per_route)
+    assert set(per_route) <= names | ext_proc | {"envoy.filters.http.jwt_authn"}, set(per_route)
     return {n for n in names if not per_route.get(n, {}).get("disabled", False)}
 
 
