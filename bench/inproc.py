@@ -26,8 +26,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.metrics import NoOpMeter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -42,6 +49,7 @@ from authz.edges.authz_http import HttpCheck  # noqa: E402
 from authz.limits.base import CounterStore  # noqa: E402
 from authz.limits.memory import MemoryStore  # noqa: E402
 from authz.observe.audit import ArgumentAudit, AuditLog  # noqa: E402
+from authz.observe.metrics import Metrics  # noqa: E402
 from authz.observe.telemetry import Telemetry  # noqa: E402
 from authz.policy.load import load_policy  # noqa: E402
 from authz.policy.reload import PolicyHolder  # noqa: E402
@@ -73,6 +81,8 @@ def requests() -> list[HttpRequest]:
             "mcp-protocol-version": "2025-11-25",
             "x-agent-id": f"agent-{i:04d}",
             "x-request-id": f"req-{i}",
+            # Envoy's span, sampled: with --traced every check records and exports its spans.
+            "traceparent": f"00-{i:032x}-{i:016x}-01",
             "content-length": str(len(body)),
         }
         out.append(HttpRequest("POST", "/check/mcp", headers, body))
@@ -148,7 +158,7 @@ async def measure(
     store: CounterStore, audit_path: str, args: argparse.Namespace, catalogue: Catalogue | None
 ) -> list[float]:
     await store.ready()
-    telemetry = Telemetry.off()
+    telemetry, spans = traced() if args.traced else (Telemetry.off(), None)
     observed = telemetry.observe(store, "redis" if args.redis else "memory")
     policy = PolicyHolder(load_policy(BENCH / "policy.json"))
     decider = Decider(
@@ -165,6 +175,35 @@ async def measure(
     finally:
         audit.close()
         await store.close()
+        if spans is not None:
+            telemetry.shutdown(5.0)
+            print(f"traced: {spans.spans} spans encoded as OTLP ({spans.bytes} bytes)")
+
+
+class EncodingExporter(SpanExporter):
+    """Encodes every batch to its OTLP protobuf, as the OTLP exporters do, and sends nothing:
+    what tracing costs this process short of the network write."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.bytes = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += len(spans)
+        self.bytes += len(encode_spans(spans).SerializeToString())
+        return SpanExportResult.SUCCESS
+
+
+def traced() -> tuple[Telemetry, EncodingExporter]:
+    """Telemetry as `Telemetry.start` builds it for traces (the SDK's batch processor, the
+    default parent-based sampler), with the exporter above in place of OTLP's."""
+    exporter = EncodingExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "inproc"}))
+    processor = BatchSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    closer = lambda seconds: processor.shutdown()  # noqa: E731
+    tracer = provider.get_tracer("mcp_authz")
+    return Telemetry(tracer, Metrics(NoOpMeter("mcp_authz")), [closer]), exporter
 
 
 def main() -> int:
@@ -175,6 +214,9 @@ def main() -> int:
     parser.add_argument("--redis", action="store_true", help="count in a private redis-server")
     parser.add_argument("--audit", default="", help="audit log file, or off (default: a temp file)")
     parser.add_argument("--profile", action="store_true", help="cProfile one round instead")
+    parser.add_argument(
+        "--traced", action="store_true", help="trace every check, spans encoded as OTLP"
+    )
     parser.add_argument("--catalogue", action="store_true", help="look each tool up, validate")
     parser.add_argument(
         "--callgrind",
