@@ -331,6 +331,9 @@ def envoy_listener_port(config: Doc) -> int:
     return int(listener["address"]["socket_address"]["port_value"])
 
 
+EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+
+
 def ext_authz_filters(config: Doc) -> list[Doc]:
     return [f for f in envoy_http_filters(config) if f["typed_config"]["@type"] == EXT_AUTHZ]
 
@@ -1086,18 +1089,19 @@ def routes(config: Doc) -> list[Doc]:
     return list(vhost["routes"])
 
 
-EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-
-
-def enabled_ext_authz(config: Doc, route: Doc) -> set[str]:
-    names = {f["name"] for f in ext_authz_filters(config)}
-    # The response side (ext_proc, docs/catalogue.md) is switched per route the same way.
-    ext_proc = {
-        f["name"] for f in envoy_http_filters(config) if f["typed_config"]["@type"] == EXT_PROC
-    }
+def enabled_ext_authz(config: Doc, route: Doc, kind: str = EXT_AUTHZ) -> set[str]:
+    """The filters of `kind` (ext_authz, or ext_proc) a route leaves on."""
+    names = {f["name"] for f in envoy_http_filters(config) if f["typed_config"]["@type"] == kind}
     per_route = route.get("typed_per_filter_config", {})
-    assert set(per_route) <= names | ext_proc | {"envoy.filters.http.jwt_authn"}, set(per_route)
+    known = {f["name"] for f in envoy_http_filters(config)}
+    assert set(per_route) <= known, set(per_route)
     return {n for n in names if not per_route.get(n, {}).get("disabled", False)}
+
+
+def cluster_of(config: Doc, name: str) -> str:
+    (found,) = [f for f in envoy_http_filters(config) if f["name"] == name]
+    cluster: str = found["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    return cluster
 
 
 def test_front_proxy_judges_each_route_under_exactly_one_policy() -> None:
@@ -1108,10 +1112,15 @@ def test_front_proxy_judges_each_route_under_exactly_one_policy() -> None:
     for route in upstream_routes:
         (check,) = enabled_ext_authz(config, route)
         checked_by.add(check)
+        # Its answer goes to the mcp-authz that judged its request (the refund's counters,
+        # the plan's grant): one ext_proc, on the same cluster.
+        (processor,) = enabled_ext_authz(config, route, EXT_PROC)
+        assert cluster_of(config, processor) == cluster_of(config, check)
     assert len(checked_by) == len(upstream_routes), "two upstreams share one policy"
     for route in routes(config):
         if "direct_response" in route:
             assert enabled_ext_authz(config, route) == set()
+            assert enabled_ext_authz(config, route, EXT_PROC) == set()
 
 
 def test_jwt_sidecar_hands_verified_claims_to_mcp_authz() -> None:
