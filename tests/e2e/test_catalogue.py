@@ -79,8 +79,10 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, transport: str) -> Ite
     policy.write_text(json.dumps(POLICY))
     tokens = tmp_path / "admin-tokens"
     tokens.write_text(f"{OPERATOR} ops\n")
-    admin = f"127.0.0.1:{free_port()}"
     ports = Ports.free()
+    # Asked for apart from the stack's, so the kernel may hand out one of theirs again.
+    taken = {ports.mcp_server, ports.authz, ports.envoy, ports.admin, ports.health, ports.extproc}
+    admin = f"127.0.0.1:{next(p for p in iter(free_port, None) if p not in taken)}"
     processes: list[Process] = []
     request.node.stash[PROCESSES] = processes
     with ExitStack() as exits:
