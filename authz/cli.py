@@ -117,6 +117,18 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         choices=[m.value for m in FailMode],
     )
     opt(
+        "--max-sessions-per-identity",
+        "most sessions of one identity with live session budgets; new ones are refused",
+        default=_D.max_sessions_per_identity,
+        type=int,
+    )
+    opt(
+        "--memory-store-max-keys",
+        "most live budgets the in-process store keeps (no --redis-url); new ones are refused",
+        default=_D.memory_store_max_keys,
+        type=int,
+    )
+    opt(
         "--identity-source",
         "where the caller's identity comes from",
         default=_D.identity_source.value,
@@ -160,6 +172,18 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     opt("--admin-tls-client-ca", "require admin clients' certificates from this CA", type=Path)
     opt("--approval-webhook", "URL POSTed every new approval request (default: none)")
     opt("--approval-webhook-secret-file", "key signing the webhook's POSTs (HMAC)", type=Path)
+    opt(
+        "--approvals-max-pending",
+        "most pending approval requests in total; more are refused (-32007)",
+        default=_D.approvals_max_pending,
+        type=int,
+    )
+    opt(
+        "--approvals-max-pending-per-identity",
+        "most pending approval requests of one identity; more are refused (-32007)",
+        default=_D.approvals_max_pending_per_identity,
+        type=int,
+    )
     opt(
         "--reload-interval",
         "seconds between looks at the policy file; 0 = never reload",
@@ -256,6 +280,8 @@ def _serve(args: argparse.Namespace) -> int:
             redis_prefix=args.redis_prefix,
             redis_timeout=float(args.redis_timeout),
             fail_mode=FailMode(args.fail_mode),
+            max_sessions_per_identity=int(args.max_sessions_per_identity),
+            memory_store_max_keys=int(args.memory_store_max_keys),
             identity_source=IdentitySourceKind(args.identity_source),
             identity_header=args.identity_header or _D.identity_header,
             identity_claim=args.identity_claim or _D.identity_claim,
@@ -272,6 +298,8 @@ def _serve(args: argparse.Namespace) -> int:
             admin_tls_client_ca=args.admin_tls_client_ca,
             approval_webhook=args.approval_webhook or None,
             approval_webhook_secret_file=args.approval_webhook_secret_file,
+            approvals_max_pending=int(args.approvals_max_pending),
+            approvals_max_pending_per_identity=int(args.approvals_max_pending_per_identity),
             reload_interval=float(args.reload_interval),
             grace=float(args.grace),
             log_level=args.log_level,

@@ -23,7 +23,7 @@ from authz.admin.server import (
     create_admin_server,
     is_loopback,
 )
-from authz.approvals.base import Approval, ApprovalStore
+from authz.approvals.base import Approval, ApprovalCaps, ApprovalStore
 from authz.approvals.memory import MemoryApprovals
 from authz.approvals.webhook import ApprovalWebhook, read_secret
 from authz.catalogue.base import Bounds, Catalogue
@@ -89,11 +89,17 @@ def build_store(settings: Settings) -> CounterStore:
             "no --redis-url: using the in-process counter store; limits are kept per replica "
             "and reset when this process restarts"
         )
-        return MemoryStore()
+        return MemoryStore(
+            max_sessions=settings.max_sessions_per_identity,
+            max_keys=settings.memory_store_max_keys,
+        )
     from authz.limits.redis import RedisStore  # noqa: PLC0415 - only when Redis is configured
 
     return RedisStore.from_url(
-        settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
+        max_sessions=settings.max_sessions_per_identity,
     )
 
 
@@ -128,12 +134,19 @@ def build_catalogue(settings: Settings) -> Catalogue | None:
 
 def build_approvals(settings: Settings) -> ApprovalStore:
     """Approvals live with the counters: in Redis when there is one, else in this process."""
+    caps = ApprovalCaps(
+        total=settings.approvals_max_pending,
+        per_identity=settings.approvals_max_pending_per_identity,
+    )
     if settings.redis_url is None:
-        return MemoryApprovals()
+        return MemoryApprovals(caps=caps)
     from authz.approvals.redis import RedisApprovals  # noqa: PLC0415 - only with Redis
 
     return RedisApprovals.from_url(
-        settings.redis_url, prefix=settings.redis_prefix, timeout=settings.redis_timeout
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
+        caps=caps,
     )
 
 
@@ -275,6 +288,8 @@ class Gateway:
         if settings.transport is Transport.HTTP:
             require_http_identity(settings.identity_source)
         admin, webhook = build_admin(settings), build_webhook(settings)
+        # Before anything starts: bad caps stop start-up with the flags' names.
+        approvals, counters = build_approvals(settings), build_store(settings)
         console = console_config(settings)
         recent = RecentRecords() if console is not None else None
         arguments = ArgumentAudit.configure(settings.audit_args, settings.audit_hash_key_file)
@@ -282,9 +297,8 @@ class Gateway:
         otel = OtelSettings.from_env(os.environ)
         telemetry = Telemetry.start(otel, PolicyTools(policy), settings.metrics_listen)
         backend = "memory" if settings.redis_url is None else "redis"
-        store = telemetry.observe(build_store(settings), backend)
+        store = telemetry.observe(counters, backend)
         audit = AuditLog.open(settings.audit_log, arguments, recent)
-        approvals = build_approvals(settings)
         grants, upstream = build_grants(settings), build_upstream(settings)
         catalogue = build_catalogue(settings)
         _warn_unclassed(policy.current, catalogue is not None)

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from authz.approvals.base import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_IDENTITY
 from authz.catalogue.base import DEFAULT_BOUNDS, DEFAULT_UPSTREAM
 from authz.core.decision import FailMode
+from authz.limits.base import DEFAULT_MAX_SESSIONS
+from authz.limits.memory import DEFAULT_MAX_KEYS
 from authz.observe.logs import LogFormat
 from authz.protocol.identity import IdentitySourceKind
 
@@ -29,6 +32,11 @@ class Settings:
     # inside Envoy's ext_authz timeout (250 ms in deploy/envoy).
     redis_timeout: float = 0.1
     fail_mode: FailMode = FailMode.CLOSED
+    # The most sessions of one identity with live session-scoped budgets, in either store; a
+    # new session past it is refused (-32001), never made room for (docs/limits.md).
+    max_sessions_per_identity: int = DEFAULT_MAX_SESSIONS
+    # The most live counter keys of the in-process store (no --redis-url).
+    memory_store_max_keys: int = DEFAULT_MAX_KEYS
     identity_source: IdentitySourceKind = IdentitySourceKind.NONE
     identity_header: str = "x-agent-id"
     identity_claim: str = "sub"
@@ -53,6 +61,10 @@ class Settings:
     # POSTed a JSON body for every new approval request; the secret signs it (HMAC-SHA256).
     approval_webhook: str | None = None
     approval_webhook_secret_file: Path | None = None
+    # The most pending approval requests held, in total and per identity; a new request past
+    # either is refused with -32007 (docs/approvals.md, "Caps").
+    approvals_max_pending: int = DEFAULT_MAX_PENDING
+    approvals_max_pending_per_identity: int = DEFAULT_MAX_PENDING_PER_IDENTITY
     # Seconds between looks at the policy file for a new version; 0 turns reloading off.
     reload_interval: float = 2.0
     grace: float = 5.0

@@ -1,12 +1,14 @@
 """Our own work per check, in process: no Envoy, no network but Redis (when asked).
 
     .venv/bin/python bench/inproc.py [--checks 20000] [--redis] [--audit FILE|off]
-                                     [--concurrency 16] [--profile]
+                                     [--concurrency 16] [--profile] [--catalogue]
 
 Runs the HTTP transport's `HttpCheck` (decide, observe, encode) on bench/mcp.lua's requests
 (a `tools/call` of `bench_tool` from 1,000 identities in rotation) against bench/policy.json,
 with telemetry off, the audit log written to a file, and the in-process store or a private
-redis-server (`--redis`). Prints CPU microseconds per check (process time, so another
+redis-server (`--redis`); with `--catalogue`, each call is also looked up in the tool catalogue
+(in process, or in that Redis) and its arguments validated against bench_tool's schema. Prints
+CPU microseconds per check (process time, so another
 process's load barely moves it), median of `--repeat` rounds. `--profile` prints cProfile's
 top functions instead. Compare two trees by running this in each, interleaved.
 """
@@ -29,7 +31,10 @@ sys.path.insert(0, str(BENCH))
 
 from run import redis_server  # noqa: E402 - the benchmark's own redis-server launcher
 
+from authz.catalogue.base import Catalogue  # noqa: E402
+from authz.catalogue.memory import MemoryCatalogue  # noqa: E402
 from authz.core.decision import Decider  # noqa: E402
+from authz.core.tool_check import ToolCheck  # noqa: E402
 from authz.edges.authz_http import HttpCheck  # noqa: E402
 from authz.limits.base import CounterStore  # noqa: E402
 from authz.limits.memory import MemoryStore  # noqa: E402
@@ -39,6 +44,7 @@ from authz.policy.load import load_policy  # noqa: E402
 from authz.policy.reload import PolicyHolder  # noqa: E402
 from authz.protocol.identity import FromHeader, IdentitySourceKind  # noqa: E402
 from authz.protocol.request import HttpRequest  # noqa: E402
+from authz.protocol.tools import parse_tool  # noqa: E402
 from authz.runner import new_decision_id  # noqa: E402
 
 IDENTITIES = 1000
@@ -106,12 +112,34 @@ def _stdlib_profilers() -> tuple[Any, Any]:
         sys.path[:] = saved
 
 
-async def measure(store: CounterStore, audit_path: str, args: argparse.Namespace) -> list[float]:
+# bench_tool as the demo server lists it: one string argument.
+BENCH_TOOL = {
+    "name": "bench_tool",
+    "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}},
+}
+
+
+async def listed(catalogue: Catalogue | None) -> ToolCheck | None:
+    if catalogue is None:
+        return None
+    await catalogue.observe("default", [parse_tool(BENCH_TOOL)], complete=True)
+    return ToolCheck(catalogue)
+
+
+async def measure(
+    store: CounterStore, audit_path: str, args: argparse.Namespace, catalogue: Catalogue | None
+) -> list[float]:
     await store.ready()
     telemetry = Telemetry.off()
     observed = telemetry.observe(store, "redis" if args.redis else "memory")
     policy = PolicyHolder(load_policy(BENCH / "policy.json"))
-    decider = Decider(policy, FromHeader("x-agent-id"), observed, new_id=new_decision_id)
+    decider = Decider(
+        policy,
+        FromHeader("x-agent-id"),
+        observed,
+        new_id=new_decision_id,
+        tools=await listed(catalogue),
+    )
     audit = AuditLog.open(audit_path, ArgumentAudit(b"k" * 32))
     check = HttpCheck(decider, audit, telemetry, IdentitySourceKind.HEADER)
     try:
@@ -129,18 +157,22 @@ def main() -> int:
     parser.add_argument("--redis", action="store_true", help="count in a private redis-server")
     parser.add_argument("--audit", default="", help="audit log file, or off (default: a temp file)")
     parser.add_argument("--profile", action="store_true", help="cProfile one round instead")
+    parser.add_argument("--catalogue", action="store_true", help="look each tool up, validate")
     args = parser.parse_args()
     import uvloop  # noqa: PLC0415 - as the HTTP transport runs
 
     with tempfile.TemporaryDirectory(prefix="mcp-authz-inproc-") as tmp:
         audit = args.audit or str(Path(tmp) / "audit.jsonl")
         if args.redis:
+            from authz.catalogue.redis import RedisCatalogue  # noqa: PLC0415
             from authz.limits.redis import RedisStore  # noqa: PLC0415
 
             with redis_server(Path(tmp)) as url:
-                samples = uvloop.run(measure(RedisStore.from_url(url), audit, args))
+                catalogue = RedisCatalogue.connect(url) if args.catalogue else None
+                samples = uvloop.run(measure(RedisStore.from_url(url), audit, args, catalogue))
         else:
-            samples = uvloop.run(measure(MemoryStore(), audit, args))
+            catalogue = MemoryCatalogue() if args.catalogue else None
+            samples = uvloop.run(measure(MemoryStore(), audit, args, catalogue))
     if samples:
         shown = " ".join(f"{s:.1f}" for s in samples)
         print(f"CPU us/check: median {statistics.median(samples):.1f} (rounds: {shown})")

@@ -15,7 +15,16 @@ from enum import StrEnum
 from typing import Any, Final, TypeVar
 
 from authz.admin.roles import Permission, may
-from authz.approvals.base import Approval, ApprovalError, ApprovalStore, may_approve
+from authz.approvals.base import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    Approval,
+    ApprovalError,
+    ApprovalPage,
+    ApprovalStore,
+    PageTokenError,
+    may_approve,
+)
 from authz.catalogue.base import Catalogue, CatalogueEntry, CatalogueUnavailable
 from authz.core.tool_check import risk_of
 from authz.grants.base import GrantError, GrantExistsError, GrantNotFoundError
@@ -129,8 +138,22 @@ class AdminActions:
     def policy(self) -> Policy:
         return self._policy.current
 
-    async def pending(self, operator: Operator | None) -> Sequence[Approval]:
-        return await self.run(operator, "list_approvals", "", lambda _: self._approvals.pending())
+    async def pending(
+        self, operator: Operator | None, page_size: int = 0, page_token: str = ""
+    ) -> ApprovalPage:
+        """One page of pending requests: `page_size` 0 is DEFAULT_PAGE, more than MAX_PAGE
+        is MAX_PAGE, so one call costs the store a bounded amount whatever is asked."""
+
+        async def work(_: Operator) -> ApprovalPage:
+            if page_size < 0:
+                raise Refused(Code.INVALID_ARGUMENT, f"page_size {page_size} is negative")
+            size = min(page_size or DEFAULT_PAGE, MAX_PAGE)
+            try:
+                return await self._approvals.pending(size, page_token)
+            except PageTokenError as e:
+                raise Refused(Code.INVALID_ARGUMENT, str(e)) from None
+
+        return await self.run(operator, "list_approvals", "", work)
 
     async def approval(self, operator: Operator | None, approval_id: str) -> Approval:
         return await self.run(

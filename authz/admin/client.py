@@ -35,7 +35,15 @@ def add_commands(commands: Any) -> None:
     """Add the admin commands to the `mcp-authz` sub-command parser."""
     approvals = commands.add_parser("approvals", help="list, show, approve or deny approvals")
     actions = approvals.add_subparsers(required=True, metavar="ACTION")
-    _command(actions, "list", "approval requests waiting for a person", _list, _print_list)
+    listing = _command(
+        actions, "list", "approval requests waiting for a person", _list, _print_list
+    )
+    listing.add_argument(
+        "--page-size",
+        type=int,
+        default=0,
+        help="approvals fetched per call (default 100, at most 200); every page is listed",
+    )
     show = _command(actions, "show", "one approval request", _show, _print_approval)
     show.add_argument("id", metavar="ID")
     for name, verb, run in (
@@ -192,8 +200,17 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
 
 
 def _list(stub: Any, args: argparse.Namespace) -> Message:
-    reply: Message = stub.ListApprovals(pb.ListApprovalsRequest())
-    return reply
+    """Every page, gathered into one answer (each call's cost stays bounded on the server)."""
+    listed = pb.ListApprovalsResponse()
+    token = ""
+    while True:
+        page = stub.ListApprovals(
+            pb.ListApprovalsRequest(page_size=args.page_size, page_token=token)
+        )
+        listed.approvals.extend(page.approvals)
+        token = page.next_page_token
+        if not token:
+            return listed
 
 
 def _show(stub: Any, args: argparse.Namespace) -> Message:

@@ -41,6 +41,7 @@ _STATUS: Final = {
     Status.PENDING: pb.APPROVAL_STATUS_PENDING,
     Status.APPROVED: pb.APPROVAL_STATUS_APPROVED,
     Status.DENIED: pb.APPROVAL_STATUS_DENIED,
+    Status.IN_USE: pb.APPROVAL_STATUS_IN_USE,
 }
 # What each admin action needs (authz/admin/roles.py); every other action is a read.
 T = TypeVar("T")
@@ -131,8 +132,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def ListApprovals(self, request: pb.ListApprovalsRequest, context: Context) -> Any:  # noqa: N802 - gRPC method name
-        pending = await self._answer(context, self._actions.pending)
-        return pb.ListApprovalsResponse(approvals=[approval_message(a) for a in pending])
+        page = await self._answer(
+            context,
+            lambda op: self._actions.pending(op, request.page_size, request.page_token),
+        )
+        return pb.ListApprovalsResponse(
+            approvals=[approval_message(a) for a in page.approvals],
+            next_page_token=page.next_token,
+        )
 
     async def GetApproval(self, request: pb.GetApprovalRequest, context: Context) -> Any:  # noqa: N802
         found = await self._answer(context, lambda op: self._actions.approval(op, request.id))

@@ -10,17 +10,31 @@ fail closed). Connections, scripts and failures are handled as for the counters 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-import re
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from authz.approvals.base import Approval, ApprovalError, Request
+from authz.approvals.base import (
+    APPROVAL_ID,
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    Approval,
+    ApprovalCaps,
+    ApprovalError,
+    ApprovalPage,
+    ApprovalsFull,
+    Request,
+    Status,
+    page_token,
+    read_page_token,
+)
 from authz.approvals.memory import new_approval_id
 from authz.limits.redis_client import (
     _US,
     REDIS_FAILURES,
+    Client,
     FirstCallAlone,
     RedisBacked,
     Script,
@@ -29,14 +43,15 @@ from authz.limits.redis_client import (
 
 SCRIPT = Script("authz.approvals", "approvals.lua")
 
-# What `new_approval_id` makes; anything else cannot name a record and is never looked up.
-_ID = re.compile(r"apr_[A-Za-z0-9_-]{1,64}")
-
 
 class RedisApprovals(RedisBacked):
     """An ApprovalStore on Redis (standalone, Sentinel or Cluster)."""
 
     SCRIPTS = (SCRIPT,)
+
+    def __init__(self, client: Client, *, caps: ApprovalCaps | None = None, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self._caps = caps or ApprovalCaps()
 
     @property
     def _keys(self) -> str:
@@ -51,21 +66,36 @@ class RedisApprovals(RedisBacked):
     async def request(self, request: Request, lifetime: int) -> tuple[Approval, bool]:
         approval_id = new_approval_id()
         digest = request.key
-        keys = [self._call(digest), self._record(approval_id), self._pending]
+        owner = self._owner(request.identity)
+        keys = [self._call(digest), self._record(approval_id), self._pending, owner]
         body = json.dumps(request.to_dict(), separators=(",", ":"), ensure_ascii=False)
-        created, fields = await self._run(
-            "request", keys, approval_id, lifetime * _US, digest, body
-        )
-        return _approval(fields), int(created) == 1
+        caps = (self._caps.total, self._caps.per_identity)
+        reply = await self._run("request", keys, approval_id, lifetime * _US, digest, body, *caps)
+        created = int(reply[0])
+        if created < 0:
+            scope = _text(reply[1])
+            cap = self._caps.per_identity if scope == "identity" else self._caps.total
+            raise ApprovalsFull(scope, cap, int(reply[2]) / _US)
+        return _approval(reply[1]), created == 1
 
-    async def consume(self, approval_id: str) -> bool:
-        if not _ID.fullmatch(approval_id):
+    async def spend(self, approval_id: str) -> bool:
+        return await self._move(approval_id, Status.APPROVED, Status.IN_USE)
+
+    async def release(self, approval_id: str) -> None:
+        await self._move(approval_id, Status.IN_USE, Status.APPROVED)
+
+    async def commit(self, approval_id: str) -> None:
+        if APPROVAL_ID.fullmatch(approval_id):
+            await self._run("commit", [self._record(approval_id), self._pending])
+
+    async def _move(self, approval_id: str, was: Status, to: Status) -> bool:
+        if not APPROVAL_ID.fullmatch(approval_id):
             return False
-        used = await self._run("consume", [self._record(approval_id), self._pending])
-        return int(used) == 1
+        keys = [self._record(approval_id), self._pending]
+        return int(await self._run("move", keys, was.value, to.value)) == 1
 
     async def decide(self, approval_id: str, approve: bool, by: str) -> Approval:
-        if not _ID.fullmatch(approval_id):
+        if not APPROVAL_ID.fullmatch(approval_id):
             raise ApprovalError(f"no live approval {approval_id} (unknown, used or expired)")
         keys = [self._record(approval_id), self._pending]
         reply = await self._run("decide", keys, "1" if approve else "0", by)
@@ -77,14 +107,17 @@ class RedisApprovals(RedisBacked):
         return _approval(reply[1])
 
     async def get(self, approval_id: str) -> Approval | None:
-        if not _ID.fullmatch(approval_id):
+        if not APPROVAL_ID.fullmatch(approval_id):
             return None
         fields = await self._run("get", [self._record(approval_id), self._pending])
         return None if fields is None else _approval(fields)
 
-    async def pending(self) -> Sequence[Approval]:
-        records = await self._run("list", [self._pending])
-        return [_approval(fields) for fields in records]
+    async def pending(self, size: int = DEFAULT_PAGE, after: str = "") -> ApprovalPage:
+        expires, last = read_page_token(after, _microseconds) if after else ("", "")
+        reply = await self._run("list", [self._pending], min(size, MAX_PAGE), expires, last)
+        more, expires, last = int(reply[0]), _text(reply[1]), _text(reply[2])
+        token = page_token(expires, last) if more and last else ""
+        return ApprovalPage(tuple(_approval(fields) for fields in reply[3:]), token)
 
     async def close(self) -> None:
         await self._close_clients()
@@ -99,6 +132,10 @@ class RedisApprovals(RedisBacked):
     def _record(self, approval_id: str) -> str:
         return f"{self._keys}id:{approval_id}"
 
+    def _owner(self, identity: str) -> str:
+        # Hashed: an identity may be 2048 characters of anything.
+        return f"{self._keys}pending-of:{hashlib.sha256(identity.encode()).hexdigest()}"
+
     async def _run(self, op: str, keys: list[str], *args: int | str) -> Any:
         argv = [op, self._now(), self._keys, *args]
         with self._breaker.guard():
@@ -107,6 +144,10 @@ class RedisApprovals(RedisBacked):
                     return await self._first.run(SCRIPT, keys, argv)
             except REDIS_FAILURES as e:
                 raise unavailable(self._name, self._timeout, e) from e
+
+
+def _microseconds(position: str) -> bool:
+    return position.isascii() and position.isdigit()
 
 
 def _text(value: bytes | str) -> str:

@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from authz.admin.actions import AdminActions, ClassedTool, Code, Operator, Refused
-from authz.approvals.base import Status
+from authz.approvals.base import MAX_PAGE, Status
 from authz.console import views
 from authz.console.config import ConsoleConfig
 from authz.console.forms import MAX_NOTE_CHARS, FormError, json_field, read_form, text
@@ -152,7 +152,9 @@ class Console:
         return self.live(request, "approvals_live.html", operator, **await self._queue(operator))
 
     async def _queue(self, operator: Operator) -> dict[str, Any]:
-        pending = sorted(await self.actions.pending(operator), key=lambda a: a.requested_at)
+        # One page, the most one listing returns: the requests expiring soonest, if more wait.
+        page = await self.actions.pending(operator, MAX_PAGE)
+        pending = sorted(page.approvals, key=lambda a: a.requested_at)
         self.remembered.keep(pending)
         entries = await self._catalogue(operator)
         lines = self.recent.admin(frozenset({"approve", "deny"}), PAGE_ROWS)
@@ -166,6 +168,7 @@ class Console:
                 }
                 for a in pending
             ],
+            "more": bool(page.next_token),
             "decided": views.decided(lines, self.remembered),
             "when": views.when,
         }

@@ -18,7 +18,14 @@ from authz.core.approval_gate import ApprovalGate
 from authz.core.grant_identity import GrantIdentity, Identified
 from authz.core.outcome import Outcome, whole_seconds
 from authz.core.tool_check import Looked, ToolCheck
-from authz.limits.base import CounterStore, HitResult, LimitState, StoreUnavailable, combine
+from authz.limits.base import (
+    CounterStore,
+    Crowded,
+    HitResult,
+    LimitState,
+    StoreUnavailable,
+    combine,
+)
 from authz.policy.evaluate import Verdict, evaluate, hits
 from authz.policy.model import UNKNOWN_RISK, Policy
 from authz.protocol.echo import echo
@@ -26,6 +33,14 @@ from authz.protocol.errors import Refusal, RequestRefused
 from authz.protocol.identity import Caller, IdentitySource, caller_of
 from authz.protocol.mcp import McpCall, RequestId, parse_request
 from authz.protocol.request import HttpRequest
+
+# Why a budget with room was refused: a new key would be one too many (docs/limits.md).
+_CROWDED = {
+    Crowded.SESSIONS: "this identity already has as many sessions with live session budgets "
+    "as the gateway keeps; reuse a session, or wait for one to go idle",
+    Crowded.KEYS: "the in-process counter store holds as many live budgets as it keeps; "
+    "a new one opens when one goes idle",
+}
 
 
 class FailMode(StrEnum):
@@ -136,9 +151,25 @@ class Decider:
         if isinstance(admitted, Outcome):
             return admitted
         verdicts = admitted
-        approved = await self._hold(base, verdicts, caller)
-        if isinstance(approved, Outcome):
-            return approved
+        held = await self._hold(base, verdicts, caller)
+        if isinstance(held, Outcome):
+            return held
+        # The approvals first: a call that cannot have its approval is refused uncharged.
+        refused = await self._approvals.spend(held) if held else None
+        if refused is not None:
+            return refused
+        outcome = await self._count(base, verdicts, caller)
+        if held:
+            spent = [cast(Approval, h.approval) for h in held]
+            outcome = await self._approvals.settle(outcome, spent, passed=outcome.allowed)
+        if not outcome.allowed:
+            return outcome
+        return await self._dry_run(outcome, verdicts, caller)
+
+    async def _count(
+        self, base: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller
+    ) -> Outcome:
+        """Count the request's limits, all or nothing: allowed with their states, or refused."""
         states: tuple[LimitState, ...] = ()
         counted = [(c, v) for c, v in verdicts if v.uses]
         if counted:
@@ -150,12 +181,7 @@ class Decider:
             if not result.allowed:
                 return _limited(base, counted, result)
             states = result.states
-        outcome = _allowed(base, verdicts, states)
-        if approved:
-            outcome = await self._approvals.use(outcome, approved)
-            if outcome.refusal is not None:
-                return outcome
-        return await self._dry_run(outcome, verdicts, caller)
+        return _allowed(base, verdicts, states)
 
     def _admit(
         self,
@@ -183,9 +209,10 @@ class Decider:
 
     async def _hold(
         self, base: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller
-    ) -> list[Approval] | Outcome:
-        """The approvals the calls need, all approved; or the refusal that stops them."""
-        approved: list[Approval] = []
+    ) -> list[Outcome] | Outcome:
+        """Each gated call's outcome holding its approved approval; or the refusal that
+        stops the request."""
+        held: list[Outcome] = []
         for call, verdict in verdicts:
             if verdict.approval is None:
                 continue
@@ -193,7 +220,7 @@ class Decider:
             if waiting.refusal is not None:
                 return waiting
             approval = cast(Approval, waiting.approval)
-            if any(a.id == approval.id for a in approved):
+            if any(cast(Approval, h.approval).id == approval.id for h in held):
                 # One approval covers one call: refused here, before anything is counted.
                 return replace(
                     waiting,
@@ -201,8 +228,8 @@ class Decider:
                     reason=f"the request carries the call approved by {approval.id} more "
                     "than once; one approval covers one call",
                 )
-            approved.append(approval)
-        return approved
+            held.append(waiting)
+        return held
 
     async def _dry_run(
         self, outcome: Outcome, verdicts: list[tuple[McpCall, Verdict]], caller: Caller
@@ -305,7 +332,9 @@ def _limited(base: Outcome, counted: list[tuple[McpCall, Verdict]], result: HitR
     limit = use.counting.limit
     budget = f'limit "{limit.counter}" ({limit.describe()})'
     wait = result.retry_after
-    if wait is None:
+    if state.crowded is not None:
+        detail = f"{_CROWDED[state.crowded]}; retry in {whole_seconds(wait or 0.0)}s"
+    elif wait is None:
         detail = f"the call needs {state.hit.cost}, more than {budget} ever allows"
     elif state.hit.cost == 1:
         detail = f"{budget} is spent; retry in {whole_seconds(wait)}s"

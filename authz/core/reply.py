@@ -28,6 +28,7 @@ _MESSAGES = {
     Refusal.UNAUTHENTICATED: "Unauthenticated: {reason}",
     Refusal.APPROVAL_REQUIRED: "Approval required: {reason}",
     Refusal.APPROVAL_DENIED: "Approval denied: {reason}",
+    Refusal.APPROVALS_FULL: "Too many approval requests: {reason}",
     Refusal.TOOL_CHANGED: "Tool changed: {reason}",
     Refusal.INVALID_ARGUMENTS: "Invalid arguments: {reason}",
 }
@@ -137,6 +138,8 @@ def _data(outcome: Outcome) -> dict[str, Any]:
     blocking = [s for s in outcome.limits if s.retry_after != 0]
     if outcome.refusal is Refusal.RATE_LIMITED and blocking:
         data["counter"] = blocking[0].hit.key.counter
+        data["retry_after"] = retry_seconds(outcome)
+    if outcome.refusal is Refusal.APPROVALS_FULL:
         data["retry_after"] = retry_seconds(outcome)
     return data
 

@@ -88,12 +88,12 @@ class ToolCheck:
     ) -> Outcome | Verdict:
         """The refusal of an allowed call the catalogue stops, or its verdict (with the
         approval a drifted tool needs under `on_change: approve`)."""
-        held = replace(base, subject=call, grant=verdict.grant, tool=looked.facts)
+        refused = _Refuser(base, call, verdict, looked.facts)
         if looked.error is not None:
             if self._fail_open:
                 return verdict
             reason = f"the tool catalogue cannot be read ({looked.error}); the fail mode is closed"
-            return _refuse(held, Refusal.LIMITS_UNAVAILABLE, verdict.rule, reason)
+            return refused(Refusal.LIMITS_UNAVAILABLE, verdict.rule, reason)
         if looked.entry is None:
             if policy.catalogue.on_unknown is Action.ALLOW:
                 return verdict
@@ -102,31 +102,46 @@ class ToolCheck:
                 "so its arguments cannot be checked nor its risk classed "
                 "(catalogue.on_unknown is deny): list the tools first"
             )
-            return _refuse(held, Refusal.DENIED, UNKNOWN_TOOL_RULE, reason)
-        return self._listed(held, call, verdict, looked.entry, policy.catalogue.on_change)
+            return refused(Refusal.DENIED, UNKNOWN_TOOL_RULE, reason)
+        return self._listed(refused, looked.entry, policy.catalogue.on_change)
 
     def _listed(
-        self,
-        held: Outcome,
-        call: McpCall,
-        verdict: Verdict,
-        entry: CatalogueEntry,
-        on_change: OnChange,
+        self, refused: _Refuser, entry: CatalogueEntry, on_change: OnChange
     ) -> Outcome | Verdict:
+        call, verdict = refused.call, refused.verdict
         if entry.pending is not None:
             changed = _changed(str(call.target), entry, on_change)
             if isinstance(changed, str):
-                return _refuse(held, Refusal.TOOL_CHANGED, TOOL_CHANGED_RULE, changed)
+                return refused(Refusal.TOOL_CHANGED, TOOL_CHANGED_RULE, changed)
             if changed is not None and verdict.approval is None:
                 verdict = replace(verdict, approval=changed, rule=changed.id)
         problem = self._schemas.problem(entry.current, call.arguments)
         if problem is None:
             return verdict
-        facts = replace(
-            held.tool or ToolFacts(entry.upstream, UNKNOWN_RISK), argument_path=problem.path
+        refused.facts = replace(refused.facts, argument_path=problem.path)
+        return refused(Refusal.INVALID_ARGUMENTS, INPUT_SCHEMA_RULE, problem.message)
+
+
+@dataclass(slots=True)
+class _Refuser:
+    """The refusal of one call, built only when the catalogue refuses it: allowed calls are
+    the hot path and pay for nothing here."""
+
+    base: Outcome
+    call: McpCall
+    verdict: Verdict
+    facts: ToolFacts
+
+    def __call__(self, refusal: Refusal, rule: str, reason: str) -> Outcome:
+        return replace(
+            self.base,
+            refusal=refusal,
+            subject=self.call,
+            grant=self.verdict.grant,
+            tool=self.facts,
+            rule=rule,
+            reason=reason,
         )
-        held = replace(held, tool=facts)
-        return _refuse(held, Refusal.INVALID_ARGUMENTS, INPUT_SCHEMA_RULE, problem.message)
 
 
 def _calls_tool(call: McpCall) -> bool:
@@ -176,7 +191,3 @@ def _changed(name: str, entry: CatalogueEntry, on_change: OnChange) -> str | Rul
         reason = f"{drift}: each call needs a person's approval until an operator accepts it"
         return Rule(TOOL_CHANGED_RULE, Action.APPROVE, reason, approval=ApprovalRule())
     return None
-
-
-def _refuse(held: Outcome, refusal: Refusal, rule: str, reason: str) -> Outcome:
-    return replace(held, refusal=refusal, rule=rule, reason=reason)

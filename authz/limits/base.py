@@ -9,7 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from enum import StrEnum
+from typing import Final, Protocol
+
+# The most sessions of one identity with live session-scoped budgets (docs/limits.md, "Keys
+# clients choose"): a session id is client-chosen, and each new one would be a new key.
+DEFAULT_MAX_SESSIONS: Final = 100
+
+
+class Crowded(StrEnum):
+    """Why a hit was refused although its budget had room: its key would be one too many."""
+
+    # A new session of an identity that already holds the most sessions with live budgets.
+    SESSIONS = "sessions"
+    # A new budget in an in-process store that holds the most live ones.
+    KEYS = "keys"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +59,9 @@ class LimitState:
     # Seconds until this hit's cost would fit again; 0 when it fits now, None when the cost
     # exceeds the limit outright and no amount of waiting helps.
     retry_after: float | None
+    # Set when the hit was refused for want of room for its key, not of budget; retry_after
+    # is then when room is expected.
+    crowded: Crowded | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +83,14 @@ class HitResult:
         return max((w for w in waits if w is not None), default=0.0)
 
 
+def session_of(key: CounterKey) -> tuple[tuple[str, ...], str] | None:
+    """(owner, session) of a session-scoped key: the identity part of its subject, and the
+    session id; None for keys of any other scope."""
+    if key.scope != "session" or not key.subject:
+        return None
+    return key.subject[:-1], key.subject[-1]
+
+
 class StoreUnavailable(Exception):  # noqa: N818 - reads as a state, like ConnectionRefused
     """The store could not answer in time; the caller applies the configured fail mode."""
 
@@ -84,7 +109,10 @@ class CounterStore(Protocol):
     """A sliding-window counter backend.
 
     `hit` must be atomic across every caller sharing the store (threads, processes,
-    replicas): either every hit fits and all are counted, or none is counted.
+    replicas): either every hit fits and all are counted, or none is counted. A hit on a
+    session-scoped key (subject: identity, session) for a session its identity has no live
+    budget in is refused (`Crowded.SESSIONS`) while the identity holds the store's most such
+    sessions: never by evicting one, which would hand a client a reset of its own budgets.
     Callers pass each key at most once (see `combine`). An empty `hits` sequence is
     allowed and counts nothing.
     """

@@ -4,19 +4,40 @@ Each key holds a log of (time, cost) entries no older than its window, so a limi
 `max` units admits exactly `max` units in any window of that length. Entries have a cost of
 at least one unit, so a key holds at most `max` entries. Nothing is shared with other
 processes: use the Redis store when several replicas must share a budget.
+
+Memory is bounded: idle keys are swept, an identity holds at most `max_sessions` sessions
+with live session budgets, and the table at most `max_keys` live keys. A hit that would need
+one key too many is refused (`Crowded`), never served by evicting a live key: dropping a
+budget that still counts something would reset it for whoever flooded the table.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
-from authz.limits.base import CounterKey, Hit, HitResult, LimitState
+from authz.limits.base import (
+    DEFAULT_MAX_SESSIONS,
+    CounterKey,
+    Crowded,
+    Hit,
+    HitResult,
+    LimitState,
+    session_of,
+)
 
 Clock = Callable[[], float]
 _SWEEP_FLOOR = 4096
+# The most live keys by default: about 1.3 KB each (docs/limits.md), so some 130 MB.
+DEFAULT_MAX_KEYS: Final = 100_000
+# Seconds between sweeps of a full table: a sweep is O(keys), so a table kept full by live
+# keys must not be swept on every request.
+_FULL_RECHECK: Final = 1.0
+Owner = tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -48,31 +69,59 @@ class _Log:
                 return stamp + self.window - now
         return 0.0
 
+    def idle_at(self) -> float:
+        """When the newest entry leaves the window (the log is idle from then on)."""
+        return self.entries[-1][0] + self.window if self.entries else -math.inf
+
 
 class MemoryStore:
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_keys: int = DEFAULT_MAX_KEYS,
+    ) -> None:
+        if max_sessions < 1 or max_keys < 1:
+            raise ValueError(
+                f"the counter caps must be at least 1: got {max_sessions} "
+                f"(--max-sessions-per-identity) and {max_keys} (--memory-store-max-keys)"
+            )
         self._clock = clock
         self._logs: dict[CounterKey, _Log] = {}
         self._sweep_at = _SWEEP_FLOOR
+        self._max_sessions = max_sessions
+        self._max_keys = max_keys
+        # Per identity, its sessions with live session budgets and when each goes idle.
+        self._sessions: dict[Owner, dict[str, float]] = {}
+        # While `now` is before this, the table is full of live keys and is not swept again.
+        self._full_until = -math.inf
         # Decision ids already refunded, each until the longest window of its hits has passed.
         self._refunded: dict[str, float] = {}
 
     async def hit(self, hits: Sequence[Hit]) -> HitResult:
         # No await between reading and writing: on one event loop this is atomic.
         now = self._clock()
-        logs = [self._log(h, now) for h in hits]
+        logs = [self._existing(h, now) for h in hits]
+        new_keys = {h.key for h, log in zip(hits, logs, strict=True) if log is None}
+        no_room = self._no_room(len(new_keys), now) if new_keys else None
         # One key may appear twice (a batch calling one tool twice): later hits see the units
         # of earlier ones as already counted, or the request could overshoot the limit.
         ahead: dict[CounterKey, int] = {}
         states = []
         for h, log in zip(hits, logs, strict=True):
-            states.append(_state(h, log, now, ahead.get(h.key, 0)))
+            crowded = self._crowded(h, now) or (no_room if log is None else None)
+            if crowded is None:
+                state = _state(h, log or _Log(window=h.window), now, ahead.get(h.key, 0))
+            else:
+                state = LimitState(h, 0, h.limit, crowded[1], crowded[0])
+            states.append(state)
             ahead[h.key] = ahead.get(h.key, 0) + h.cost
         if any(s.retry_after != 0 for s in states):
             return HitResult(allowed=False, states=tuple(states))
-        for h, log in zip(hits, logs, strict=True):
-            log.entries.append((now, h.cost))
-            log.used += h.cost
+        for h in hits:
+            self._record(h, now)
+        self._sweep(now)
         return HitResult(allowed=True, states=tuple(_counted(s) for s in states))
 
     async def refund(self, decision_id: str, hits: Sequence[Hit]) -> bool:
@@ -104,21 +153,64 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._logs.clear()
+        self._sessions.clear()
 
-    def _log(self, h: Hit, now: float) -> _Log:
-        log = self._logs.setdefault(h.key, _Log(window=h.window))
-        log.window = h.window
-        log.expire(now)
-        self._sweep(now)
+    def _existing(self, h: Hit, now: float) -> _Log | None:
+        log = self._logs.get(h.key)
+        if log is not None:
+            log.window = h.window
+            log.expire(now)
         return log
 
-    def _sweep(self, now: float) -> None:
+    def _record(self, h: Hit, now: float) -> None:
+        log = self._logs.setdefault(h.key, _Log(window=h.window))
+        log.entries.append((now, h.cost))
+        log.used += h.cost
+        session = session_of(h.key)
+        if session is not None:
+            owner, sid = session
+            sessions = self._sessions.setdefault(owner, {})
+            sessions[sid] = max(sessions.get(sid, -math.inf), now + h.window)
+
+    def _crowded(self, h: Hit, now: float) -> tuple[Crowded, float] | None:
+        """(SESSIONS, wait) for a new session of an identity at its cap, else None."""
+        session = session_of(h.key)
+        if session is None:
+            return None
+        owner, sid = session
+        sessions = self._sessions.get(owner)
+        if sessions is None or sid in sessions or len(sessions) < self._max_sessions:
+            return None
+        for idle in [s for s, until in sessions.items() if until <= now]:
+            del sessions[idle]
+        if len(sessions) < self._max_sessions:
+            return None
+        return Crowded.SESSIONS, min(sessions.values()) - now
+
+    def _no_room(self, needed: int, now: float) -> tuple[Crowded, float] | None:
+        """(KEYS, wait) when `needed` new keys do not fit, even once idle keys are swept."""
+        if len(self._logs) + needed <= self._max_keys:
+            return None
+        if now >= self._full_until:
+            self._sweep(now, force=True)
+            if len(self._logs) + needed <= self._max_keys:
+                return None
+            soonest = min(log.idle_at() for log in self._logs.values())
+            self._full_until = max(soonest, now + _FULL_RECHECK)
+        return Crowded.KEYS, self._full_until - now
+
+    def _sweep(self, now: float, *, force: bool = False) -> None:
         # Idle keys would otherwise grow without bound as identities and sessions come and go;
         # sweeping only when the table has doubled keeps the cost amortised O(1) per hit.
-        if len(self._logs) < self._sweep_at:
+        if not force and len(self._logs) < self._sweep_at:
             return
         for key in [k for k, log in self._logs.items() if _idle(log, now)]:
             del self._logs[key]
+        for owner, sessions in list(self._sessions.items()):
+            for idle in [s for s, until in sessions.items() if until <= now]:
+                del sessions[idle]
+            if not sessions:
+                del self._sessions[owner]
         self._sweep_at = max(_SWEEP_FLOOR, 2 * len(self._logs))
 
 

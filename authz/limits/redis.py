@@ -19,7 +19,15 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import ReadOnlyError
 
-from authz.limits.base import CounterKey, Hit, HitResult, LimitState
+from authz.limits.base import (
+    DEFAULT_MAX_SESSIONS,
+    CounterKey,
+    Crowded,
+    Hit,
+    HitResult,
+    LimitState,
+    session_of,
+)
 from authz.limits.redis_client import (
     _US,
     REDIS_FAILURES,
@@ -42,7 +50,7 @@ REFUND = Script("authz.limits", "refund.lua")
 QUANTA_PER_WINDOW = 100
 # Requests per script call: bounds how long one call holds Redis (about 10 us each).
 MAX_BATCH = 128
-# Longer encoded keys are hashed, so an agent-chosen subject cannot make key names huge.
+# Longer encoded key names are hashed (see `_name`).
 MAX_NAME = 200
 
 
@@ -51,21 +59,34 @@ class RedisStore(RedisBacked):
 
     SCRIPTS = (HIT, USAGE, REFUND)
 
+    def __init__(
+        self, client: Client, *, max_sessions: int = DEFAULT_MAX_SESSIONS, **kwargs: Any
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError(
+                f"the sessions cap must be at least 1: got {max_sessions} "
+                "(--max-sessions-per-identity)"
+            )
+        super().__init__(client, **kwargs)
+        self._max_sessions = max_sessions
+
     @cached_property
     def _batcher(self) -> _Batcher:
         return _Batcher(self._client, self._timeout)
 
     def key(self, key: CounterKey) -> str:
         """The Redis key of a counter; every key shares the `{prefix}` hash tag."""
-        name = json.dumps([key.counter, key.scope, *key.subject], separators=(",", ":"))
-        if len(name) > MAX_NAME:
-            name = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
-        return f"{{{self._prefix}}}:v1:{name}"
+        return f"{{{self._prefix}}}:v1:{_name([key.counter, key.scope, *key.subject])}"
+
+    def sessions_key(self, owner: Sequence[str]) -> str:
+        """The session index of one identity (apart from every counter key: those names
+        start with `[` or `sha256:`)."""
+        return f"{{{self._prefix}}}:v1:sessions:{_name(list(owner))}"
 
     async def hit(self, hits: Sequence[Hit]) -> HitResult:
         if not hits:
             return HitResult(allowed=True, states=())
-        keys = [self.key(h.key) for h in hits]
+        keys = [name for h in hits for name in self._keys_of(h)]
         with self._breaker.guard():
             reply = await self._run(keys, self._args(hits))
         return _result(hits, reply)
@@ -102,11 +123,20 @@ class RedisStore(RedisBacked):
         await self._batcher.drain()
         await self._close_clients()
 
+    def _keys_of(self, h: Hit) -> tuple[str, str]:
+        """The hit's counter key and its identity's session index (the counter key again for
+        a hit that is not session-scoped)."""
+        key = self.key(h.key)
+        session = session_of(h.key)
+        return key, key if session is None else self.sessions_key(session[0])
+
     def _args(self, hits: Sequence[Hit]) -> list[int | str]:
         args: list[int | str] = [self._now(), len(hits)]
         for h in hits:
             window = h.window * _US
-            args += [h.limit, window, h.cost, max(1, window // QUANTA_PER_WINDOW)]
+            session = session_of(h.key)
+            most, sid = (0, "") if session is None else (self._max_sessions, session[1])
+            args += [h.limit, window, h.cost, max(1, window // QUANTA_PER_WINDOW), most, sid]
         return args
 
     async def _run(self, keys: list[str], args: list[int | str]) -> list[int]:
@@ -188,14 +218,28 @@ class _Batcher:
         return cast(list[list[int]], await self._first.run(HIT, keys, args))
 
 
+def _name(parts: list[str]) -> str:
+    # Longer names are hashed, so an agent-chosen subject cannot make key names huge.
+    name = json.dumps(parts, separators=(",", ":"))
+    if len(name) > MAX_NAME:
+        name = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+    return name
+
+
 def _result(hits: Sequence[Hit], reply: list[int]) -> HitResult:
     states = tuple(
-        _state(h, used, retry)
-        for h, used, retry in zip(hits, reply[1::2], reply[2::2], strict=True)
+        _state(h, used, retry, crowded == 1)
+        for h, used, retry, crowded in zip(hits, reply[1::3], reply[2::3], reply[3::3], strict=True)
     )
     return HitResult(allowed=reply[0] == 1, states=states)
 
 
-def _state(h: Hit, used: int, retry: int) -> LimitState:
+def _state(h: Hit, used: int, retry: int, crowded: bool = False) -> LimitState:
     wait = None if retry < 0 else retry / _US
-    return LimitState(hit=h, used=used, remaining=max(h.limit - used, 0), retry_after=wait)
+    return LimitState(
+        hit=h,
+        used=used,
+        remaining=max(h.limit - used, 0),
+        retry_after=wait,
+        crowded=Crowded.SESSIONS if crowded else None,
+    )

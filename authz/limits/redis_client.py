@@ -125,10 +125,12 @@ class RedisBacked:
         timeout: float = 0.05,
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
+        **options: Any,
     ) -> Self:
         """Build from redis://, rediss://, unix://, redis[s]+cluster:// or redis[s]+sentinel://.
 
         Nothing is contacted here (the first call connects), but a malformed URL fails now.
+        `options` are the store's own (its caps), passed on to its constructor.
         """
         client, owned = connect(url, timeout)
         return cls(
@@ -139,6 +141,7 @@ class RedisBacked:
             clock=clock,
             owned=owned,
             name=describe(url),
+            **options,
         )
 
     # The Lua scripts this store runs, loaded by `ready`.

@@ -25,6 +25,8 @@ class Refusal(Enum):
     BODY_UNREADABLE = (-32004, 400, "unreadable")
     APPROVAL_REQUIRED = (-32005, 200, "approval_required")
     APPROVAL_DENIED = (-32006, 200, "approval_denied")
+    # A new approval request would pass the cap of pending ones (the caller's, or the store's).
+    APPROVALS_FULL = (-32007, 200, "approvals_full")
     # The tool's definition differs from the one pinned for it (authz/catalogue): refused
     # until an operator accepts the new one.
     TOOL_CHANGED = (-32008, 200, "tool_changed")

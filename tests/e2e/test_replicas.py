@@ -14,8 +14,8 @@ import asyncio
 import http.client
 import json
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -104,13 +104,21 @@ def health_flags(ports: Ports, cluster: str = AUTHZ_CLUSTER) -> dict[int, str]:
     return flags
 
 
-async def wait_flags(ports: Ports, port: int, healthy: bool) -> float:
-    """Waits until Envoy holds `port` healthy (or not); the time that took."""
+async def wait_flags(ports: Ports, port: int, want: Callable[[str], bool]) -> str:
+    """Waits until `port`'s health flags in Envoy's eyes satisfy `want`; returns them."""
     started = time.monotonic()
-    while ((await asyncio.to_thread(health_flags, ports)).get(port) == "healthy") != healthy:
+    while not want(flags := (await asyncio.to_thread(health_flags, ports)).get(port, "")):
         assert time.monotonic() - started < EVENT_WITHIN, health_flags(ports)
         await asyncio.sleep(0.05)
-    return time.monotonic() - started
+    return flags
+
+
+def healthy(flags: str) -> bool:
+    return flags == "healthy"
+
+
+def failed_active_hc(flags: str) -> bool:
+    return "failed_active_hc" in flags
 
 
 @dataclass
@@ -128,6 +136,7 @@ class Agents:
     calls: list[Call] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _recorded: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Future[None]] = field(default_factory=list)
 
     async def _agent(self, n: int) -> None:
         async with Client(self.url, mode="auto") as client:
@@ -150,16 +159,13 @@ class Agents:
             self._recorded.clear()
             await self._recorded.wait()
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        self._stop.clear()
-        tasks = [asyncio.ensure_future(self._agent(n)) for n in range(AGENTS)]
-        try:
-            yield
-        finally:
-            self._stop.set()
-            for task in tasks:
-                task.cancel()
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._agent(n)) for n in range(AGENTS)]
+
+    async def stop(self) -> None:
+        """Each agent ends its call in flight and closes its session."""
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
 
     def failed_after(self, moment: float) -> list[Call]:
         return [c for c in self.calls if c.started > moment and not c.ok]
@@ -208,44 +214,72 @@ def replicas(
         yield Replicas(ports, authz, [redis for _, redis, _ in started], endpoints, url)
 
 
+@dataclass
+class Outage:
+    """What one hurt replica did to the agents' calls, with when Envoy first held it out of
+    rotation (`ejected`, by whichever mechanism) and when its active health checks did."""
+
+    agents: Agents
+    hurt: float
+    ejected: float
+    unhealthy: float
+    flags: str  # the health flags Envoy first held it with
+
+    def report(self, what: str) -> str:
+        lost = len(self.agents.failed_after(self.hurt))
+        return (
+            f"{what}: ejected {self.ejected - self.hurt:.2f}s after, failed health checks "
+            f"{self.unhealthy - self.hurt:.2f}s after; {lost} calls lost"
+        )
+
+
+async def hurt_under_load(replicas: Replicas, hurt: Callable[[], None]) -> Outage:
+    """Agents call through the front proxy; `hurt` is done to replica 0 after WARM_CALLS
+    calls, all of which succeed; returns once CALLS_AFTER calls started after Envoy's health
+    checks took replica 0 out of rotation (the agents keep calling)."""
+    agents = Agents(replicas.url)
+    agents.start()
+    await agents.until(WARM_CALLS)
+    assert not agents.failed_after(0.0), agents.failed_after(0.0)[:3]
+    endpoint = replicas.endpoints[0]
+    hurt_at = time.monotonic()
+    hurt()
+    flags = await wait_flags(replicas.ports, endpoint, lambda flags: not healthy(flags))
+    ejected = time.monotonic()
+    await wait_flags(replicas.ports, endpoint, failed_active_hc)
+    unhealthy = time.monotonic()
+    await agents.until(CALLS_AFTER, after=unhealthy)
+    return Outage(agents, hurt_at, ejected, unhealthy, flags)
+
+
 async def test_a_killed_replica_is_ejected_and_the_other_judges_every_call(
     replicas: Replicas,
 ) -> None:
-    agents = Agents(replicas.url)
-    with agents.running():
-        await agents.until(WARM_CALLS)
-        assert not agents.failed_after(0.0), agents.failed_after(0.0)[:3]
-        killed = time.monotonic()
-        replicas.authz[0].popen.kill()  # SIGKILL: no drain, no NOT_SERVING, connections reset
-        out_after = await wait_flags(replicas.ports, replicas.endpoints[0], healthy=False)
-        ejected = time.monotonic()
-        await agents.until(CALLS_AFTER, after=ejected)
-    lost = agents.failed_after(killed)
-    print(f"killed replica out of rotation {out_after:.2f}s after SIGKILL; {len(lost)} calls lost")
-    assert not agents.failed_after(ejected), agents.failed_after(ejected)[:3]
+    # SIGKILL: no drain, no NOT_SERVING; the connections are reset.
+    outage = await hurt_under_load(replicas, replicas.authz[0].popen.kill)
+    await outage.agents.stop()
+    print(outage.report("SIGKILLed replica"))
+    late = outage.agents.failed_after(outage.unhealthy)
+    assert not late, late[:3]
     assert health_flags(replicas.ports)[replicas.endpoints[1]] == "healthy"
 
 
 async def test_a_replica_without_its_redis_leaves_rotation_and_comes_back(
     replicas: Replicas,
 ) -> None:
-    agents = Agents(replicas.url)
-    with agents.running():
-        await agents.until(WARM_CALLS)
-        assert not agents.failed_after(0.0), agents.failed_after(0.0)[:3]
-        replicas.redis[0].kill()
-        out_after = await wait_flags(replicas.ports, replicas.endpoints[0], healthy=False)
-        out = time.monotonic()
-        await agents.until(CALLS_AFTER, after=out)
-        flags = health_flags(replicas.ports)[replicas.endpoints[0]]
-        replicas.redis[0].start()
-        back_after = await wait_flags(replicas.ports, replicas.endpoints[0], healthy=True)
-        await agents.until(CALLS_AFTER, after=time.monotonic())
-    print(f"storeless replica out {out_after:.2f}s after its Redis died, back {back_after:.2f}s")
-    # Out by the active health check (the replica said NOT_SERVING), not by failed Checks:
-    # its refusals are well-formed answers, which outlier detection does not count.
-    assert "failed_active_hc" in flags, flags
-    assert not agents.failed_after(out), agents.failed_after(out)[:3]
+    outage = await hurt_under_load(replicas, replicas.redis[0].kill)
+    # Its refusals (-32002) are well-formed answers, which outlier detection does not count:
+    # only the health checks (the replica said NOT_SERVING) take it out.
+    assert outage.flags == "/failed_active_hc", outage.flags
+    replicas.redis[0].start()
+    back = time.monotonic()
+    await wait_flags(replicas.ports, replicas.endpoints[0], healthy)
+    back_after = time.monotonic() - back
+    await outage.agents.until(CALLS_AFTER, after=time.monotonic())
+    await outage.agents.stop()
+    print(outage.report("replica without Redis") + f"; back {back_after:.2f}s after Redis")
+    late = outage.agents.failed_after(outage.unhealthy)
+    assert not late, late[:3]
     assert replicas.authz[0].running()
 
 

@@ -165,6 +165,28 @@ async def test_list_and_show_pending_requests(admin: Admin) -> None:
     }
 
 
+async def test_the_listing_is_paged(admin: Admin) -> None:
+    asked = {await admin.ask(amount=amount) for amount in (901, 902, 903)}
+    first = await admin.call("ListApprovals", pb.ListApprovalsRequest(page_size=2))
+    assert len(first.approvals) == 2
+    assert first.next_page_token
+    rest = await admin.call(
+        "ListApprovals", pb.ListApprovalsRequest(page_size=2, page_token=first.next_page_token)
+    )
+    assert rest.next_page_token == ""
+    assert {a.id for a in [*first.approvals, *rest.approvals]} == asked
+    # Past the maximum is read as the maximum; a bad size or token is the caller's error.
+    everything = await admin.call("ListApprovals", pb.ListApprovalsRequest(page_size=10**9))
+    assert len(everything.approvals) == 3
+    for bad in (
+        pb.ListApprovalsRequest(page_size=-1),
+        pb.ListApprovalsRequest(page_token="x"),  # noqa: S106 - a page token, not a secret
+    ):
+        code = await refused(admin, "ListApprovals", bad, "alice")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [a["result"] for a in admin.audited()][-2:] == ["invalid_argument"] * 2
+
+
 async def test_approve_lets_the_exact_call_through_once(admin: Admin) -> None:
     approval_id = await admin.ask(amount=900)
     approved = await admin.call("Approve", pb.DecideRequest(id=approval_id, note="ok by phone"))

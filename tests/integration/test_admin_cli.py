@@ -113,6 +113,17 @@ async def test_list_show_approve(cli: Cli, capsys: pytest.CaptureFixture[str]) -
     assert (await cli.gate("withdraw", amount=900)).allowed
 
 
+async def test_list_pages_through_every_request(
+    cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asked = {await ask(cli, amount) for amount in (901, 902, 903)}
+    code, out, _ = await cli(capsys, "approvals", "list", "--page-size", "1")
+    assert code == 0
+    assert {line.split()[0] for line in out.splitlines()} == asked
+    code, out, _ = await cli(capsys, "approvals", "list", "--page-size", "2", "--json")
+    assert {a["id"] for a in json.loads(out)["approvals"]} == asked
+
+
 async def test_json_output(cli: Cli, capsys: pytest.CaptureFixture[str]) -> None:
     approval_id = await ask(cli, 2**60)
     code, out, _ = await cli(capsys, "approvals", "list", "--json")

@@ -23,7 +23,7 @@ import yaml
 from opentelemetry.trace import INVALID_SPAN_CONTEXT
 
 from authz.admin.actions import AdminActions
-from authz.approvals.base import Status
+from authz.approvals.base import MAX_PAGE, Status
 from authz.catalogue.base import CatalogueEntry, Observed
 from authz.console.app import create_app
 from authz.console.config import build_console
@@ -233,6 +233,19 @@ async def test_a_pending_withdrawal_is_listed_and_approved_with_a_note(console: 
     assert "payroll, checked" in shown(queue)
     # The agent's retry passes, once.
     assert (await console.call("withdraw", amount=500, to="acct-9")).allowed
+
+
+async def test_a_queue_longer_than_a_page_shows_the_soonest_and_says_more_wait(
+    console: Console,
+) -> None:
+    for i in range(MAX_PAGE + 1):
+        # Twenty agents' worth: each identity may have 20 requests pending.
+        asked = await console.call("withdraw", who=f"agent-{i // 20}", amount=101 + i)
+        assert asked.approval is not None, asked.reason
+    queue = shown(await console.get("/approvals"))
+    assert f"Pending ({MAX_PAGE}+)" in queue
+    assert f"these are the {MAX_PAGE} that expire soonest" in queue
+    assert queue.count('class="button" href="/approvals/apr_') == MAX_PAGE
 
 
 async def test_a_post_without_this_sessions_token_or_from_another_site_changes_nothing(

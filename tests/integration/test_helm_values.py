@@ -78,9 +78,14 @@ def test_production_values_reach_the_pod(renders: dict[str, tuple[Doc, ...]]) ->
     check_pod_hardening(pod)  # the additions weakened nothing
     image = f"ghcr.io/mcp-authz/mcp-authz@{DIGEST}"
     assert authz["image"] == init_container(deployment)["image"] == image
-    for hook in [d for d in docs if is_hook(d) and d["kind"] in ("Pod", "Job")]:
+    hooks = [d for d in docs if is_hook(d) and d["kind"] in ("Pod", "Job")]
+    assert len(hooks) == 2
+    for hook in hooks:
         spec = hook["spec"] if hook["kind"] == "Pod" else hook["spec"]["template"]["spec"]
         assert [c["image"] for c in spec["containers"]] == [image], hook["metadata"]["name"]
+        # They run where the gateway's pods may, and as they do.
+        for key in ("nodeSelector", "tolerations", "securityContext"):
+            assert spec[key] == pod[key], (hook["metadata"]["name"], key)
     assert {"name": "grants", "secret": {"secretName": "grants"}} in pod["volumes"]
     assert {"name": "grants", "mountPath": "/etc/grants", "readOnly": True} in authz["volumeMounts"]
     assert env_of(docs, authz)["MCP_AUTHZ_REDIS_TIMEOUT"] == "0.2"
@@ -231,6 +236,21 @@ FIXES: dict[str, tuple[Doc, str]] = {
             }
         },
         "console.enabled needs a sign-in",
+    ),
+    "console without roles": (
+        {
+            "console": {
+                "enabled": True,
+                "publicUrl": "https://c.example.com",
+                "from": [{"podSelector": {}}],
+                "trustedHeader": "x-forwarded-email",
+            }
+        },
+        "console.enabled needs console.roles",
+    ),
+    "console replicas without a shared session key": (
+        {"replicas": 2, "redis": {"deploy": True}, "console": {"enabled": True}},
+        "console with replicas > 1 needs console.sessionSecret.name",
     ),
     "console OIDC without its secret": (
         {

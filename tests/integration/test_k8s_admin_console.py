@@ -10,10 +10,11 @@ console ports only from the peers named for them (never from everyone).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 
+from authz.console.config import build_console
 from authz.settings import Settings
 from tests.integration.test_k8s_manifests import (
     K8S,
@@ -33,8 +34,6 @@ from tests.integration.test_k8s_manifests import (
 )
 
 SETTINGS = {f"MCP_AUTHZ_{f.name.upper()}" for f in dataclasses.fields(Settings)}
-# The console is built on its own branch; until it lands, its settings are not in Settings yet.
-CONSOLE_BUILT = "MCP_AUTHZ_CONSOLE_LISTEN" in SETTINGS
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +45,13 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Doc, ..
 
 
 SOURCES = ("helm", "kustomize")
+
+
+def gateway(docs: tuple[Doc, ...]) -> tuple[Doc, Doc, dict[str, str]]:
+    """The sidecar Deployment, its mcp-authz container, and that container's settings."""
+    deployment = sidecar_deployment(docs)
+    authz = container(deployment, "mcp-authz")
+    return deployment, authz, env_of(docs, authz)
 
 
 def mounted_file(deployment: Doc, c: Doc, path: str) -> Doc:
@@ -74,12 +80,9 @@ def test_every_setting_is_one_mcp_authz_knows(
     source: str, renders: dict[str, tuple[Doc, ...]]
 ) -> None:
     docs = renders[source]
-    env = env_of(docs, container(sidecar_deployment(docs), "mcp-authz"))
+    _, _, env = gateway(docs)
     ours = {k for k in env if k.startswith("MCP_AUTHZ_")}
-    unknown = ours - SETTINGS
-    if not CONSOLE_BUILT:
-        unknown = {k for k in unknown if not k.startswith("MCP_AUTHZ_CONSOLE_")}
-    assert unknown == set()
+    assert ours - SETTINGS == set()
     assert {"MCP_AUTHZ_ADMIN_LISTEN", "MCP_AUTHZ_ADMIN_TOKENS_FILE"} <= ours
     assert {"MCP_AUTHZ_CONSOLE_LISTEN", "MCP_AUTHZ_CONSOLE_PUBLIC_URL"} <= ours
 
@@ -89,13 +92,12 @@ def test_tokens_and_client_secret_come_from_secrets(
     source: str, renders: dict[str, tuple[Doc, ...]]
 ) -> None:
     docs = renders[source]
-    deployment = sidecar_deployment(docs)
-    authz = container(deployment, "mcp-authz")
-    env = env_of(docs, authz)
+    deployment, authz, env = gateway(docs)
     tokens = mounted_file(deployment, authz, env["MCP_AUTHZ_ADMIN_TOKENS_FILE"])
     assert "secret" in tokens["volume"]
-    oidc = mounted_file(deployment, authz, env["MCP_AUTHZ_CONSOLE_OIDC_CLIENT_SECRET_FILE"])
-    assert "secret" in oidc["volume"]
+    for setting in ("OIDC_CLIENT_SECRET_FILE", "SESSION_SECRET_FILE"):
+        found = mounted_file(deployment, authz, env[f"MCP_AUTHZ_CONSOLE_{setting}"])
+        assert "secret" in found["volume"], setting
     assert env["MCP_AUTHZ_CONSOLE_PUBLIC_URL"].startswith("https://")
     assert env["MCP_AUTHZ_CONSOLE_OIDC_ISSUER"].startswith("https://")
     # No secret in a ConfigMap: a secret setting names a file.
@@ -103,19 +105,16 @@ def test_tokens_and_client_secret_come_from_secrets(
         assert "SECRET" not in key or key.endswith("_FILE"), key
 
 
-def test_the_chart_mounts_tls_and_roles(renders: dict[str, tuple[Doc, ...]]) -> None:
+def test_the_chart_mounts_tls(renders: dict[str, tuple[Doc, ...]]) -> None:
     docs = renders["helm"]
-    deployment = sidecar_deployment(docs)
-    authz = container(deployment, "mcp-authz")
-    env = env_of(docs, authz)
+    deployment, authz, env = gateway(docs)
     tls = ("MCP_AUTHZ_ADMIN_TLS_CERT", "MCP_AUTHZ_ADMIN_TLS_KEY", "MCP_AUTHZ_ADMIN_TLS_CLIENT_CA")
     for setting, key in zip(tls, ("tls.crt", "tls.key", "ca.crt"), strict=True):
         found = mounted_file(deployment, authz, env[setting])
         assert found["volume"]["secret"]["secretName"] == "mcp-authz-admin-tls"
         assert found["key"] == key
-    roles = mounted_file(deployment, authz, env["MCP_AUTHZ_CONSOLE_ROLES_FILE"])
-    assert roles["volume"]["configMap"]["name"] == "mcp-authz-console-roles"
     assert env["MCP_AUTHZ_CONSOLE_TRACE_URL"].startswith("https://grafana.example.com/")
+    assert env["MCP_AUTHZ_CONSOLE_REDACT_ARGS"] == "withdraw:args.iban,args.card_number"
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -123,10 +122,8 @@ def test_services_and_ingress_reach_the_listeners(
     source: str, renders: dict[str, tuple[Doc, ...]]
 ) -> None:
     docs = renders[source]
-    deployment = sidecar_deployment(docs)
+    deployment, authz, env = gateway(docs)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
-    authz = container(deployment, "mcp-authz")
-    env = env_of(docs, authz)
     for setting, port_name in (
         ("MCP_AUTHZ_ADMIN_LISTEN", "admin"),
         ("MCP_AUTHZ_CONSOLE_LISTEN", "console"),
@@ -168,3 +165,37 @@ def test_the_network_policy_admits_operators_only(
         assert all(p.get("namespaceSelector") or p.get("podSelector") for p in peers)
         assert [p["port"] for p in rules[port_name]["ports"]] == [port_name]
     assert rules["admin"]["from"] != rules["console"]["from"]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_console_accepts_its_settings(
+    source: str, renders: dict[str, tuple[Doc, ...]], tmp_path: Path
+) -> None:
+    """The console's own start-up checks (https issuer, a roles file it can load, a trace
+    template with {trace_id}, a session key long enough), on the rendered settings, with each
+    mounted file laid out here as the kubelet would mount it."""
+    docs = renders[source]
+    deployment, authz, env = gateway(docs)
+
+    def file(setting: str, content: str) -> Path:
+        found = mounted_file(deployment, authz, env[setting])
+        config = found["volume"].get("configMap")
+        if config:
+            content = one(docs, "ConfigMap", config["name"])["data"][found["key"]]
+        path = tmp_path / setting
+        path.write_text(content)
+        return path
+
+    config = build_console(
+        env["MCP_AUTHZ_CONSOLE_LISTEN"],
+        public_url=env["MCP_AUTHZ_CONSOLE_PUBLIC_URL"],
+        roles_file=file("MCP_AUTHZ_CONSOLE_ROLES_FILE", ""),
+        oidc_issuer=env["MCP_AUTHZ_CONSOLE_OIDC_ISSUER"],
+        oidc_client_id=env["MCP_AUTHZ_CONSOLE_OIDC_CLIENT_ID"],
+        oidc_client_secret_file=file("MCP_AUTHZ_CONSOLE_OIDC_CLIENT_SECRET_FILE", "s" * 40),
+        trace_url=env.get("MCP_AUTHZ_CONSOLE_TRACE_URL"),
+        session_secret_file=file("MCP_AUTHZ_CONSOLE_SESSION_SECRET_FILE", "k" * 64),
+        redact=[p for p in env.get("MCP_AUTHZ_CONSOLE_REDACT_ARGS", "").split(",") if p],
+    )
+    assert config.oidc is not None
+    assert config.public_url == env["MCP_AUTHZ_CONSOLE_PUBLIC_URL"]

@@ -137,6 +137,8 @@ HELM_CASES: dict[str, Doc] = {
         "mcpServer": {"securityContext": {"runAsUser": 1000, "runAsGroup": 1000}},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
         "priorityClassName": "gateway-critical",
+        "nodeSelector": {"pool": "gateways"},
+        "tolerations": [{"key": "gateways", "operator": "Exists", "effect": "NoSchedule"}],
         "extraVolumes": [{"name": "grants", "secret": {"secretName": "grants"}}],
         "extraVolumeMounts": [{"name": "grants", "mountPath": "/etc/grants", "readOnly": True}],
         "extraEnv": [{"name": "MCP_AUTHZ_REDIS_TIMEOUT", "value": "0.2"}],
@@ -170,7 +172,17 @@ HELM_CASES: dict[str, Doc] = {
                 "clientId": "mcp-authz-console",
                 "clientSecret": {"name": "mcp-authz-console-oidc"},
             },
-            "roles": {"existingConfigMap": "mcp-authz-console-roles"},
+            "roles": {
+                "inline": {
+                    "identity_claim": "email",
+                    "roles": {
+                        "approver": ["alice@example.com", "group:treasury"],
+                        "viewer": ["group:engineering"],
+                    },
+                }
+            },
+            "sessionSecret": {"name": "mcp-authz-console-session"},
+            "redactArgs": ["withdraw:args.iban", "args.card_number"],
             "traceUrl": "https://grafana.example.com/explore?traceId={trace_id}",
             "from": [
                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}
@@ -317,6 +329,9 @@ def envoy_cluster(config: Doc, name: str) -> Doc:
 def envoy_listener_port(config: Doc) -> int:
     (listener,) = config["static_resources"]["listeners"]
     return int(listener["address"]["socket_address"]["port_value"])
+
+
+EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 
 
 def ext_authz_filters(config: Doc) -> list[Doc]:
@@ -1074,11 +1089,19 @@ def routes(config: Doc) -> list[Doc]:
     return list(vhost["routes"])
 
 
-def enabled_ext_authz(config: Doc, route: Doc) -> set[str]:
-    names = {f["name"] for f in ext_authz_filters(config)}
+def enabled_ext_authz(config: Doc, route: Doc, kind: str = EXT_AUTHZ) -> set[str]:
+    """The filters of `kind` (ext_authz, or ext_proc) a route leaves on."""
+    names = {f["name"] for f in envoy_http_filters(config) if f["typed_config"]["@type"] == kind}
     per_route = route.get("typed_per_filter_config", {})
-    assert set(per_route) <= names | {"envoy.filters.http.jwt_authn"}, set(per_route)
+    known = {f["name"] for f in envoy_http_filters(config)}
+    assert set(per_route) <= known, set(per_route)
     return {n for n in names if not per_route.get(n, {}).get("disabled", False)}
+
+
+def cluster_of(config: Doc, name: str) -> str:
+    (found,) = [f for f in envoy_http_filters(config) if f["name"] == name]
+    cluster: str = found["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    return cluster
 
 
 def test_front_proxy_judges_each_route_under_exactly_one_policy() -> None:
@@ -1089,10 +1112,15 @@ def test_front_proxy_judges_each_route_under_exactly_one_policy() -> None:
     for route in upstream_routes:
         (check,) = enabled_ext_authz(config, route)
         checked_by.add(check)
+        # Its answer goes to the mcp-authz that judged its request (the refund's counters,
+        # the plan's grant): one ext_proc, on the same cluster.
+        (processor,) = enabled_ext_authz(config, route, EXT_PROC)
+        assert cluster_of(config, processor) == cluster_of(config, check)
     assert len(checked_by) == len(upstream_routes), "two upstreams share one policy"
     for route in routes(config):
         if "direct_response" in route:
             assert enabled_ext_authz(config, route) == set()
+            assert enabled_ext_authz(config, route, EXT_PROC) == set()
 
 
 def test_jwt_sidecar_hands_verified_claims_to_mcp_authz() -> None:

@@ -111,9 +111,9 @@ def test_a_dead_redis_follows_the_fail_mode_and_counting_resumes(
     ):
         assert asyncio.run(hammer([closed, open_], 10)) == [0] * 10
         own_redis.kill()
-        start = time.monotonic()
+        # How long a check may wait on a silent Redis is test_redis_faults' part; here, each
+        # replica answers by its own fail mode.
         codes = asyncio.run(hammer([closed, open_], 100))
-        assert time.monotonic() - start < 2  # 100 checks, none waiting on the dead Redis
         assert codes[0::2] == [LIMITS_UNAVAILABLE] * 50
         assert codes[1::2] == [0] * 50
         own_redis.start()  # empty: the budget starts again

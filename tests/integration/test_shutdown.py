@@ -28,6 +28,9 @@ from tests.integration.test_grpc_server import tool_call
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "policies" / "seed.json"
 GRACE = 1.0
+# What a loaded machine adds to the interpreter's exit. Without the grace, a silent collector
+# holds shutdown for the exporter's own 10 s timeout, so the test still fails far below that.
+EXIT_SLACK = 4.0
 CHECKS = 3
 
 
@@ -72,7 +75,7 @@ def test_sigterm_exits_within_the_grace_and_counts_the_spans_dropped(
             proc.send_signal(signal.SIGTERM)
             try:
                 # The bound under test, not a speed measurement: past it a pod is SIGKILLed.
-                code = proc.wait(timeout=GRACE + 1)
+                code = proc.wait(timeout=GRACE + EXIT_SLACK)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 raise

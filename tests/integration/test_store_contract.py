@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from authz.limits.base import CounterKey, CounterStore, Hit
+from authz.limits.base import DEFAULT_MAX_SESSIONS, CounterKey, CounterStore, Crowded, Hit
 from authz.limits.memory import MemoryStore
 from authz.limits.redis import RedisStore
 from tests.conftest import RedisServer
@@ -26,7 +26,7 @@ class FakeClock:
         return self.now
 
 
-MakeStore = Callable[[FakeClock], CounterStore]
+MakeStore = Callable[..., CounterStore]
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
@@ -42,11 +42,13 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]
 
     url = None if request.param == "memory" else redis_url()
 
-    def make(clock: FakeClock) -> CounterStore:
+    def make(clock: FakeClock, max_sessions: int = DEFAULT_MAX_SESSIONS) -> CounterStore:
         store: CounterStore = (
-            MemoryStore(clock)
+            MemoryStore(clock, max_sessions=max_sessions)
             if url is None
-            else RedisStore.from_url(url, prefix=prefix, timeout=1.0, clock=clock)
+            else RedisStore.from_url(
+                url, prefix=prefix, timeout=1.0, clock=clock, max_sessions=max_sessions
+            )
         )
         stores.append(store)
         return store
@@ -226,6 +228,35 @@ async def test_reset_forgets_one_budget(store: CounterStore) -> None:
     assert (await store.usage(hit(limit=3))).used == 0
     assert (await store.usage(hit("other", limit=3))).used == 3
     assert (await store.hit([hit(limit=3)])).allowed
+
+
+def session(sid: str, who: str = "alice", limit: int = 2) -> Hit:
+    return Hit(CounterKey("per-session", "session", (who, sid)), limit, 10)
+
+
+async def test_new_sessions_past_the_cap_are_refused_and_nothing_is_evicted(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store(clock, max_sessions=3)
+    start = clock.now
+    for sid in ("s1", "s2", "s3"):
+        assert (await store.hit([session(sid), hit()])).allowed
+        clock.now += 1
+    refused = await store.hit([session("s4"), hit()])
+    assert not refused.allowed
+    crowded, other = refused.states
+    assert crowded.crowded is Crowded.SESSIONS
+    # s1 goes idle first: its one entry (t=0) leaves the window at t=10; now is t=3.
+    assert crowded.retry_after == pytest.approx(7)
+    assert (other.retry_after, other.crowded) == (0, None)
+    assert (await store.usage(hit())).used == 3  # the refused request counted nothing
+    # The live sessions keep their budgets: flooding new ones resets nothing.
+    assert (await store.hit([session("s1")])).allowed
+    assert not (await store.hit([session("s1")])).allowed
+    assert (await store.hit([session("s4", who="bob")])).allowed  # each identity its own cap
+    clock.now = start + 11  # s2 is idle now (s1 has a newer entry)
+    assert (await store.hit([session("s4")])).allowed
+    assert not (await store.hit([session("s5")])).allowed
 
 
 async def test_a_refund_gives_the_units_back(store: CounterStore) -> None:

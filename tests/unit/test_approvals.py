@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 import yaml
+from opentelemetry.trace import INVALID_SPAN_CONTEXT
 
-from authz.approvals.base import ApprovalError, Status, may_approve
+from authz.approvals.base import ApprovalCaps, ApprovalError, Status, may_approve
+from authz.approvals.memory import MemoryApprovals
 from authz.core.reply import reply_for
+from authz.limits.base import CounterKey, Hit, StoreUnavailable
+from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.policy.load import PolicyError, parse_policy
 from authz.protocol.errors import Refusal
 from authz.protocol.request import HttpRequest
@@ -210,3 +214,111 @@ async def test_a_batch_carrying_the_approved_call_twice_is_refused_and_charges_n
     assert (await flow("withdraw", amount=10)).allowed
     assert (await flow("withdraw", amount=10)).allowed
     assert (await flow("withdraw", amount=10)).refusal is Refusal.RATE_LIMITED
+
+
+async def test_an_agent_over_its_pending_cap_is_refused_uncharged() -> None:
+    policy = parse_policy(yaml.safe_dump(POLICY).encode(), "p.yaml")
+    flow = Gate(policy, now=1_800_000_000.0, caps=ApprovalCaps(total=3, per_identity=2))
+    for amount in (901, 902):
+        assert (await flow("withdraw", amount=amount)).refusal is Refusal.APPROVAL_REQUIRED
+        flow.now += 100
+    full = await flow("withdraw", amount=903)
+    assert full.refusal is Refusal.APPROVALS_FULL
+    reply = reply_for(full)
+    error = json.loads(reply.body)["error"]
+    assert error["code"] == -32007
+    assert error["message"].startswith("Too many approval requests: Withdrawals over 500")
+    assert "2 approval requests are already pending for this identity" in error["message"]
+    assert error["data"]["retry_after"] == 400
+    assert ("retry-after", "400") in reply.headers
+    assert len(flow.requested) == 2
+    budget = Hit(CounterKey("w", "grant", ("default", "agent")), limit=3, window=60)
+    assert (await flow.counters.usage(budget)).used == 0
+    # Repeats of a pending call still answer with its id; other agents still ask.
+    assert (await flow("withdraw", amount=901)).refusal is Refusal.APPROVAL_REQUIRED
+    assert (await flow("withdraw", who="bot-2", amount=903)).refusal is Refusal.APPROVAL_REQUIRED
+    total = await flow("withdraw", who="bot-3", amount=903)
+    assert total.refusal is Refusal.APPROVALS_FULL
+    assert "3 approval requests are already pending in total" in total.reason
+    line = AuditLog(None, ArgumentAudit(b"k" * 32)).line(total, 0.001, INVALID_SPAN_CONTEXT)
+    assert (line["decision"], line["retry_after"]) == ("approvals_full", 400.0)
+
+
+def batch_of(*amounts: int) -> HttpRequest:
+    calls = [
+        {
+            "jsonrpc": "2.0",
+            "id": i,
+            "method": "tools/call",
+            "params": {"name": "withdraw", "arguments": {"amount": amount}},
+        }
+        for i, amount in enumerate(amounts)
+    ]
+    headers = {"content-type": "application/json", IDENTITY_HEADER: "agent"}
+    return HttpRequest("POST", "/mcp", headers, json.dumps(calls).encode())
+
+
+async def approve(flow: Gate, amount: int) -> str:
+    asked = await flow("withdraw", amount=amount)
+    assert asked.approval is not None
+    await flow.approvals.decide(asked.approval.id, approve=True, by="alice")
+    return asked.approval.id
+
+
+async def test_a_batch_whose_second_approval_is_taken_releases_the_first(flow: Gate) -> None:
+    first, second = await approve(flow, 901), await approve(flow, 902)
+    assert await flow.approvals.spend(second)  # a concurrent call holds it
+    refused = await flow.decider.decide(batch_of(901, 902))
+    assert refused.refusal is Refusal.APPROVAL_REQUIRED
+    assert f"approval {second} is held by a concurrent identical call" in refused.reason
+    kept = await flow.approvals.get(first)
+    assert kept is not None
+    assert kept.status is Status.APPROVED
+    budget = Hit(CounterKey("w", "grant", ("default", "agent")), limit=3, window=60)
+    assert (await flow.counters.usage(budget)).used == 0
+    await flow.approvals.release(second)
+    passed = await flow.decider.decide(batch_of(901, 902))
+    assert passed.allowed
+    assert (await flow.counters.usage(budget)).used == 2
+    assert await flow.approvals.get(first) is None
+    assert await flow.approvals.get(second) is None
+
+
+class FailingRelease(MemoryApprovals):
+    """The in-process store whose release fails, as a Redis that went away would."""
+
+    async def release(self, approval_id: str) -> None:
+        raise StoreUnavailable("Redis did not answer within 100 ms")
+
+
+async def test_a_failed_release_keeps_the_refusal_and_the_approval_in_use() -> None:
+    policy = parse_policy(yaml.safe_dump(POLICY).encode(), "p.yaml")
+    now = 1_800_000_000.0
+    flow = Gate(policy, now=now, approvals=FailingRelease(lambda: now))
+    for amount in (10, 20, 30):
+        assert (await flow("withdraw", amount=amount)).allowed
+    approval_id = await approve(flow, 900)
+    limited = await flow("withdraw", amount=900)
+    assert limited.refusal is Refusal.RATE_LIMITED
+    # Fail closed: nobody can use it now, and nothing more was charged.
+    stuck = await flow.approvals.get(approval_id)
+    assert stuck is not None
+    assert stuck.status is Status.IN_USE
+    assert (await flow("withdraw", amount=900)).refusal is Refusal.APPROVAL_REQUIRED
+
+
+class FailingSpend(MemoryApprovals):
+    async def spend(self, approval_id: str) -> bool:
+        raise StoreUnavailable("Redis did not answer within 100 ms")
+
+
+async def test_an_approval_that_cannot_be_spent_fails_closed_uncharged() -> None:
+    policy = parse_policy(yaml.safe_dump(POLICY).encode(), "p.yaml")
+    now = 1_800_000_000.0
+    flow = Gate(policy, now=now, approvals=FailingSpend(lambda: now))
+    await approve(flow, 900)
+    refused = await flow("withdraw", amount=900)
+    assert refused.refusal is Refusal.LIMITS_UNAVAILABLE
+    assert "approval-gated calls always fail closed" in refused.reason
+    budget = Hit(CounterKey("w", "grant", ("default", "agent")), limit=3, window=60)
+    assert (await flow.counters.usage(budget)).used == 0

@@ -284,3 +284,28 @@ async def test_grant_scope_counts_per_identity() -> None:
         assert (await gate.decide(request(tool_call(), x_agent_id="a"))).allowed
     assert not (await gate.decide(request(tool_call(), x_agent_id="a"))).allowed
     assert (await gate.decide(request(tool_call(), x_agent_id="b"))).allowed
+
+
+async def test_new_sessions_past_the_cap_are_refused_with_a_reason() -> None:
+    policy = parse_policy(
+        b'{"version": "1", "tools": {"t": {"limits": '
+        b'[{"counter": "c", "window": 60, "max": 5, "scope": "session"}]}}}',
+        "p.json",
+    )
+    clock = Clock()
+    store = MemoryStore(clock, max_sessions=2)
+    gate = decider(policy, store, FromHeader("x-agent-id"), clock=clock)
+    for sid in ("s1", "s2"):
+        call = request(tool_call("t"), x_agent_id="a", mcp_session_id=sid)
+        assert (await gate.decide(call)).allowed
+        clock.now += 10
+    flood = await gate.decide(request(tool_call("t"), x_agent_id="a", mcp_session_id="s3"))
+    assert flood.refusal is Refusal.RATE_LIMITED
+    body = reply_json(flood)
+    assert (
+        "as many sessions with live session budgets as the gateway keeps"
+        in (body["error"]["message"])
+    )
+    assert body["error"]["data"]["retry_after"] == 40  # s1 (t=1000) is idle at t=1060
+    assert (await gate.decide(request(tool_call("t"), x_agent_id="a", mcp_session_id="s1"))).allowed
+    assert (await gate.decide(request(tool_call("t"), x_agent_id="b", mcp_session_id="s3"))).allowed

@@ -7,17 +7,22 @@ client batches the requests made at the same moment into one call to save round 
 The shebang (no flags) makes Redis refuse the whole script up front on a read-only replica
 (READONLY) or over maxmemory (OOM), so a refusal never leaves a request half counted.
 
-KEYS     the keys of every hit of every request, in order. A key is a sorted set of entries
-         whose member is the entry's stamp (us) and whose score is the running total of
-         units counted up to and including it. The first entry is the base: the newest entry
-         that has left the window (or the marker of a new log), so the units in the window
-         are the last score minus the base score.
+KEYS     per hit, two: its counter key, and the session index of its identity (for a hit
+         that is not session-scoped, the counter key again, unused). A counter key is a
+         sorted set of entries whose member is the entry's stamp (us) and whose score is the
+         running total of units counted up to and including it. The first entry is the base:
+         the newest entry that has left the window (or the marker of a new log), so the units
+         in the window are the last score minus the base score. A session index is a sorted
+         set of an identity's sessions scored by when their newest entry leaves its window.
 ARGV     the number of requests; then for each: now in us ("" for the server's clock, which
          production always uses), its number of hits n, and n times: limit, window (us),
-         cost, quantum (us).
+         cost, quantum (us), the most sessions of an identity (0: not session-scoped), the
+         session id.
 
-Returns, per request, {allowed, used_1, retry_1, used_2, retry_2, ...}: used includes the
-hit when allowed; retry is in us, 0 when the hit fits, -1 when waiting can never make it fit.
+Returns, per request, {allowed, used_1, retry_1, crowded_1, ...}: used includes the hit when
+allowed; retry is in us, 0 when the hit fits, -1 when waiting can never make it fit; crowded
+is 1 when the hit is a new session of an identity that holds the most live sessions (retry
+is then when the soonest of them goes idle): refused, never made room for by evicting one.
 ]]
 
 local server_now
@@ -70,34 +75,73 @@ local function record(key, log, window, cost, quantum, now)
   redis.call('PEXPIRE', key, math.ceil((stamp + window - now) / 1000))
 end
 
+-- The us until a new session fits in an identity's index: 0 when `session` is one of its
+-- live sessions or there is room for one more, else until the soonest live one goes idle.
+local function crowding(index, session, most, now, pruned)
+  if not pruned[index] then
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+    pruned[index] = true
+  end
+  if redis.call('ZSCORE', index, session) or redis.call('ZCARD', index) < most then
+    return 0
+  end
+  local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+  return math.max(1, tonumber(first[2]) - now)
+end
+
+-- The session is live until its newest entry leaves the window.
+local function note_session(index, session, log, window, now)
+  local idle = log.stamp + window
+  redis.call('ZADD', index, 'GT', string.format('%d', idle), session)
+  local ms = math.ceil((idle - now) / 1000)
+  if redis.call('PTTL', index) < ms then
+    redis.call('PEXPIRE', index, ms)
+  end
+end
+
+local STRIDE = 6
+
 -- One request: n hits, keys from KEYS[k + 1], arguments from ARGV[a + 1].
 local function count(now, n, k, a)
   -- A key may appear twice in one request (a batch calling one tool twice): later hits see
   -- the units of earlier ones as already counted.
-  local logs, ahead, out = {}, {}, {1}
+  local logs, ahead, pruned, out = {}, {}, {}, {1}
   for i = 1, n do
-    local key, j = KEYS[k + i], a + 4 * (i - 1)
+    local key, index, j = KEYS[k + 2 * i - 1], KEYS[k + 2 * i], a + STRIDE * (i - 1)
     local limit, window, cost = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+    local most = tonumber(ARGV[j + 5])
     logs[key] = logs[key] or read(key, now - window)
     local log, pending = logs[key], ahead[key] or 0
-    local used, retry = log.top - log.base + pending, 0
+    local used, retry, crowded = log.top - log.base + pending, 0, 0
     if cost + pending > limit then
       retry = -1
     elseif used + cost > limit then
       retry = wait(key, log, used + cost - limit, window, now)
     end
+    if most > 0 then
+      local room = crowding(index, ARGV[j + 6], most, now, pruned)
+      if room > 0 then
+        crowded = 1
+        if retry ~= -1 then
+          retry = math.max(retry, room)
+        end
+      end
+    end
     if retry ~= 0 then
       out[1] = 0
     end
     ahead[key] = pending + cost
-    out[2 * i], out[2 * i + 1] = used, retry
+    out[3 * i - 1], out[3 * i], out[3 * i + 1] = used, retry, crowded
   end
   if out[1] == 1 then
     for i = 1, n do
-      local key, j = KEYS[k + i], a + 4 * (i - 1)
-      local cost = tonumber(ARGV[j + 3])
-      record(key, logs[key], tonumber(ARGV[j + 2]), cost, tonumber(ARGV[j + 4]), now)
-      out[2 * i] = out[2 * i] + cost
+      local key, index, j = KEYS[k + 2 * i - 1], KEYS[k + 2 * i], a + STRIDE * (i - 1)
+      local window, cost = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+      record(key, logs[key], window, cost, tonumber(ARGV[j + 4]), now)
+      if tonumber(ARGV[j + 5]) > 0 then
+        note_session(index, ARGV[j + 6], logs[key], window, now)
+      end
+      out[3 * i - 1] = out[3 * i - 1] + cost
     end
   end
   return out
@@ -107,6 +151,6 @@ local results, k, a = {}, 0, 2
 for r = 1, tonumber(ARGV[1]) do
   local now, n = clock(ARGV[a]), tonumber(ARGV[a + 1])
   results[r] = count(now, n, k, a + 1)
-  k, a = k + n, a + 2 + 4 * n
+  k, a = k + 2 * n, a + 2 + STRIDE * n
 end
 return results

@@ -25,53 +25,53 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(authz/_gen/mcpauthz/admin/v1/admin.proto\x12\x11mcpauthz.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x02\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x06status\x18\x02 \x01(\x0e\x32!.mcpauthz.admin.v1.ApprovalStatus\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\r\n\x05grant\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x06 \x01(\t\x12\x0c\n\x04rule\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x11\n\tapprovers\x18\t \x03(\t\x12\x1c\n\x14\x61pprover_claims_json\x18\n \x01(\t\x12\x30\n\x0crequested_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\r \x01(\t\"\x16\n\x14ListApprovalsRequest\"G\n\x15ListApprovalsResponse\x12.\n\tapprovals\x18\x01 \x03(\x0b\x32\x1b.mcpauthz.admin.v1.Approval\" \n\x12GetApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\")\n\rDecideRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"A\n\x0e\x43ounterRequest\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x03(\t\"\x9d\x01\n\x05Usage\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x03(\t\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x11\n\tremaining\x18\x05 \x01(\x03\x12\r\n\x05limit\x18\x06 \x01(\x03\x12\x16\n\x0ewindow_seconds\x18\x07 \x01(\x03\x12\x1b\n\x13retry_after_seconds\x18\x08 \x01(\x01\"\x18\n\x16GetPolicyStatusRequest\"o\n\x0cPolicyStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08warnings\x18\x03 \x03(\t\x12\x15\n\rreload_failed\x18\x04 \x01(\x08\x12\x15\n\rreload_errors\x18\x05 \x03(\t\"\xa8\x01\n\tGrantInfo\x12\r\n\x05label\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrotated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ehas_own_policy\x18\x04 \x01(\x08\x12\x14\n\x0cpolicy_grant\x18\x05 \x01(\t\"N\n\x12\x43reateGrantRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x14\n\x0cpolicy_grant\x18\x03 \x01(\t\"L\n\x0eGrantWithToken\x12+\n\x05grant\x18\x01 \x01(\x0b\x32\x1c.mcpauthz.admin.v1.GrantInfo\x12\r\n\x05token\x18\x02 \x01(\t\"\x13\n\x11ListGrantsRequest\"B\n\x12ListGrantsResponse\x12,\n\x06grants\x18\x01 \x03(\x0b\x32\x1c.mcpauthz.admin.v1.GrantInfo\"\x1d\n\x0cGrantRequest\x12\r\n\x05label\x18\x01 \x01(\t\"\xad\x02\n\x04Tool\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x04 \x01(\t\x12\x1b\n\x13pending_fingerprint\x18\x05 \x01(\t\x12\x14\n\x0cpending_json\x18\x06 \x01(\t\x12\x0c\n\x04risk\x18\x07 \x01(\t\x12\x0f\n\x07removed\x18\x08 \x01(\x08\x12\x11\n\toversized\x18\t \x01(\x08\x12\x13\n\x0b\x61\x63\x63\x65pted_by\x18\n \x01(\t\x12.\n\nfirst_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\x10ListToolsRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\";\n\x11ListToolsResponse\x12&\n\x05tools\x18\x01 \x03(\x0b\x32\x17.mcpauthz.admin.v1.Tool\"V\n\x11\x41\x63\x63\x65ptToolRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t*\x88\x01\n\x0e\x41pprovalStatus\x12\x1f\n\x1b\x41PPROVAL_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41PPROVAL_STATUS_PENDING\x10\x01\x12\x1c\n\x18\x41PPROVAL_STATUS_APPROVED\x10\x02\x12\x1a\n\x16\x41PPROVAL_STATUS_DENIED\x10\x03\x32\xc5\x08\n\x0c\x41\x64minService\x12\x62\n\rListApprovals\x12\'.mcpauthz.admin.v1.ListApprovalsRequest\x1a(.mcpauthz.admin.v1.ListApprovalsResponse\x12Q\n\x0bGetApproval\x12%.mcpauthz.admin.v1.GetApprovalRequest\x1a\x1b.mcpauthz.admin.v1.Approval\x12H\n\x07\x41pprove\x12 .mcpauthz.admin.v1.DecideRequest\x1a\x1b.mcpauthz.admin.v1.Approval\x12\x45\n\x04\x44\x65ny\x12 .mcpauthz.admin.v1.DecideRequest\x1a\x1b.mcpauthz.admin.v1.Approval\x12G\n\x08GetUsage\x12!.mcpauthz.admin.v1.CounterRequest\x1a\x18.mcpauthz.admin.v1.Usage\x12K\n\x0cResetCounter\x12!.mcpauthz.admin.v1.CounterRequest\x1a\x18.mcpauthz.admin.v1.Usage\x12]\n\x0fGetPolicyStatus\x12).mcpauthz.admin.v1.GetPolicyStatusRequest\x1a\x1f.mcpauthz.admin.v1.PolicyStatus\x12W\n\x0b\x43reateGrant\x12%.mcpauthz.admin.v1.CreateGrantRequest\x1a!.mcpauthz.admin.v1.GrantWithToken\x12Y\n\nListGrants\x12$.mcpauthz.admin.v1.ListGrantsRequest\x1a%.mcpauthz.admin.v1.ListGrantsResponse\x12Q\n\x0bRotateGrant\x12\x1f.mcpauthz.admin.v1.GrantRequest\x1a!.mcpauthz.admin.v1.GrantWithToken\x12L\n\x0bRevokeGrant\x12\x1f.mcpauthz.admin.v1.GrantRequest\x1a\x1c.mcpauthz.admin.v1.GrantInfo\x12V\n\tListTools\x12#.mcpauthz.admin.v1.ListToolsRequest\x1a$.mcpauthz.admin.v1.ListToolsResponse\x12K\n\nAcceptTool\x12$.mcpauthz.admin.v1.AcceptToolRequest\x1a\x17.mcpauthz.admin.v1.Toolb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(authz/_gen/mcpauthz/admin/v1/admin.proto\x12\x11mcpauthz.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x02\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\x31\n\x06status\x18\x02 \x01(\x0e\x32!.mcpauthz.admin.v1.ApprovalStatus\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\r\n\x05grant\x18\x04 \x01(\t\x12\x0c\n\x04tool\x18\x05 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x06 \x01(\t\x12\x0c\n\x04rule\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x11\n\tapprovers\x18\t \x03(\t\x12\x1c\n\x14\x61pprover_claims_json\x18\n \x01(\t\x12\x30\n\x0crequested_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\r \x01(\t\"=\n\x14ListApprovalsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x15ListApprovalsResponse\x12.\n\tapprovals\x18\x01 \x03(\x0b\x32\x1b.mcpauthz.admin.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12GetApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\")\n\rDecideRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"A\n\x0e\x43ounterRequest\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x03(\t\"\x9d\x01\n\x05Usage\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x03(\t\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x11\n\tremaining\x18\x05 \x01(\x03\x12\r\n\x05limit\x18\x06 \x01(\x03\x12\x16\n\x0ewindow_seconds\x18\x07 \x01(\x03\x12\x1b\n\x13retry_after_seconds\x18\x08 \x01(\x01\"\x18\n\x16GetPolicyStatusRequest\"o\n\x0cPolicyStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08warnings\x18\x03 \x03(\t\x12\x15\n\rreload_failed\x18\x04 \x01(\x08\x12\x15\n\rreload_errors\x18\x05 \x03(\t\"\xa8\x01\n\tGrantInfo\x12\r\n\x05label\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrotated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ehas_own_policy\x18\x04 \x01(\x08\x12\x14\n\x0cpolicy_grant\x18\x05 \x01(\t\"N\n\x12\x43reateGrantRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x14\n\x0cpolicy_grant\x18\x03 \x01(\t\"L\n\x0eGrantWithToken\x12+\n\x05grant\x18\x01 \x01(\x0b\x32\x1c.mcpauthz.admin.v1.GrantInfo\x12\r\n\x05token\x18\x02 \x01(\t\"\x13\n\x11ListGrantsRequest\"B\n\x12ListGrantsResponse\x12,\n\x06grants\x18\x01 \x03(\x0b\x32\x1c.mcpauthz.admin.v1.GrantInfo\"\x1d\n\x0cGrantRequest\x12\r\n\x05label\x18\x01 \x01(\t\"\xad\x02\n\x04Tool\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x04 \x01(\t\x12\x1b\n\x13pending_fingerprint\x18\x05 \x01(\t\x12\x14\n\x0cpending_json\x18\x06 \x01(\t\x12\x0c\n\x04risk\x18\x07 \x01(\t\x12\x0f\n\x07removed\x18\x08 \x01(\x08\x12\x11\n\toversized\x18\t \x01(\x08\x12\x13\n\x0b\x61\x63\x63\x65pted_by\x18\n \x01(\t\x12.\n\nfirst_seen\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\x10ListToolsRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\";\n\x11ListToolsResponse\x12&\n\x05tools\x18\x01 \x03(\x0b\x32\x17.mcpauthz.admin.v1.Tool\"V\n\x11\x41\x63\x63\x65ptToolRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t*\xa4\x01\n\x0e\x41pprovalStatus\x12\x1f\n\x1b\x41PPROVAL_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41PPROVAL_STATUS_PENDING\x10\x01\x12\x1c\n\x18\x41PPROVAL_STATUS_APPROVED\x10\x02\x12\x1a\n\x16\x41PPROVAL_STATUS_DENIED\x10\x03\x12\x1a\n\x16\x41PPROVAL_STATUS_IN_USE\x10\x04\x32\xc5\x08\n\x0c\x41\x64minService\x12\x62\n\rListApprovals\x12\'.mcpauthz.admin.v1.ListApprovalsRequest\x1a(.mcpauthz.admin.v1.ListApprovalsResponse\x12Q\n\x0bGetApproval\x12%.mcpauthz.admin.v1.GetApprovalRequest\x1a\x1b.mcpauthz.admin.v1.Approval\x12H\n\x07\x41pprove\x12 .mcpauthz.admin.v1.DecideRequest\x1a\x1b.mcpauthz.admin.v1.Approval\x12\x45\n\x04\x44\x65ny\x12 .mcpauthz.admin.v1.DecideRequest\x1a\x1b.mcpauthz.admin.v1.Approval\x12G\n\x08GetUsage\x12!.mcpauthz.admin.v1.CounterRequest\x1a\x18.mcpauthz.admin.v1.Usage\x12K\n\x0cResetCounter\x12!.mcpauthz.admin.v1.CounterRequest\x1a\x18.mcpauthz.admin.v1.Usage\x12]\n\x0fGetPolicyStatus\x12).mcpauthz.admin.v1.GetPolicyStatusRequest\x1a\x1f.mcpauthz.admin.v1.PolicyStatus\x12W\n\x0b\x43reateGrant\x12%.mcpauthz.admin.v1.CreateGrantRequest\x1a!.mcpauthz.admin.v1.GrantWithToken\x12Y\n\nListGrants\x12$.mcpauthz.admin.v1.ListGrantsRequest\x1a%.mcpauthz.admin.v1.ListGrantsResponse\x12Q\n\x0bRotateGrant\x12\x1f.mcpauthz.admin.v1.GrantRequest\x1a!.mcpauthz.admin.v1.GrantWithToken\x12L\n\x0bRevokeGrant\x12\x1f.mcpauthz.admin.v1.GrantRequest\x1a\x1c.mcpauthz.admin.v1.GrantInfo\x12V\n\tListTools\x12#.mcpauthz.admin.v1.ListToolsRequest\x1a$.mcpauthz.admin.v1.ListToolsResponse\x12K\n\nAcceptTool\x12$.mcpauthz.admin.v1.AcceptToolRequest\x1a\x17.mcpauthz.admin.v1.Toolb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authz._gen.mcpauthz.admin.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPROVALSTATUS']._serialized_start=1921
-  _globals['_APPROVALSTATUS']._serialized_end=2057
+  _globals['_APPROVALSTATUS']._serialized_start=1985
+  _globals['_APPROVALSTATUS']._serialized_end=2149
   _globals['_APPROVAL']._serialized_start=97
   _globals['_APPROVAL']._serialized_end=438
   _globals['_LISTAPPROVALSREQUEST']._serialized_start=440
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=462
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=464
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=535
-  _globals['_GETAPPROVALREQUEST']._serialized_start=537
-  _globals['_GETAPPROVALREQUEST']._serialized_end=569
-  _globals['_DECIDEREQUEST']._serialized_start=571
-  _globals['_DECIDEREQUEST']._serialized_end=612
-  _globals['_COUNTERREQUEST']._serialized_start=614
-  _globals['_COUNTERREQUEST']._serialized_end=679
-  _globals['_USAGE']._serialized_start=682
-  _globals['_USAGE']._serialized_end=839
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=841
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=865
-  _globals['_POLICYSTATUS']._serialized_start=867
-  _globals['_POLICYSTATUS']._serialized_end=978
-  _globals['_GRANTINFO']._serialized_start=981
-  _globals['_GRANTINFO']._serialized_end=1149
-  _globals['_CREATEGRANTREQUEST']._serialized_start=1151
-  _globals['_CREATEGRANTREQUEST']._serialized_end=1229
-  _globals['_GRANTWITHTOKEN']._serialized_start=1231
-  _globals['_GRANTWITHTOKEN']._serialized_end=1307
-  _globals['_LISTGRANTSREQUEST']._serialized_start=1309
-  _globals['_LISTGRANTSREQUEST']._serialized_end=1328
-  _globals['_LISTGRANTSRESPONSE']._serialized_start=1330
-  _globals['_LISTGRANTSRESPONSE']._serialized_end=1396
-  _globals['_GRANTREQUEST']._serialized_start=1398
-  _globals['_GRANTREQUEST']._serialized_end=1427
-  _globals['_TOOL']._serialized_start=1430
-  _globals['_TOOL']._serialized_end=1731
-  _globals['_LISTTOOLSREQUEST']._serialized_start=1733
-  _globals['_LISTTOOLSREQUEST']._serialized_end=1769
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=1771
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=1830
-  _globals['_ACCEPTTOOLREQUEST']._serialized_start=1832
-  _globals['_ACCEPTTOOLREQUEST']._serialized_end=1918
-  _globals['_ADMINSERVICE']._serialized_start=2060
-  _globals['_ADMINSERVICE']._serialized_end=3153
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=501
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=503
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=599
+  _globals['_GETAPPROVALREQUEST']._serialized_start=601
+  _globals['_GETAPPROVALREQUEST']._serialized_end=633
+  _globals['_DECIDEREQUEST']._serialized_start=635
+  _globals['_DECIDEREQUEST']._serialized_end=676
+  _globals['_COUNTERREQUEST']._serialized_start=678
+  _globals['_COUNTERREQUEST']._serialized_end=743
+  _globals['_USAGE']._serialized_start=746
+  _globals['_USAGE']._serialized_end=903
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=905
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=929
+  _globals['_POLICYSTATUS']._serialized_start=931
+  _globals['_POLICYSTATUS']._serialized_end=1042
+  _globals['_GRANTINFO']._serialized_start=1045
+  _globals['_GRANTINFO']._serialized_end=1213
+  _globals['_CREATEGRANTREQUEST']._serialized_start=1215
+  _globals['_CREATEGRANTREQUEST']._serialized_end=1293
+  _globals['_GRANTWITHTOKEN']._serialized_start=1295
+  _globals['_GRANTWITHTOKEN']._serialized_end=1371
+  _globals['_LISTGRANTSREQUEST']._serialized_start=1373
+  _globals['_LISTGRANTSREQUEST']._serialized_end=1392
+  _globals['_LISTGRANTSRESPONSE']._serialized_start=1394
+  _globals['_LISTGRANTSRESPONSE']._serialized_end=1460
+  _globals['_GRANTREQUEST']._serialized_start=1462
+  _globals['_GRANTREQUEST']._serialized_end=1491
+  _globals['_TOOL']._serialized_start=1494
+  _globals['_TOOL']._serialized_end=1795
+  _globals['_LISTTOOLSREQUEST']._serialized_start=1797
+  _globals['_LISTTOOLSREQUEST']._serialized_end=1833
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=1835
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=1894
+  _globals['_ACCEPTTOOLREQUEST']._serialized_start=1896
+  _globals['_ACCEPTTOOLREQUEST']._serialized_end=1982
+  _globals['_ADMINSERVICE']._serialized_start=2152
+  _globals['_ADMINSERVICE']._serialized_end=3245
 # @@protoc_insertion_point(module_scope)

@@ -16,10 +16,12 @@ class ApprovalStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     APPROVAL_STATUS_PENDING: _ClassVar[ApprovalStatus]
     APPROVAL_STATUS_APPROVED: _ClassVar[ApprovalStatus]
     APPROVAL_STATUS_DENIED: _ClassVar[ApprovalStatus]
+    APPROVAL_STATUS_IN_USE: _ClassVar[ApprovalStatus]
 APPROVAL_STATUS_UNSPECIFIED: ApprovalStatus
 APPROVAL_STATUS_PENDING: ApprovalStatus
 APPROVAL_STATUS_APPROVED: ApprovalStatus
 APPROVAL_STATUS_DENIED: ApprovalStatus
+APPROVAL_STATUS_IN_USE: ApprovalStatus
 
 class Approval(_message.Message):
     __slots__ = ("id", "status", "identity", "grant", "tool", "arguments_json", "rule", "reason", "approvers", "approver_claims_json", "requested_at", "expires_at", "decided_by")
@@ -52,14 +54,20 @@ class Approval(_message.Message):
     def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[ApprovalStatus, str]] = ..., identity: _Optional[str] = ..., grant: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., rule: _Optional[str] = ..., reason: _Optional[str] = ..., approvers: _Optional[_Iterable[str]] = ..., approver_claims_json: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decided_by: _Optional[str] = ...) -> None: ...
 
 class ListApprovalsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListApprovalsResponse(_message.Message):
-    __slots__ = ("approvals",)
+    __slots__ = ("approvals", "next_page_token")
     APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     approvals: _containers.RepeatedCompositeFieldContainer[Approval]
-    def __init__(self, approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, approvals: _Optional[_Iterable[_Union[Approval, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetApprovalRequest(_message.Message):
     __slots__ = ("id",)

@@ -105,7 +105,8 @@ class AdminServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListApprovals(self, request, context):
-        """Approval requests waiting for a person, soonest expiry first.
+        """Approval requests waiting for a person, soonest expiry first, a page at a time.
+        INVALID_ARGUMENT for a negative page_size or a page_token no listing handed out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

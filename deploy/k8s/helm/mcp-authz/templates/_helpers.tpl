@@ -133,3 +133,22 @@ hook Job's, which runs before that ConfigMap exists. */}}
       mountPath: /etc/mcp-authz
       readOnly: true
 {{- end -}}
+
+
+{{/* Where the chart's pods may run, for the Deployment and the hook and test pods alike. */}}
+{{- define "mcp-authz.placement" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The pod-level securityContext: the restricted defaults, then podSecurityContext. */}}
+{{- define "mcp-authz.podSecurityContext" -}}
+{{- $pod := dict "runAsNonRoot" true "seccompProfile" (dict "type" "RuntimeDefault") -}}
+{{- toYaml (mustMergeOverwrite $pod (deepCopy .Values.podSecurityContext)) -}}
+{{- end -}}
