@@ -101,7 +101,7 @@ The request appears in the console's Approvals page; approve it there, run the s
 again and the transfer goes through (once).
 
 From Python (official SDK): the server offers four tools, the agent's tools/list shows the
-one the policy lets it call, and the 31st call within a minute is refused; save as
+two the policy lets it call, and the 31st call within a minute is refused; save as
 demo_calls.py and run it with .venv/bin/python demo_calls.py:
 {textwrap.indent(python_snippet(url), "  ")}
 mcp-authz decisions print below; demo server, OIDC provider and Envoy logs are in
