@@ -3,12 +3,19 @@ agent's filtered tool list, then the 31st call refused."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
-from run_demo import DEMO_POLICY, python_snippet  # examples/, on sys.path from conftest
+from run_demo import (  # examples/, on sys.path from conftest
+    CURL_BODY,
+    CURL_HEADERS,
+    DEMO_POLICY,
+    python_snippet,
+)
 
 from tests.e2e.conftest import GatewayFactory
 
@@ -32,3 +39,15 @@ def test_the_printed_snippet_shows_the_filtered_list_and_refuses_the_31st_call(
     assert lines[:LIMIT] == [f"{n} allowed" for n in range(1, LIMIT + 1)]
     assert lines[LIMIT].startswith("31 refused: Rate limited")
     assert len(lines) == LIMIT + 1
+
+
+def test_the_printed_curl_asks_for_an_approval(gateway_for: GatewayFactory) -> None:
+    """The newcomer's first step: the transfer of 500 is refused with -32005 and an approval
+    id to approve in the console (tests/e2e/test_console_browser.py does the rest)."""
+    with gateway_for(DEMO_POLICY) as gateway:
+        request = urllib.request.Request(gateway, CURL_BODY.encode(), CURL_HEADERS)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310 - our own URL
+            status, answer = reply.status, json.loads(reply.read())
+    assert status == 200
+    assert answer["error"]["code"] == -32005
+    assert "apr_" in answer["error"]["message"]
