@@ -192,8 +192,8 @@ def test_approve_deny_filter_and_reset_in_the_browser(
         row = page.get_by_role("row").filter(has_text="transfer_funds")
         expect(row).to_be_visible()
         expect(row).to_contain_text("anonymous")
-        # Its risk class, from the catalogue: the demo server hints write, not destructive.
-        expect(row).to_contain_text("write")
+        # Its risk class, from the catalogue: unannotated, so the specification's default.
+        expect(row).to_contain_text("destructive")
         shots.take("approvals")
         row.get_by_role("link", name="Review").click()
         expect(page.locator("pre.arguments")).to_contain_text('"amount": 500')
@@ -245,9 +245,10 @@ def test_approve_deny_filter_and_reset_in_the_browser(
         page.get_by_role("link", name="Tools").click()
         tool_row = page.get_by_role("row").filter(has_text="transfer_funds")
         expect(tool_row).to_contain_text("pinned")
-        expect(tool_row).to_contain_text("write")
-        closing = page.get_by_role("row").filter(has_text="close_account")
-        expect(closing).to_contain_text("destructive")
+        expect(tool_row).to_contain_text("destructive")
+        # A read-only hint from a server the policy does not trust is `write` at best.
+        echo = page.get_by_role("row").filter(has_text="echo")
+        expect(echo).to_contain_text("write")
         shots.take("tools")
         # Keyboard: the first Tab reaches the skip link, the next ones the navigation.
         page.keyboard.press("Tab")
