@@ -34,6 +34,15 @@ CONSOLE_PORT = 9300
 OIDC_PORT = 9400
 CONSOLE_URL = f"http://{HOST}:{CONSOLE_PORT}"
 
+# The curl line's headers, as a 2026-07-28 client sends them (tests/e2e/test_demo_snippet.py
+# sends the same request).
+CURL_HEADERS = {
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+    "mcp-protocol-version": "2026-07-28",
+    "mcp-method": "tools/call",
+    "mcp-name": "transfer_funds",
+}
 CURL_BODY = (
     '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"transfer_funds",'
     '"arguments":{"amount":500,"to":"mallory"},"_meta":{'
@@ -80,6 +89,11 @@ def console_flags(workdir: Path) -> tuple[str, ...]:
     )  # fmt: skip
 
 
+def curl_line(url: str) -> str:
+    headers = " ".join(f"-H '{k}: {v}'" for k, v in CURL_HEADERS.items())
+    return f"curl -s {url} {headers} \\\n    -d '{CURL_BODY}'"
+
+
 def instructions(stack: Stack, workdir: Path) -> str:
     url = stack.ports.mcp_url
     accounts = ", ".join(
@@ -93,15 +107,12 @@ minute; transfer_funds over 100 waits for a person from treasury.
 Console: {CONSOLE_URL}  (sign in as alice, password {DEMO_PASSWORD}; accounts: {accounts})
 
 Ask to transfer 500 (refused with a JSON-RPC error, HTTP 200: an approval is requested):
-  curl -s {url} -H 'content-type: application/json' \\
-    -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2026-07-28' \\
-    -H 'mcp-method: tools/call' -H 'mcp-name: transfer_funds' \\
-    -d '{CURL_BODY}'
+  {curl_line(url)}
 The request appears in the console's Approvals page; approve it there, run the same curl
 again and the transfer goes through (once).
 
 From Python (official SDK): the server offers four tools, the agent's tools/list shows the
-one the policy lets it call, and the 31st call within a minute is refused; save as
+two the policy lets it call, and the 31st call within a minute is refused; save as
 demo_calls.py and run it with .venv/bin/python demo_calls.py:
 {textwrap.indent(python_snippet(url), "  ")}
 mcp-authz decisions print below; demo server, OIDC provider and Envoy logs are in
