@@ -61,8 +61,9 @@ from authz.runner import new_decision_id  # noqa: E402
 IDENTITIES = 1000
 
 
-def requests() -> list[HttpRequest]:
-    """bench/mcp.lua's requests, as the HTTP transport hands them to the check."""
+def requests(traced: bool) -> list[HttpRequest]:
+    """bench/mcp.lua's requests, as the HTTP transport hands them to the check; `traced`
+    adds a sampled `traceparent`, as a tracing Envoy sends."""
     out = []
     for i in range(1, IDENTITIES + 1):
         body = json.dumps(
@@ -81,16 +82,16 @@ def requests() -> list[HttpRequest]:
             "mcp-protocol-version": "2025-11-25",
             "x-agent-id": f"agent-{i:04d}",
             "x-request-id": f"req-{i}",
-            # Envoy's span, sampled: with --traced every check records and exports its spans.
-            "traceparent": f"00-{i:032x}-{i:016x}-01",
             "content-length": str(len(body)),
         }
+        if traced:
+            headers["traceparent"] = f"00-{i:032x}-{i:016x}-01"
         out.append(HttpRequest("POST", "/check/mcp", headers, body))
     return out
 
 
 async def rounds(check: HttpCheck, args: argparse.Namespace) -> list[float]:
-    batch = requests()
+    batch = requests(args.traced)
     per_worker = args.checks // args.concurrency
 
     async def worker(offset: int) -> None:

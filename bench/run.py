@@ -659,12 +659,16 @@ def exact(url: str, service: Service, name: str) -> dict[str, Any]:
     time.sleep(0.3)  # the audit file is flushed once per event-loop turn: let it land
     allowed: Counter[str] = Counter()
     refused: Counter[str] = Counter()
+    # Refusals other than the limit's own (a store timeout failing closed) explain a shortfall.
+    why: Counter[str] = Counter()
     for line in service.audit.read_text().splitlines():
         record = json.loads(line)
         identity = record.get("identity") or ""
         if not identity.startswith(prefix):
             continue
         (allowed if record["decision"] == "allowed" else refused)[identity] += 1
+        if record["decision"] not in ("allowed", "rate_limited"):
+            why[f"{record['decision']}: {record['reason'][:80]}"] += 1
     sent = result["requests"]
     ok = (
         len(allowed) == EXACT_IDENTITIES
@@ -677,6 +681,7 @@ def exact(url: str, service: Service, name: str) -> dict[str, Any]:
         "identities": len(allowed),
         "allowed_per_identity": sorted(set(allowed.values())),
         "refused": sum(refused.values()),
+        "other_refusals": dict(why.most_common(3)),
         "non2xx": result["non2xx"],
     }
 

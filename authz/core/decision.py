@@ -140,7 +140,9 @@ class Decider:
             return outcome
         unread = any(f is not None and f.error for f in looked)
         fail_open = outcome.fail_open or (outcome.allowed and unread)
-        return replace(outcome, tool=outcome.tool or found.facts, fail_open=fail_open)
+        # This request's own outcome (see _allowed): completed in place, not copied.
+        outcome.tool, outcome.fail_open = outcome.tool or found.facts, fail_open
+        return outcome
 
     async def _judge_calls(
         self, policy: Policy, base: Outcome, caller: Caller, looked: list[Looked | None]

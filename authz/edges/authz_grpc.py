@@ -3,6 +3,7 @@ the standard health service."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -32,8 +33,18 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._audit = audit
         self._telemetry = telemetry
         self._upstream = upstream
+        self._deciding: set[asyncio.Task[Any]] = set()
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802 - gRPC method name
+        # grpc.aio cancels the handler when Envoy drops the call (its timeout passed, or its
+        # client left). By then the store may have counted the call: the decision runs to its
+        # end and writes its audit line anyway, as over HTTP, where nothing cancels it.
+        task = asyncio.ensure_future(self._check(request, context))
+        self._deciding.add(task)
+        task.add_done_callback(self._deciding.discard)
+        return await asyncio.shield(task)
+
+    async def _check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         http = envoy.to_http_request(request)
         with self._telemetry.check(http.headers, context.invocation_metadata() or ()) as span:

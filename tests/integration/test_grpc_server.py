@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz._gen.envoy.config.core.v3 import base_pb2
 from authz._gen.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2_grpc
+from authz.core.decision import Decider
 from authz.core.response_plan import PLAN_HEADER
 from authz.edges.authz_grpc import create_server
+from authz.limits.base import Hit, HitResult
+from authz.limits.memory import MemoryStore
+from authz.protocol.identity import FromHeader
 from authz.runner import Gateway
 from authz.settings import Settings
 from tests.checks import check_request
@@ -167,3 +172,47 @@ def test_serve_refuses_a_bad_policy_naming_file_and_path(tmp_path: Path) -> None
     )
     assert result.returncode == 2
     assert f"{bad}: $.tools.t.limits[0].window: expected" in result.stderr
+
+
+class HeldStore(MemoryStore):
+    """Counts as the in-process store does, once the test lets the first hit through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def hit(self, hits: Sequence[Hit]) -> HitResult:
+        self.reached.set()
+        await self.release.wait()
+        return await super().hit(hits)
+
+
+async def test_a_check_envoy_gives_up_on_still_counts_once_and_writes_its_audit_line(
+    tmp_path: Path,
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    gateway = Gateway.build(Settings(policy=SEED, listen="127.0.0.1:0", audit_log=str(audit)))
+    store = HeldStore()
+    decider = Decider(gateway.policy, FromHeader("x-agent-id"), store)
+    server, port, _ = await create_server("127.0.0.1:0", decider, gateway.audit)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = external_auth_pb2_grpc.AuthorizationStub(ch)
+            call = stub.Check(check_request(tool_call(), x_agent_id="a"))
+            await store.reached.wait()
+            call.cancel()  # as Envoy does past its timeout
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            # Room for the cancellation to reach the server before the store answers;
+            # if it comes later the check simply completes, and the test still holds.
+            await asyncio.sleep(0.5)
+            store.release.set()
+            answered = await stub.Check(check_request(tool_call(rid=2), x_agent_id="a"))
+    finally:
+        await server.stop(None)
+        gateway.audit.close()
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["request_id"], r["decision"]) for r in lines] == [(1, "allowed"), (2, "allowed")]
+    added = {h.header.key: h.header.value for h in answered.ok_response.response_headers_to_add}
+    assert added["x-ratelimit-remaining"] == "28"  # the abandoned call was counted, once
