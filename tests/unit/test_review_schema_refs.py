@@ -1,0 +1,94 @@
+"""Adversarial review: a server's inputSchema must never make the gateway open a connection.
+
+jsonschema's default registry still retrieves remote `$ref`s (urlopen, synchronous, no
+timeout: an SSRF from the gateway, and the event loop blocked for as long as the target
+holds the socket). A local HTTP server stands in for the target and records every request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from authz.catalogue.validation import Schemas
+from authz.protocol.tools import parse_tool
+
+
+class _Target(BaseHTTPRequestHandler):
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        body = json.dumps({"type": "integer"}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def target() -> Iterator[tuple[str, list[str]]]:
+    seen: ClassVar[list[str]] = []
+    handler = type("Handler", (_Target,), {"seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "{base}/schema.json",
+        "{base}/schema.json#/definitions/x",
+    ],
+)
+def test_a_remote_ref_is_never_fetched(target: tuple[str, list[str]], ref: str) -> None:
+    base, seen = target
+    schema = {"type": "object", "properties": {"amount": {"$ref": ref.format(base=base)}}}
+    tool = parse_tool({"name": "pay", "inputSchema": schema})
+    found = Schemas().problem(tool, {"amount": 5})
+    assert seen == []
+    assert found is not None
+    assert "does not fetch" in found.message
+
+
+def test_a_remote_id_base_is_never_fetched(target: tuple[str, list[str]]) -> None:
+    # A relative $ref against a remote $id resolves to a remote URL as well.
+    base, seen = target
+    schema = {
+        "$id": f"{base}/root.json",
+        "type": "object",
+        "properties": {"amount": {"$ref": "other.json"}},
+    }
+    tool = parse_tool({"name": "pay", "inputSchema": schema})
+    found = Schemas().problem(tool, {"amount": 5})
+    assert seen == []
+    assert found is not None
+
+
+def test_a_local_ref_still_resolves() -> None:
+    schema = {
+        "type": "object",
+        "$defs": {"amount": {"type": "integer"}},
+        "properties": {"amount": {"$ref": "#/$defs/amount"}},
+    }
+    tool = parse_tool({"name": "pay", "inputSchema": schema})
+    assert Schemas().problem(tool, {"amount": 5}) is None
+    found = Schemas().problem(tool, {"amount": "5"})
+    assert found is not None
+    assert found.path == "$.amount"
