@@ -25,6 +25,7 @@ import re2
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.protocols import Validator
+from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from authz.protocol.tools import ToolDefinition
@@ -33,6 +34,11 @@ from authz.protocol.tools import ToolDefinition
 MAX_COMPILED: Final = 1024
 # How much of a schema's own value a refusal quotes.
 MAX_QUOTE: Final = 120
+# What a `$ref` may resolve to beyond the schema itself: the drafts' meta-schemas only (the
+# validators add those), nothing retrieved. jsonschema's default registry would still fetch
+# a remote `$ref` with a blocking urlopen: a request from the gateway to any address the
+# server names, holding the event loop for as long as that address holds the socket.
+_OFFLINE: Final[Registry[Any]] = Registry()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +103,7 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator | str:
             f"the tool's inputSchema is not a valid JSON Schema at {e.json_path}: "
             + e.message[:MAX_QUOTE]
         )
-    return strict(dict(schema))
+    return strict(dict(schema), registry=_OFFLINE)
 
 
 def describe(error: ValidationError) -> str:
