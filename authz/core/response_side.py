@@ -87,13 +87,32 @@ class ResponseSide:
     ) -> ListRewriter | None:
         """What reads this answer's body; None when the body cannot carry a list MCP clients
         read (neither JSON nor an event stream), so it passes untouched."""
-        media = content_type.partition(";")[0].strip().lower()
-        if media not in ("application/json", "text/event-stream"):
+        media = _media(content_type)
+        if media is None:
             return None
         if encoding.strip().lower() not in ("", "identity"):
             raise ResponseRefused(f"a {encoding} encoded answer cannot be read")
         lister = _Lister(self, plan, upstream_of(request, self._upstream))
         return ListRewriter(lister, stream=media == "text/event-stream")
+
+
+_READABLE: Final = ("application/json", "text/event-stream")
+
+
+def _media(content_type: str) -> str | None:
+    """Which of the two list-carrying media the body is; None for any other.
+
+    The SDK clients choose their reader laxly (Python: the value starts with the media type;
+    TypeScript: the value contains it), and Envoy joins a repeated header with ",". A value
+    that names one of them anywhere, but is not plainly that one type, would be read as a
+    list by some client and passed unread by us, so it is refused instead."""
+    value = content_type.lower()
+    media = value.partition(";")[0].strip()
+    if media in _READABLE and "," not in value:
+        return media
+    if any(m in value for m in _READABLE):
+        raise ResponseRefused(f"an answer whose Content-Type is ambiguous: {content_type[:80]!r}")
+    return None
 
 
 class _Lister:
