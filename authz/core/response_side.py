@@ -146,7 +146,7 @@ class _Lister:
         if not isinstance(entries, list):
             raise ResponseRefused("a tools/list result whose `tools` is not an array")
         parsed = [(entry, _definition(entry)) for entry in entries]
-        definitions = [d for _, d in parsed if d is not None]
+        definitions = _distinct([d for _, d in parsed if d is not None])
         complete = not self._plan.paged and result.get("nextCursor") is None
         observed = await self._observe(definitions, complete=complete)
         policy = self._side.policy()
@@ -223,6 +223,20 @@ def _definition(entry: Any) -> ToolDefinition | None:
     except ToolDefinitionError as e:
         log.warning("a tools/list entry is left out: %s", e)
         return None
+
+
+def _distinct(definitions: list[ToolDefinition]) -> list[ToolDefinition]:
+    """The page's tools, each name once. A name listed twice with two definitions is refused:
+    the catalogue would judge one (which, by order) while the agent reads both, so a swapped
+    description could ride next to the pinned one."""
+    seen: dict[str, ToolDefinition] = {}
+    for tool in definitions:
+        first = seen.setdefault(tool.name, tool)
+        if first.fingerprint != tool.fingerprint:
+            raise ResponseRefused(
+                f"a tools/list answer that lists {tool.name[:64]!r} twice, with two definitions"
+            )
+    return list(seen.values())
 
 
 class ListRewriter:
