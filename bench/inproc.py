@@ -8,8 +8,9 @@ Runs the HTTP transport's `HttpCheck` (decide, observe, encode) on bench/mcp.lua
 with telemetry off, the audit log written to a file, and the in-process store or a private
 redis-server (`--redis`); with `--catalogue`, each call is also looked up in the tool catalogue
 (in process, or in that Redis) and its arguments validated against bench_tool's schema. Prints
-CPU microseconds per check (process time, so another
-process's load barely moves it), median of `--repeat` rounds. `--profile` prints cProfile's
+CPU microseconds per check (process time, so another process's load barely moves it), median
+and minimum of `--repeat` rounds: on a shared machine the minimum is the steadier figure to
+compare. `--callgrind` counts instructions instead. `--profile` prints cProfile's
 top functions instead. Compare two trees by running this in each, interleaved.
 """
 
@@ -19,12 +20,21 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.metrics import NoOpMeter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -39,6 +49,7 @@ from authz.edges.authz_http import HttpCheck  # noqa: E402
 from authz.limits.base import CounterStore  # noqa: E402
 from authz.limits.memory import MemoryStore  # noqa: E402
 from authz.observe.audit import ArgumentAudit, AuditLog  # noqa: E402
+from authz.observe.metrics import Metrics  # noqa: E402
 from authz.observe.telemetry import Telemetry  # noqa: E402
 from authz.policy.load import load_policy  # noqa: E402
 from authz.policy.reload import PolicyHolder  # noqa: E402
@@ -70,6 +81,8 @@ def requests() -> list[HttpRequest]:
             "mcp-protocol-version": "2025-11-25",
             "x-agent-id": f"agent-{i:04d}",
             "x-request-id": f"req-{i}",
+            # Envoy's span, sampled: with --traced every check records and exports its spans.
+            "traceparent": f"00-{i:032x}-{i:016x}-01",
             "content-length": str(len(body)),
         }
         out.append(HttpRequest("POST", "/check/mcp", headers, body))
@@ -90,15 +103,30 @@ async def rounds(check: HttpCheck, args: argparse.Namespace) -> list[float]:
         return (time.process_time() - started) / (per_worker * args.concurrency) * 1e6
 
     await one_round()  # warm-up
+    if args.callgrind:
+        # Instructions are what a shared machine cannot blur: count one round's only.
+        _callgrind("on")
+        await one_round()
+        _callgrind("off")
+        print(f"callgrind: counted {per_worker * args.concurrency} checks")
+        return []
     if args.profile:
         cprofile, pstats = _stdlib_profilers()
         profiler = cprofile.Profile()
         profiler.enable()
         await one_round()
         profiler.disable()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(
+            int(os.environ.get("TOP", "30"))
+        )
         return []
     return [await one_round() for _ in range(args.repeat)]
+
+
+def _callgrind(state: str) -> None:
+    subprocess.run(
+        ["callgrind_control", "-i", state, str(os.getpid())], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def _stdlib_profilers() -> tuple[Any, Any]:
@@ -130,7 +158,7 @@ async def measure(
     store: CounterStore, audit_path: str, args: argparse.Namespace, catalogue: Catalogue | None
 ) -> list[float]:
     await store.ready()
-    telemetry = Telemetry.off()
+    telemetry, spans = traced() if args.traced else (Telemetry.off(), None)
     observed = telemetry.observe(store, "redis" if args.redis else "memory")
     policy = PolicyHolder(load_policy(BENCH / "policy.json"))
     decider = Decider(
@@ -147,6 +175,35 @@ async def measure(
     finally:
         audit.close()
         await store.close()
+        if spans is not None:
+            telemetry.shutdown(5.0)
+            print(f"traced: {spans.spans} spans encoded as OTLP ({spans.bytes} bytes)")
+
+
+class EncodingExporter(SpanExporter):
+    """Encodes every batch to its OTLP protobuf, as the OTLP exporters do, and sends nothing:
+    what tracing costs this process short of the network write."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.bytes = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += len(spans)
+        self.bytes += len(encode_spans(spans).SerializeToString())
+        return SpanExportResult.SUCCESS
+
+
+def traced() -> tuple[Telemetry, EncodingExporter]:
+    """Telemetry as `Telemetry.start` builds it for traces (the SDK's batch processor, the
+    default parent-based sampler), with the exporter above in place of OTLP's."""
+    exporter = EncodingExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "inproc"}))
+    processor = BatchSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    closer = lambda seconds: processor.shutdown()  # noqa: E731
+    tracer = provider.get_tracer("mcp_authz")
+    return Telemetry(tracer, Metrics(NoOpMeter("mcp_authz")), [closer]), exporter
 
 
 def main() -> int:
@@ -157,7 +214,16 @@ def main() -> int:
     parser.add_argument("--redis", action="store_true", help="count in a private redis-server")
     parser.add_argument("--audit", default="", help="audit log file, or off (default: a temp file)")
     parser.add_argument("--profile", action="store_true", help="cProfile one round instead")
+    parser.add_argument(
+        "--traced", action="store_true", help="trace every check, spans encoded as OTLP"
+    )
     parser.add_argument("--catalogue", action="store_true", help="look each tool up, validate")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="count one round's instructions (run under valgrind --tool=callgrind "
+        "--instr-atstart=no; then callgrind_annotate)",
+    )
     args = parser.parse_args()
     import uvloop  # noqa: PLC0415 - as the HTTP transport runs
 
@@ -175,7 +241,10 @@ def main() -> int:
             samples = uvloop.run(measure(MemoryStore(), audit, args, catalogue))
     if samples:
         shown = " ".join(f"{s:.1f}" for s in samples)
-        print(f"CPU us/check: median {statistics.median(samples):.1f} (rounds: {shown})")
+        print(
+            f"CPU us/check: median {statistics.median(samples):.1f} min {min(samples):.1f} "
+            f"(rounds: {shown})"
+        )
     return 0
 
 

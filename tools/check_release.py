@@ -4,8 +4,8 @@
 
 The tag vX.Y.Z must equal the package's version (authz/__init__.py, the wheel's and the
 image's), the chart's version and appVersion, and the tag of the default image of the chart
-and of the kustomize base, so `helm install` of chart X.Y.Z pulls image X.Y.Z, and that image
-is the one this tag builds.
+and of the plain manifests (kustomize base, Istio), so `helm install` of chart X.Y.Z pulls
+image X.Y.Z, and that image is the one this tag builds.
 Exits 1 naming each file that disagrees and what to set there.
 """
 
@@ -19,7 +19,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "k8s" / "helm" / "mcp-authz"
-KUSTOMIZE_BASE = ROOT / "deploy" / "k8s" / "base" / "deployment.yaml"
+# The plain manifests that name our image, each checked on its own.
+MANIFESTS = (
+    Path("deploy") / "k8s" / "base" / "deployment.yaml",
+    Path("deploy") / "istio" / "mcp-authz.yaml",
+)
 IMAGE = "ghcr.io/mcp-authz/mcp-authz"
 TAG = re.compile(r"^v(\d+\.\d+\.\d+)$")
 
@@ -31,15 +35,17 @@ def versions(root: Path = ROOT) -> dict[str, str]:
     chart_dir = root / CHART.relative_to(ROOT)
     chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
     values = yaml.safe_load((chart_dir / "values.yaml").read_text())
-    base = (root / KUSTOMIZE_BASE.relative_to(ROOT)).read_text()
-    base_tags = sorted(set(re.findall(rf"image: {re.escape(IMAGE)}:(\S+)", base)))
-    return {
+    found_versions = {
         "authz/__init__.py __version__": found[1] if found else "",
         "Chart.yaml version": str(chart["version"]),
         "Chart.yaml appVersion": str(chart["appVersion"]),
         "values.yaml image.tag": str(values["image"]["tag"]),
-        "deploy/k8s/base/deployment.yaml images": ",".join(base_tags),
     }
+    for manifest in MANIFESTS:
+        text = (root / manifest).read_text()
+        tags = sorted(set(re.findall(rf"image: {re.escape(IMAGE)}:(\S+)", text)))
+        found_versions[f"{manifest.as_posix()} images"] = ",".join(tags)
+    return found_versions
 
 
 def problems(tag: str, root: Path = ROOT) -> list[str]:

@@ -80,7 +80,9 @@ class Decider:
     async def decide(self, request: HttpRequest) -> Outcome:
         outcome = await self._decide(request)
         # Reasons repeat client-chosen text; every reply, span and audit line reads this one.
-        return replace(outcome, reason=echo(outcome.reason), origin=request.origin())
+        outcome.reason = echo(outcome.reason)
+        outcome.origin = request.origin()
+        return outcome
 
     async def _decide(self, request: HttpRequest) -> Outcome:
         # One policy for the whole request, even if a reload lands while it is judged.
@@ -107,7 +109,7 @@ class Decider:
                 request_ids=ids,
             )
         caller, policy = identified.caller, identified.policy
-        # Built once and replaced once more at the end: this is the per-request hot path.
+        # Built once and completed in place (see _allowed): this is the per-request hot path.
         base = Outcome(
             decision_id, policy.version, None, "", "", calls=calls, caller=caller, request_ids=ids
         )
@@ -297,17 +299,12 @@ def _allowed(
 ) -> Outcome:
     if not verdicts:
         return replace(base, rule="request", reason="no MCP call in the request")
+    # `base` is this request's own, made by _decide: completed in place, not copied.
     call, verdict = verdicts[0]
-    would_deny = next((v.would_deny for _, v in verdicts if v.would_deny), None)
-    return replace(
-        base,
-        subject=call,
-        rule=verdict.rule,
-        reason=verdict.reason,
-        grant=verdict.grant,
-        would_deny=would_deny,
-        limits=limits,
-    )
+    base.subject, base.rule, base.reason = call, verdict.rule, verdict.reason
+    base.grant, base.limits = verdict.grant, limits
+    base.would_deny = next((v.would_deny for _, v in verdicts if v.would_deny), None)
+    return base
 
 
 def _verdict(base: Outcome, call: McpCall, verdict: Verdict, refusal: Refusal) -> Outcome:

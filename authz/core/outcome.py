@@ -28,7 +28,10 @@ class ToolFacts:
     argument_path: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of these fields through object.__setattr__, five
+# times the cost of a plain one, and the decision core builds one per request and completes
+# it in place (authz/core/decision.py). Once `Decider.decide` returns it, nothing changes it.
+@dataclass(slots=True)
 class Outcome:
     decision_id: str
     policy_version: str

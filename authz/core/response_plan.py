@@ -87,8 +87,9 @@ class ResponsePlan:
         return plan
 
 
-def _json(doc: Any) -> str:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
+# Built once: json.dumps with options builds an encoder per call, and every allowed
+# request writes a plan.
+_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
 def _text(value: Any) -> str:

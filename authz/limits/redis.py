@@ -50,6 +50,8 @@ REFUND = Script("authz.limits", "refund.lua")
 QUANTA_PER_WINDOW = 100
 # Requests per script call: bounds how long one call holds Redis (about 10 us each).
 MAX_BATCH = 128
+# The longest a request may wait for others to share its script call (RedisStore batch_hold).
+MAX_BATCH_HOLD = 0.005
 # Longer encoded key names are hashed (see `_name`).
 MAX_NAME = 200
 
@@ -60,8 +62,18 @@ class RedisStore(RedisBacked):
     SCRIPTS = (HIT, USAGE, REFUND)
 
     def __init__(
-        self, client: Client, *, max_sessions: int = DEFAULT_MAX_SESSIONS, **kwargs: Any
+        self,
+        client: Client,
+        *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        batch_hold: float = 0.0,
+        **kwargs: Any,
     ) -> None:
+        if not 0 <= batch_hold <= MAX_BATCH_HOLD:
+            raise ValueError(
+                f"the batch hold must be 0 to {MAX_BATCH_HOLD * 1000:g} ms: got {batch_hold}"
+            )
+        self._batch_hold = batch_hold
         if max_sessions < 1:
             raise ValueError(
                 f"the sessions cap must be at least 1: got {max_sessions} "
@@ -72,7 +84,7 @@ class RedisStore(RedisBacked):
 
     @cached_property
     def _batcher(self) -> _Batcher:
-        return _Batcher(self._client, self._timeout)
+        return _Batcher(self._client, self._timeout, self._batch_hold)
 
     def key(self, key: CounterKey) -> str:
         """The Redis key of a counter; every key shares the `{prefix}` hash tag."""
@@ -166,9 +178,10 @@ class _Batcher:
     All keys share one hash tag, so a batch is as valid on a cluster as a single request.
     """
 
-    def __init__(self, client: Client, timeout: float) -> None:
+    def __init__(self, client: Client, timeout: float, hold: float = 0.0) -> None:
         self._client = client
         self._timeout = timeout
+        self._hold = hold
         self._first = FirstCallAlone(client)
         self._queue: list[tuple[Call, asyncio.Future[list[int]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
@@ -178,6 +191,14 @@ class _Batcher:
         future: asyncio.Future[list[int]] = loop.create_future()
         self._queue.append(((keys, args), future))
         if len(self._queue) == 1:
+            if self._hold and self._sending:
+                # A call is on its way: wait for it (its end flushes) or `hold`, whichever
+                # comes first, so requests that arrive one per loop turn (gRPC's pattern)
+                # still share a call. With none in flight nothing waits.
+                loop.call_later(self._hold, self._flush)
+            else:
+                loop.call_soon(self._flush)
+        elif len(self._queue) == MAX_BATCH:
             loop.call_soon(self._flush)
         return future
 

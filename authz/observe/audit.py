@@ -9,6 +9,7 @@ hashes match across replicas and restarts, or is made per process.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import hmac
@@ -43,6 +44,14 @@ MAX_KEY_CHARS: Final = 64
 # Names the layout of every audit line; the number grows when a field changes meaning or goes.
 AUDIT_SCHEMA: Final = "mcp-authz.audit/1"
 _ABSENT: Final = object()
+# The file's buffer: decision lines are written when it fills, and at the end of the event
+# loop's turn that wrote them, so a burst of decisions costs one write, not one per line.
+BUFFER_BYTES: Final = 64 * 1024
+# The canonical JSON that argument hashes are taken of (built once: json.dumps with options
+# builds an encoder on every call). Its layout is part of the hash: never change it.
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False
+).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +93,9 @@ class ArgumentAudit:
     def __init__(self, key: bytes, allowed: Sequence[ArgumentPath] = ()) -> None:
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"the audit hash key must be at least {MIN_KEY_BYTES} bytes")
-        self._key = key
+        # Keyed once: each hash copies this state (OpenSSL sets up an HMAC key per
+        # hmac.digest call, twice the cost of the hash itself).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
         self._allowed = tuple(allowed)
         # Names the key without revealing it, so a reader knows which hashes can match.
         self.key_id = hashlib.sha256(key).hexdigest()[:12]
@@ -108,10 +119,10 @@ class ArgumentAudit:
         return entry
 
     def digest(self, call: McpCall) -> str:
-        canonical = json.dumps(
-            call.arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
-        return hmac.new(self._key, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+        canonical = _CANONICAL(call.arguments).encode("utf-8")
+        mac = self._keyed.copy()
+        mac.update(canonical)
+        return mac.hexdigest()
 
     def clear(self, call: McpCall) -> dict[str, Any]:
         paths = (p for p in self._allowed if p.applies_to(call.target))
@@ -124,10 +135,14 @@ def argument_keys(call: McpCall) -> list[str]:
     cut to MAX_KEY_CHARS with unprintable characters escaped: a name with U+0085 or U+2028
     in it must not split the line for a line-based log reader."""
     cut = (_printable(k[:MAX_KEY_CHARS]) for k in call.arguments)
+    if len(call.arguments) <= MAX_ARGUMENT_KEYS:
+        return sorted(cut)  # the usual few: a heap would only add its own work
     return heapq.nsmallest(MAX_ARGUMENT_KEYS, cut)
 
 
 def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
     return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
@@ -177,6 +192,7 @@ class AuditLog:
         self._arguments = arguments
         self._owned = owned
         self._clock = clock
+        self._flush_due = False
         # The console's pages read the same lines (authz/observe/recent.py).
         self.recent = recent
 
@@ -189,7 +205,7 @@ class AuditLog:
             return cls(None, arguments, recent=recent)
         if target == "-":
             return cls(sys.stdout, arguments, recent=recent)
-        file = open(target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
+        file = open(target, "a", encoding="utf-8", buffering=BUFFER_BYTES)  # noqa: SIM115 - closed in close()
         return cls(file, arguments, owned=True, recent=recent)
 
     def record(self, outcome: Outcome, latency: float, span: SpanContext) -> None:
@@ -200,6 +216,25 @@ class AuditLog:
             self.recent.add_decision(line)
         if self._stream is not None:
             self._stream.write(json_line(line) + "\n")
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush once the event loop's current turn is over (at once outside a loop): the
+        decisions of one turn share a write, and no line waits longer than that turn."""
+        if self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_due = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_due = False
+        if self._stream is not None and not self._stream.closed:
+            self._stream.flush()
 
     def line(self, outcome: Outcome, latency: float, span: SpanContext) -> dict[str, Any]:
         caller = outcome.caller
@@ -272,6 +307,7 @@ class AuditLog:
             self.recent.add_admin(line)
         if self._stream is not None:
             self._stream.write(json_line(line) + "\n")
+            self.flush()
 
     def record_catalogue(self, upstream: str, observed: Sequence[Observed]) -> None:
         """What one `tools/list` answer changed in the catalogue: one line per tool added,
@@ -294,6 +330,7 @@ class AuditLog:
                 "oversized": entry.oversized if entry else None,
             }
             self._stream.write(json_line(line) + "\n")
+        self._flush_soon()
 
     def record_response(self, event: ResponseEvent) -> None:
         """One thing the response side did (a list filtered, a refund, a withheld answer)."""
@@ -308,7 +345,10 @@ class AuditLog:
             **event.detail,
         }
         self._stream.write(json_line(line) + "\n")
+        self._flush_soon()
 
     def close(self) -> None:
+        """Writes what is buffered; closes the file this log opened."""
+        self.flush()
         if self._owned and self._stream is not None:
             self._stream.close()

@@ -15,7 +15,7 @@ from typing import Final
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import Meter, NoOpMeter
 from prometheus_client import CollectorRegistry, start_http_server
 
 from authz import __version__
@@ -53,6 +53,9 @@ PROMETHEUS_NAMES: Final = frozenset(
 class Metrics:
     def __init__(self, meter: Meter, known_tools: Callable[[], frozenset[str]] = frozenset) -> None:
         self._known_tools = known_tools
+        # With no reader (no OTLP metrics, no Prometheus endpoint) nothing is recorded: the
+        # labels and the clock reads would be spent per check for nobody.
+        self.recording = not isinstance(meter, NoOpMeter)
         self._decisions = meter.create_counter(
             "mcp_authz.decisions", "{decision}", "Decisions by outcome, tool and rule"
         )
@@ -94,6 +97,8 @@ class Metrics:
             self._fail_mode.add(0, {"fail_mode": mode.value})
 
     def record_check(self, outcome: Outcome, seconds: float) -> None:
+        if not self.recording:
+            return
         decision = outcome.label
         labels = {
             "decision": decision,
@@ -110,6 +115,8 @@ class Metrics:
             self._fail_mode.add(1, {"fail_mode": "closed"})
 
     def record_store(self, store: str, seconds: float, *, failed: bool) -> None:
+        if not self.recording:
+            return
         self._store_duration.record(seconds, {"store": store, "result": _result(not failed)})
         if failed:
             self._store_errors.add(1, {"store": store})

@@ -57,6 +57,8 @@ SERVICE: Final = "mcp-authz"
 CHECK_SPAN: Final = "envoy.service.auth.v3.Authorization/Check"
 STORE_SPAN: Final = "counter store hit"
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
+# The header (and gRPC metadata key) the propagator reads the parent from.
+TRACEPARENT: Final = "traceparent"
 # Seconds `Telemetry.shutdown` may take when the caller names no limit.
 SHUTDOWN_TIMEOUT: Final = 1.0
 # Stops one exporter or endpoint within the seconds it is given.
@@ -215,6 +217,8 @@ class ObservedStore:
 
     async def hit(self, hits: Sequence[Hit]) -> HitResult:
         if self._tracer is None:
+            if not self._metrics.recording:
+                return await self._store.hit(hits)
             return await self._timed(hits)
         attributes: dict[str, AttributeValue] = {
             "mcp_authz.store.backend": self._backend,
@@ -265,6 +269,8 @@ def parent_context(headers: Mapping[str, str], metadata: Metadata) -> Context:
     """
     carrier = {key: value for key, value in metadata if isinstance(value, str)}
     for source in (carrier, headers):
+        if TRACEPARENT not in source:
+            continue  # the propagator would find nothing: skip its work
         context = _PROPAGATOR.extract(source)
         if trace.get_current_span(context).get_span_context().is_valid:
             return context

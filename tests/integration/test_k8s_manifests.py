@@ -1093,6 +1093,8 @@ def enabled_ext_authz(config: Doc, route: Doc, kind: str = EXT_AUTHZ) -> set[str
     """The filters of `kind` (ext_authz, or ext_proc) a route leaves on."""
     names = {f["name"] for f in envoy_http_filters(config) if f["typed_config"]["@type"] == kind}
     per_route = route.get("typed_per_filter_config", {})
+    # A per-route override names a filter of the chain (ext_authz, ext_proc, jwt_authn):
+    # a misspelt name would silently leave that filter on.
     known = {f["name"] for f in envoy_http_filters(config)}
     assert set(per_route) <= known, set(per_route)
     return {n for n in names if not per_route.get(n, {}).get("disabled", False)}

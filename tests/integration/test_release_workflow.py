@@ -155,7 +155,7 @@ def test_the_release_check_names_the_file_that_disagrees(tmp_path: Path) -> None
         "authz/__init__.py",
         "deploy/k8s/helm/mcp-authz/Chart.yaml",
         "deploy/k8s/helm/mcp-authz/values.yaml",
-        "deploy/k8s/base/deployment.yaml",
+        *(m.as_posix() for m in check_release.MANIFESTS),
     ):
         (tmp_path / part).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / part).write_text((ROOT / part).read_text())
@@ -164,3 +164,8 @@ def test_the_release_check_names_the_file_that_disagrees(tmp_path: Path) -> None
     version = check_release.versions()["authz/__init__.py __version__"]
     (problem,) = check_release.problems(f"v{version}", tmp_path)
     assert problem.startswith("Chart.yaml appVersion is '0.0.9'")
+    istio = tmp_path / "deploy/istio/mcp-authz.yaml"
+    istio.write_text(istio.read_text().replace(f"mcp-authz:{version}", "mcp-authz:0.0.9"))
+    assert check_release.problems(f"v{version}", tmp_path)[1].startswith(
+        "deploy/istio/mcp-authz.yaml images is '0.0.9'"
+    )

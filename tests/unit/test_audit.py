@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import io
 import json
 from dataclasses import replace
@@ -169,6 +172,53 @@ def test_hash_correlates_equal_arguments_whatever_their_key_order() -> None:
     assert ArgumentAudit(b"another key that is long enough").digest(transfer({"a": 1})) != (
         audit.digest(transfer({"a": 1}))
     )
+
+
+# JSON values as a parsed request holds them: no lone surrogates, no infinities.
+parsed_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(codec="utf-8"), max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(st.characters(codec="utf-8"), max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(arguments=st.dictionaries(st.text(max_size=4), parsed_values, max_size=4))
+def test_the_hash_is_the_hmac_sha256_of_the_sorted_compact_json(arguments: dict[str, Any]) -> None:
+    # The layout is part of every hash ever logged: a faster encoder must not change it.
+    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    expected = hmac.new(KEY, canonical.encode(), hashlib.sha256).hexdigest()
+    assert ArgumentAudit(KEY).digest(transfer(arguments)) == expected
+
+
+async def test_lines_reach_the_file_once_the_loop_turn_ends_and_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog.open(str(path), ArgumentAudit(KEY))
+    audit.record(replace(outcome(transfer({"a": 1})), decision_id="d-1"), 0.001, SPAN)
+    audit.record(replace(outcome(transfer({"a": 1})), decision_id="d-2"), 0.001, SPAN)
+    assert path.read_text() == ""  # buffered: one write for the turn's lines
+    await asyncio.sleep(0)
+    assert [json.loads(ln)["decision_id"] for ln in path.read_text().splitlines()] == [
+        "d-1",
+        "d-2",
+    ]
+    audit.record(replace(outcome(transfer({"a": 1})), decision_id="d-3"), 0.001, SPAN)
+    audit.close()
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_outside_an_event_loop_each_line_is_written_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog.open(str(path), ArgumentAudit(KEY))
+    audit.record(outcome(transfer({"a": 1})), 0.001, SPAN)
+    assert len(path.read_text().splitlines()) == 1
+    audit.close()
 
 
 def test_key_from_a_file_matches_across_processes_and_drops_the_trailing_newline(

@@ -22,7 +22,7 @@ from authz.limits.memory import MemoryStore
 from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.observe.telemetry import check_attributes
 from authz.policy.load import parse_policy
-from authz.protocol.echo import MAX_ECHO, echo
+from authz.protocol.echo import MAX_ECHO, echo, json_line
 from authz.protocol.errors import Refusal
 from authz.protocol.identity import FromHeader
 from authz.protocol.request import HttpRequest
@@ -170,3 +170,28 @@ def test_echo_keeps_short_text_and_cuts_long_text_with_a_distinguishing_hash() -
     assert "2000 characters" in one
     assert len(one) < MAX_ECHO + 64
     assert one != other
+
+
+# What reaches a reply or audit line: parsing refuses NaN and infinities, nothing else.
+line_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(doc=line_values)
+def test_json_line_reads_back_as_the_standard_librarys_text_on_one_encodable_line(
+    doc: Any,
+) -> None:
+    # orjson writes it, the standard library where orjson refuses (surrogates, big integers);
+    # a reader gets the same values either way (only exponents may be written differently).
+    plain = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    line = json_line(doc)
+    assert json.loads(line) == json.loads(plain)
+    assert len(line.splitlines()) == 1
+    line.encode("utf-8")  # no lone surrogate left raw

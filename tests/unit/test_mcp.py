@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authz.protocol.errors import Refusal, RequestRefused
-from authz.protocol.mcp import McpCall, parse_body, parse_request
+from authz.protocol.mcp import MAX_DEPTH, McpCall, parse_body, parse_request
 from authz.protocol.request import HttpRequest
 
 
@@ -278,3 +278,35 @@ def test_batches_only_where_the_protocol_version_allows_them(
         assert len(parse_request(request)) == 2
     else:
         assert refusal_of(request) is refusal
+
+
+def nested(levels: int, open_: str = "[", close: str = "]") -> Any:
+    """An argument value `levels` containers deep with a number at the bottom."""
+    return json.loads(open_ * levels + "1" + close * levels)
+
+
+@pytest.mark.parametrize(("open_", "close"), [("[", "]"), ('{"k":', "}")])
+def test_nesting_is_refused_past_64_levels_whatever_the_containers(open_: str, close: str) -> None:
+    # The message, params and arguments are 3 levels; the number at the bottom is one more.
+    fits = call(arguments={"v": nested(MAX_DEPTH - 4, open_, close)})
+    assert parse_request(post(fits))
+    too_deep = call(arguments={"v": nested(MAX_DEPTH - 3, open_, close)})
+    assert refusal_of(post(too_deep)) is Refusal.PARSE_ERROR
+
+
+def test_brackets_inside_strings_never_hide_a_deep_value() -> None:
+    # Few brackets outside strings, many inside: the bracket count only ever over-counts.
+    body = call(arguments={"s": "[" * 100, "v": nested(10)})
+    (parsed,) = parse_request(post(body))
+    assert parsed.arguments["s"] == "[" * 100
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\ud83d"])
+def test_a_lone_surrogate_escape_is_refused_in_a_shallow_body(escape: str) -> None:
+    body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":%s}}'
+    assert refusal_of(post(body % f'{{"a":"{escape}"}}')) is Refusal.INVALID_REQUEST
+
+
+def test_a_surrogate_pair_escape_is_one_character_and_accepted() -> None:
+    (parsed,) = parse_request(post(call(arguments={"a": "\U0001f600"})))
+    assert parsed.arguments == {"a": "\U0001f600"}
