@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -58,8 +59,10 @@ class ResponseSide:
         store: CounterStore,
         catalogue: Catalogue | None = None,
         upstream: str = "default",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
+        self._clock = clock
         self.catalogue = catalogue
         self._store = store
         self._upstream = upstream
@@ -69,15 +72,21 @@ class ResponseSide:
         reach included) means no result reached the agent, so the request's units go back."""
         if status < 500 or not plan.refund:
             return None
+        # Only units still in their window: one that left it is no longer counted, and the
+        # store would give back a later call's instead (a call slower than its window).
+        elapsed = None if plan.counted_at is None else self._clock() - plan.counted_at
+        hits = tuple(h for h in plan.refund if elapsed is not None and elapsed < h.window)
+        if not hits:
+            return ResponseEvent("refund_expired", plan.decision_id, {"status": status})
         try:
-            refunded = await self._store.refund(plan.decision_id, plan.refund)
+            refunded = await self._store.refund(plan.decision_id, hits)
         except StoreUnavailable as e:
             # The strict side: the call stays counted.
             return ResponseEvent("refund_failed", plan.decision_id, {"error": str(e)})
         detail = {
             "status": status,
-            "counters": sorted({h.key.counter for h in plan.refund}),
-            "units": sum(h.cost for h in plan.refund),
+            "counters": sorted({h.key.counter for h in hits}),
+            "units": sum(h.cost for h in hits),
             "repeated": not refunded,
         }
         return ResponseEvent("refunded", plan.decision_id, detail)
