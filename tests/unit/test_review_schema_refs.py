@@ -92,3 +92,18 @@ def test_a_local_ref_still_resolves() -> None:
     found = Schemas().problem(tool, {"amount": "5"})
     assert found is not None
     assert found.path == "$.amount"
+
+
+@pytest.mark.parametrize("depth", [200, 900])
+def test_a_schema_nested_too_deep_refuses_instead_of_raising(depth: int) -> None:
+    # 200 levels is 2 KB of schema: well inside the definition bound.
+    nested: dict[str, object] = {"type": "integer"}
+    for _ in range(depth):
+        nested = {"not": nested}
+    tool = parse_tool(
+        {"name": "pay", "inputSchema": {"type": "object", "properties": {"x": nested}}}
+    )
+    found = Schemas().problem(tool, {"x": 1})
+    assert found is not None
+    assert found.path == "$"
+    assert "nested too deep" in found.message
