@@ -34,6 +34,9 @@ from authz.protocol.tools import ToolDefinition
 MAX_COMPILED: Final = 1024
 # How much of a schema's own value a refusal quotes.
 MAX_QUOTE: Final = 120
+# The validator recurses per level of schema: a few hundred levels (a few KB, well inside the
+# definition bound) exhaust Python's stack. Such a schema cannot judge, so the call is refused.
+TOO_DEEP: Final = "the tool's inputSchema is nested too deep for the gateway to check"
 # What a `$ref` may resolve to beyond the schema itself: the drafts' meta-schemas only (the
 # validators add those), nothing retrieved. jsonschema's default registry would still fetch
 # a remote `$ref` with a blocking urlopen: a request from the gateway to any address the
@@ -64,6 +67,8 @@ class Schemas:
             return ArgumentProblem("$", check)
         try:
             error = best_match(check.iter_errors(arguments))
+        except RecursionError:
+            return ArgumentProblem("$", TOO_DEEP)
         except Unresolvable as e:
             why = f"the tool's inputSchema refers to {e} which the gateway does not fetch"
             return ArgumentProblem("$", why)
@@ -98,6 +103,8 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator | str:
         )
     try:
         strict.check_schema(dict(schema))
+    except RecursionError:
+        return TOO_DEEP
     except SchemaError as e:
         return (
             f"the tool's inputSchema is not a valid JSON Schema at {e.json_path}: "
