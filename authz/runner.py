@@ -132,7 +132,7 @@ def build_catalogue(settings: Settings) -> Catalogue | None:
         return MemoryCatalogue(bounds)
     from authz.catalogue.redis import RedisCatalogue  # noqa: PLC0415 - only with Redis
 
-    return RedisCatalogue.connect(
+    return RedisCatalogue.from_url(
         settings.redis_url,
         bounds=bounds,
         prefix=settings.redis_prefix,

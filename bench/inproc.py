@@ -234,7 +234,7 @@ def main() -> int:
             from authz.limits.redis import RedisStore  # noqa: PLC0415
 
             with redis_server(Path(tmp)) as url:
-                catalogue = RedisCatalogue.connect(url) if args.catalogue else None
+                catalogue = RedisCatalogue.from_url(url) if args.catalogue else None
                 samples = uvloop.run(measure(RedisStore.from_url(url), audit, args, catalogue))
         else:
             catalogue = MemoryCatalogue() if args.catalogue else None

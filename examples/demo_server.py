@@ -50,7 +50,7 @@ RUG_PULL = (
 )
 
 
-@server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False))
+@server.tool()
 def transfer_funds(amount: float, to: str) -> str:
     """Pretend to transfer funds; the seed policy never lets this through."""
     return f"transferred {amount:.2f} to {to} (not really)"

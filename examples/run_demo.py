@@ -9,6 +9,7 @@ all on Ctrl-C or SIGTERM (or when one dies).
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from demo_oidc import CLIENT_ID, CLIENT_SECRET, DEMO_ACCOUNTS, DEMO_PASSWORD
+from mcp import Client
 from stack import (
     HOST,
     REPO,
@@ -34,6 +36,15 @@ CONSOLE_PORT = 9300
 OIDC_PORT = 9400
 CONSOLE_URL = f"http://{HOST}:{CONSOLE_PORT}"
 
+# The curl line's headers, as a 2026-07-28 client sends them (tests/e2e/test_demo_snippet.py
+# sends the same request).
+CURL_HEADERS = {
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+    "mcp-protocol-version": "2026-07-28",
+    "mcp-method": "tools/call",
+    "mcp-name": "transfer_funds",
+}
 CURL_BODY = (
     '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"transfer_funds",'
     '"arguments":{"amount":500,"to":"mallory"},"_meta":{'
@@ -66,6 +77,15 @@ asyncio.run(main())
 '''
 
 
+async def pin_tools(url: str) -> list[str]:
+    """One tools/list through the gateway, so the tool catalogue pins every tool the server
+    offers before the first call: a call of a tool never listed is refused. Returns what this
+    caller's list shows (ext_proc filters it)."""
+    async with Client(url) as client:
+        listing = await client.list_tools()
+    return [tool.name for tool in listing.tools]
+
+
 def console_flags(workdir: Path) -> tuple[str, ...]:
     """`serve` flags for the console, signing people in through the demo OIDC provider."""
     secret = workdir / "console-client-secret"
@@ -80,6 +100,11 @@ def console_flags(workdir: Path) -> tuple[str, ...]:
     )  # fmt: skip
 
 
+def curl_line(url: str) -> str:
+    headers = " ".join(f"-H '{k}: {v}'" for k, v in CURL_HEADERS.items())
+    return f"curl -s {url} {headers} \\\n    -d '{CURL_BODY}'"
+
+
 def instructions(stack: Stack, workdir: Path) -> str:
     url = stack.ports.mcp_url
     accounts = ", ".join(
@@ -91,17 +116,16 @@ Policy {DEMO_POLICY.name}: default deny; binance_us_create_listen_key allowed 30
 minute; transfer_funds over 100 waits for a person from treasury.
 
 Console: {CONSOLE_URL}  (sign in as alice, password {DEMO_PASSWORD}; accounts: {accounts})
+The tool catalogue has pinned the server's tools (its Tools page): a tool whose definition
+changes is refused until someone accepts it, and arguments must match each tool's schema.
 
 Ask to transfer 500 (refused with a JSON-RPC error, HTTP 200: an approval is requested):
-  curl -s {url} -H 'content-type: application/json' \\
-    -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: 2026-07-28' \\
-    -H 'mcp-method: tools/call' -H 'mcp-name: transfer_funds' \\
-    -d '{CURL_BODY}'
+  {curl_line(url)}
 The request appears in the console's Approvals page; approve it there, run the same curl
 again and the transfer goes through (once).
 
 From Python (official SDK): the server offers four tools, the agent's tools/list shows the
-one the policy lets it call, and the 31st call within a minute is refused; save as
+two the policy lets it call, and the 31st call within a minute is refused; save as
 demo_calls.py and run it with .venv/bin/python demo_calls.py:
 {textwrap.indent(python_snippet(url), "  ")}
 mcp-authz decisions print below; demo server, OIDC provider and Envoy logs are in
@@ -139,9 +163,12 @@ def main() -> int:
             DEMO_POLICY,
             workdir,
             authz_log=None,
-            authz_options=console_flags(workdir),
+            # The tool catalogue (docs/catalogue.md): pins each tool's definition, validates
+            # arguments strictly, classes tools by risk; ext_proc feeds it the lists.
+            authz_options=("--catalogue", "on", *console_flags(workdir)),
             before=(lambda: start_demo_oidc(OIDC_PORT, workdir / "demo_oidc.log"),),
         ) as stack:
+            asyncio.run(pin_tools(stack.ports.mcp_url))
             print(instructions(stack, workdir), flush=True)
             received = wait_for_stop(stack)
             if received is None:

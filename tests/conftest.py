@@ -17,8 +17,14 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 STARTUP_TIMEOUT = 10.0
+
+# Hypothesis times each example (200 ms) and its data generation by default: timed asserts
+# that a loaded machine fails. What a property test checks here is behaviour, never speed.
+settings.register_profile("mcp-authz", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("mcp-authz")
 # The demo's scripts (the stack launcher, the demo OIDC provider) live in examples/, a folder
 # of scripts, not a package; the tests start the very same ones.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))

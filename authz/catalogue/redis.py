@@ -29,17 +29,13 @@ from authz.catalogue.base import (
     size_of,
 )
 from authz.limits.base import StoreUnavailable
-from authz.limits.breaker import CircuitBreaker
 from authz.limits.redis_client import (
     _US,
     REDIS_FAILURES,
     Client,
-    Clock,
     FirstCallAlone,
     RedisBacked,
     Script,
-    connect,
-    describe,
     unavailable,
 )
 from authz.protocol.tools import ToolDefinition
@@ -54,51 +50,12 @@ class RedisCatalogue(RedisBacked):
 
     SCRIPTS = (SCRIPT,)
 
-    def __init__(
-        self,
-        client: Client,
-        *,
-        bounds: Bounds = DEFAULT_BOUNDS,
-        prefix: str = "mcp-authz",
-        timeout: float = 0.05,
-        breaker: CircuitBreaker | None = None,
-        clock: Clock | None = None,
-        owned: Sequence[Any] = (),
-        name: str = "Redis",
-    ) -> None:
-        super().__init__(
-            client,
-            prefix=prefix,
-            timeout=timeout,
-            breaker=breaker,
-            clock=clock,
-            owned=owned,
-            name=name,
-        )
+    def __init__(self, client: Client, *, bounds: Bounds = DEFAULT_BOUNDS, **options: Any) -> None:
+        """`options` are RedisBacked's (prefix, timeout, breaker, clock, owned, name);
+        `RedisCatalogue.from_url(url, bounds=...)` builds one from a URL."""
+        super().__init__(client, **options)
         self._bounds = bounds
         self._definitions: OrderedDict[str, ToolDefinition] = OrderedDict()
-
-    @classmethod
-    def connect(
-        cls,
-        url: str,
-        *,
-        bounds: Bounds = DEFAULT_BOUNDS,
-        prefix: str = "mcp-authz",
-        timeout: float = 0.05,
-        clock: Clock | None = None,
-    ) -> RedisCatalogue:
-        """Like `from_url`, with the catalogue's bounds; nothing is contacted here."""
-        client, owned = connect(url, timeout)
-        return cls(
-            client,
-            bounds=bounds,
-            prefix=prefix,
-            timeout=timeout,
-            clock=clock,
-            owned=owned,
-            name=describe(url),
-        )
 
     @property
     def _keys(self) -> str:

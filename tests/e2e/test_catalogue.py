@@ -79,8 +79,10 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, transport: str) -> Ite
     policy.write_text(json.dumps(POLICY))
     tokens = tmp_path / "admin-tokens"
     tokens.write_text(f"{OPERATOR} ops\n")
-    admin = f"127.0.0.1:{free_port()}"
     ports = Ports.free()
+    # Asked for apart from the stack's, so the kernel may hand out one of theirs again.
+    taken = {ports.mcp_server, ports.authz, ports.envoy, ports.admin, ports.health, ports.extproc}
+    admin = f"127.0.0.1:{next(p for p in iter(free_port, None) if p not in taken)}"
     processes: list[Process] = []
     request.node.stash[PROCESSES] = processes
     with ExitStack() as exits:
@@ -157,8 +159,11 @@ async def test_a_coerced_type_is_refused_with_its_path(stack: Stack, mode: str) 
         data = data_of(refused.value)
         assert data["path"] == "$.amount"
         assert "$.amount" in refused.value.error.message
-        result = await client.call_tool("transfer_funds", {"amount": 5, "to": "mallory"})
-        assert not result.is_error
+        # The same call with a number passes the schema and meets the next rule: unannotated,
+        # transfer_funds is destructive, so it waits for a person (nothing was counted before).
+        with pytest.raises(MCPError) as held:
+            await client.call_tool("transfer_funds", {"amount": 5, "to": "mallory"})
+        assert held.value.code == APPROVAL_REQUIRED
 
 
 async def test_a_destructive_tool_waits_for_approval_by_its_class(stack: Stack) -> None:
@@ -166,6 +171,7 @@ async def test_a_destructive_tool_waits_for_approval_by_its_class(stack: Stack) 
         listed = await names(client)
         # Approval-gated tools stay in the list; the read one is allowed by its class.
         assert {"echo", "transfer_funds", "close_account"} <= set(listed)
+        assert "binance_us_create_listen_key" in listed  # destructive, unannotated: gated too
         with pytest.raises(MCPError) as refused:
             await client.call_tool("close_account", {"account": "acct-1"})
         assert refused.value.code == APPROVAL_REQUIRED
@@ -174,3 +180,28 @@ async def test_a_destructive_tool_waits_for_approval_by_its_class(stack: Stack) 
         assert data["risk"] == "destructive"
         result = await client.call_tool("echo", {"text": "still usable"})
         assert not result.is_error
+
+
+def test_make_runs_demo_pins_the_tools_before_its_first_call(gateway_for: Any) -> None:
+    """`make run` serves with --catalogue on and lists the tools once at start-up
+    (run_demo.pin_tools), so the curl it prints, a tools/call with no tools/list before it,
+    is judged instead of refused as a tool never listed."""
+    from run_demo import pin_tools  # noqa: PLC0415 - examples/, on sys.path
+    from stack import SEED_POLICY  # noqa: PLC0415
+
+    async def call_without_listing(url: str) -> str | None:
+        """The refusal's message, or None when the call went through."""
+        async with Client(url, mode="legacy") as client:
+            try:
+                result = await client.call_tool("binance_us_create_listen_key")
+            except MCPError as e:
+                return e.error.message
+            assert not result.is_error
+            return None
+
+    with gateway_for(SEED_POLICY, "--catalogue", "on") as url:
+        refused = asyncio.run(call_without_listing(url))
+        assert refused is not None
+        assert "never listed" in refused
+        assert asyncio.run(pin_tools(url)) == ["binance_us_create_listen_key"]
+        assert asyncio.run(call_without_listing(url)) is None

@@ -48,7 +48,7 @@ async def pair(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterato
     url = redis_url_for(request)
     prefix = f"contract-{uuid.uuid4().hex}"
     a, b = (
-        RedisCatalogue.connect(url, bounds=BOUNDS, prefix=prefix, timeout=2.0, clock=clock)
+        RedisCatalogue.from_url(url, bounds=BOUNDS, prefix=prefix, timeout=2.0, clock=clock)
         for _ in "ab"
     )
     yield a, b
@@ -214,7 +214,7 @@ async def test_replicas_racing_on_a_first_listing_agree_on_one_pin(pair: Pair) -
 
 
 async def test_a_redis_that_does_not_answer_is_unavailable(own_redis: RedisServer) -> None:
-    catalogue = RedisCatalogue.connect(own_redis.url, timeout=0.2)
+    catalogue = RedisCatalogue.from_url(own_redis.url, timeout=0.2)
     await catalogue.observe("pay", [tool()], complete=True)
     own_redis.kill()
     with pytest.raises(CatalogueUnavailable):

@@ -122,6 +122,7 @@ HELM_CASES: dict[str, Doc] = {
         "envoy": {"existingConfigMap": "my-envoy"},
     },
     "no-traces-no-metrics": {"otel": {"endpoint": ""}, "metrics": {"enabled": False}},
+    "catalogue-off": {"catalogue": {"enabled": False}},
     # What a platform team sets (docs/kubernetes.md, production checklist).
     "production": {
         "fullnameOverride": "tools-gateway",
@@ -766,6 +767,9 @@ BAD_OVERRIDES: dict[str, Doc] = {
     "metrics on the gRPC port": {"metrics": {"port": 9191}},
     "jwt with the shipped Envoy config": {"identity": {"source": "jwt"}},
     "image tag as a number": {"image": {"tag": 1}},
+    "catalogue upstream with a space": {"catalogue": {"upstream": "my server"}},
+    "catalogue holding no tools": {"catalogue": {"maxTools": 0}},
+    "catalogue switch as a word": {"catalogue": {"enabled": "yes"}},
 }
 GOOD_OVERRIDES: dict[str, Doc] = {
     **HELM_CASES,
@@ -1174,3 +1178,19 @@ def test_every_mcp_authz_cluster_is_health_checked_like_the_shipped_one(path: Pa
                     assert health_port != address["port_value"]
         else:
             assert check["grpc_health_check"] == shipped_check["grpc_health_check"]
+
+
+def test_the_catalogue_is_on_where_ext_proc_is_shipped(
+    helm_renders: dict[str, tuple[Doc, ...]],
+) -> None:
+    """The chart and the kustomize base run ext_proc, so they turn the catalogue on (with the
+    chart's upstream name and bounds); switched off, no catalogue setting is left behind."""
+    kust = kustomize(K8S / "overlays" / "embedded")
+    assert one(kust, "ConfigMap", env_configmap(kust))["data"]["MCP_AUTHZ_CATALOGUE"] == "on"
+    env = one(helm_renders["defaults"], "ConfigMap", "demo-env")["data"]
+    assert env["MCP_AUTHZ_CATALOGUE"] == "on"
+    assert env["MCP_AUTHZ_CATALOGUE_UPSTREAM"] == "default"
+    assert env["MCP_AUTHZ_CATALOGUE_MAX_TOOLS"] == "1024"
+    off = one(helm_renders["catalogue-off"], "ConfigMap", "demo-env")["data"]
+    assert off["MCP_AUTHZ_CATALOGUE"] == "off"
+    assert not [k for k in off if k.startswith("MCP_AUTHZ_CATALOGUE_")]

@@ -149,7 +149,7 @@ SETTINGS = settings(
     max_examples=150,
     deadline=None,
     # The Redis server is shared on purpose; each example keeps to its own key prefix.
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
 

@@ -11,7 +11,7 @@ import io
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.trace import INVALID_SPAN_CONTEXT
 
@@ -94,7 +94,7 @@ def call(name: Any, arguments: Any, request_id: Any = 1) -> bytes:
     return json.dumps(doc).encode()
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)
 @given(name=st.sampled_from(["pay", "x\u2028y", "other"]) | json_values, arguments=json_values)
 def test_any_json_in_a_tool_call_gets_an_answer_and_one_audit_line(
     name: Any, arguments: Any
