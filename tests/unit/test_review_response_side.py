@@ -92,3 +92,16 @@ async def test_one_name_listed_twice_alike_passes() -> None:
     assert rewriter is not None
     out = json.loads(await rewriter.feed(answer([PINNED, PINNED]), end=True))
     assert [t["description"] for t in out["result"]["tools"]] == [PINNED["description"]] * 2
+
+
+@pytest.mark.parametrize("name", ["x" * 100_000, "x\ud800"])
+async def test_a_tool_whose_name_is_over_the_bounds_is_left_out_not_the_whole_list(
+    name: str,
+) -> None:
+    rewriter = side().rewriter(PLAN, REQUEST, "application/json", "")
+    assert rewriter is not None
+    body = answer([PINNED, {"name": name, "inputSchema": {"type": "object"}}])
+    out = json.loads(await rewriter.feed(body, end=True))
+    assert out["result"]["tools"] == [PINNED]
+    [listed] = [e for e in rewriter.events if e.kind == "tools_listed"]
+    assert listed.detail["hidden_tools"] == ["(unreadable)"]
