@@ -105,3 +105,17 @@ async def test_a_tool_whose_name_is_over_the_bounds_is_left_out_not_the_whole_li
     assert out["result"]["tools"] == [PINNED]
     [listed] = [e for e in rewriter.events if e.kind == "tools_listed"]
     assert listed.detail["hidden_tools"] == ["(unreadable)"]
+
+
+@pytest.mark.parametrize("media", ["application/json", "text/event-stream"])
+async def test_a_lone_surrogate_in_a_kept_definition_is_passed_on_escaped(media: str) -> None:
+    catalogue = MemoryCatalogue()
+    await catalogue.observe("default", [], complete=False)
+    rewriter = side(catalogue).rewriter(PLAN, REQUEST, media, "")
+    assert rewriter is not None
+    body = answer([{**PINNED, "description": "Reads \ud800 a record."}, {"name": "hidden"}])
+    framed = b"data: " + body + b"\n\n" if media == "text/event-stream" else body
+    out = await rewriter.feed(framed, end=True)
+    assert b"\\ud800" in out
+    text = out.decode().removeprefix("data: ")
+    assert [t["name"] for t in json.loads(text)["result"]["tools"]] == ["read"]
