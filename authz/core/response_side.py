@@ -302,4 +302,6 @@ def _loads(data: bytes) -> Any:
 
 
 def _dumps(message: Any) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    # ASCII: a lone surrogate the server sent as an escape (valid JSON, not UTF-8) goes on
+    # as that escape instead of failing to encode.
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=True)
