@@ -107,3 +107,21 @@ def test_a_schema_nested_too_deep_refuses_instead_of_raising(depth: int) -> None
     assert found is not None
     assert found.path == "$"
     assert "nested too deep" in found.message
+
+
+def test_a_pattern_over_the_memory_bound_refuses_instead_of_taking_8_mib() -> None:
+    # RE2's default budget is 8 MiB per pattern (its DFA caches grow to it while matching): a
+    # server listing 1024 tools with such patterns would hold gigabytes. 84,000 instructions
+    # fit that default but not the gateway's 1 MiB.
+    pattern = r"[\s\S]{1000}" * 12
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": pattern}}}
+    found = Schemas().problem(parse_tool({"name": "pay", "inputSchema": schema}), {"x": "a"})
+    assert found is not None
+    assert "cannot run" in found.message
+
+
+def test_common_patterns_fit_the_memory_bound() -> None:
+    for pattern in (r"^[\s\S]{0,1000}$", r"^(?:[a-z0-9-]{1,63}\.){1,10}[a-z]{2,63}$"):
+        schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": pattern}}}
+        tool = parse_tool({"name": "pay", "inputSchema": schema})
+        assert Schemas().problem(tool, {"x": "mcp.example.com"}) is None, pattern
