@@ -138,9 +138,20 @@ def _quote(value: Any) -> str:
     return text if len(text) <= MAX_QUOTE else text[: MAX_QUOTE - 3] + "..."
 
 
+# RE2's memory per pattern (its program and the DFA caches that grow while matching); the
+# default 8 MiB, times MAX_COMPILED cached patterns a hostile server can fill, is gigabytes.
+# 1 MiB holds every common pattern (some 40,000 instructions); a larger one cannot run.
+MAX_PATTERN_MEMORY: Final = 1 << 20
+_OPTIONS: Final = re2.Options()
+_OPTIONS.max_mem = MAX_PATTERN_MEMORY
+# A refused pattern is reported in the refusal; RE2's own stderr line would let a server
+# write to our logs once per call.
+_OPTIONS.log_errors = False
+
+
 @lru_cache(maxsize=MAX_COMPILED)
 def _regex(pattern: str) -> Any:
-    return re2.compile(pattern)
+    return re2.compile(pattern, _OPTIONS)
 
 
 # The keyword functions get the concrete validator, whose `descend` the protocol leaves out.
