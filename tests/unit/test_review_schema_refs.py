@@ -125,3 +125,18 @@ def test_common_patterns_fit_the_memory_bound() -> None:
         schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": pattern}}}
         tool = parse_tool({"name": "pay", "inputSchema": schema})
         assert Schemas().problem(tool, {"x": "mcp.example.com"}) is None, pattern
+
+
+def test_unevaluated_properties_never_runs_a_server_pattern_on_pythons_re() -> None:
+    # jsonschema's unevaluatedProperties matches patternProperties with Python's backtracking
+    # `re`: "^(a+)+$" on a 40-character key would take hours. Such a schema cannot judge.
+    nested = {"allOf": [{"patternProperties": {"^(a+)+$": {}}}], "unevaluatedProperties": False}
+    for schema in (
+        {"type": "object", "patternProperties": {"^(a+)+$": {}}, "unevaluatedProperties": False},
+        {"type": "object", "properties": {"x": nested}},
+    ):
+        tool = parse_tool({"name": "pay", "inputSchema": schema})
+        found = Schemas().problem(tool, {"a" * 40 + "!": 1, "x": {"a" * 40 + "!": 1}})
+        assert found is not None
+        assert found.path == "$"
+        assert "unevaluatedProperties" in found.message
