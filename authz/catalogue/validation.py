@@ -37,6 +37,14 @@ MAX_QUOTE: Final = 120
 # The validator recurses per level of schema: a few hundred levels (a few KB, well inside the
 # definition bound) exhaust Python's stack. Such a schema cannot judge, so the call is refused.
 TOO_DEEP: Final = "the tool's inputSchema is nested too deep for the gateway to check"
+# jsonschema's `unevaluatedProperties` matches the `patternProperties` it looks through with
+# Python's backtracking `re`, out of reach of the RE2 keywords below: a server's "^(a+)+$"
+# and a 40-character argument name would hold the event loop for hours.
+_PYTHON_RE: Final = frozenset({"unevaluatedProperties", "patternProperties"})
+PYTHON_RE: Final = (
+    "the tool's inputSchema combines unevaluatedProperties with patternProperties, "
+    "which the gateway cannot check in linear time"
+)
 # What a `$ref` may resolve to beyond the schema itself: the drafts' meta-schemas only (the
 # validators add those), nothing retrieved. jsonschema's default registry would still fetch
 # a remote `$ref` with a blocking urlopen: a request from the gateway to any address the
@@ -101,6 +109,8 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator | str:
             "the tool's inputSchema names a JSON Schema dialect the gateway does not know: "
             + _quote(dialect)
         )
+    if _keywords_in(schema) >= _PYTHON_RE:
+        return PYTHON_RE
     try:
         strict.check_schema(dict(schema))
     except RecursionError:
@@ -111,6 +121,21 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator | str:
             + e.message[:MAX_QUOTE]
         )
     return strict(dict(schema), registry=_OFFLINE)
+
+
+def _keywords_in(schema: Mapping[str, Any]) -> set[str]:
+    """Which of _PYTHON_RE's names occur as keys anywhere in `schema` (a walk with its own
+    stack: the schema's depth is the server's choice)."""
+    found: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            found.update(k for k in node if k in _PYTHON_RE)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def describe(error: ValidationError) -> str:
