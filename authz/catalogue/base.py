@@ -109,7 +109,9 @@ def page_of(
 
 def size_of(tool: ToolDefinition) -> int:
     """The bytes of a definition as the bound counts them: its fields as compact JSON."""
-    return len(json.dumps(tool.fields(), separators=(",", ":"), ensure_ascii=False).encode())
+    text = json.dumps(tool.fields(), separators=(",", ":"), ensure_ascii=False)
+    # A lone surrogate is valid JSON (`"\ud800"`) but not UTF-8: counted as its 3 bytes.
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def stub(tool: ToolDefinition) -> ToolDefinition:

@@ -215,7 +215,9 @@ class RedisCatalogue(RedisBacked):
 
 def _blob(tool: ToolDefinition) -> str:
     stored = tool.fields() | {"fingerprint": tool.fingerprint}
-    return json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
+    # ASCII: a lone surrogate (valid JSON from a server) is kept as its escape, which Redis
+    # can store and json.loads reads back as the same string.
+    return json.dumps(stored, separators=(",", ":"), ensure_ascii=True)
 
 
 def _definition(blob: str) -> ToolDefinition:

@@ -25,6 +25,7 @@ import re2
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.protocols import Validator
+from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from authz.protocol.tools import ToolDefinition
@@ -33,6 +34,22 @@ from authz.protocol.tools import ToolDefinition
 MAX_COMPILED: Final = 1024
 # How much of a schema's own value a refusal quotes.
 MAX_QUOTE: Final = 120
+# The validator recurses per level of schema: a few hundred levels (a few KB, well inside the
+# definition bound) exhaust Python's stack. Such a schema cannot judge, so the call is refused.
+TOO_DEEP: Final = "the tool's inputSchema is nested too deep for the gateway to check"
+# jsonschema's `unevaluatedProperties` matches the `patternProperties` it looks through with
+# Python's backtracking `re`, out of reach of the RE2 keywords below: a server's "^(a+)+$"
+# and a 40-character argument name would hold the event loop for hours.
+_PYTHON_RE: Final = frozenset({"unevaluatedProperties", "patternProperties"})
+PYTHON_RE: Final = (
+    "the tool's inputSchema combines unevaluatedProperties with patternProperties, "
+    "which the gateway cannot check in linear time"
+)
+# What a `$ref` may resolve to beyond the schema itself: the drafts' meta-schemas only (the
+# validators add those), nothing retrieved. jsonschema's default registry would still fetch
+# a remote `$ref` with a blocking urlopen: a request from the gateway to any address the
+# server names, holding the event loop for as long as that address holds the socket.
+_OFFLINE: Final[Registry[Any]] = Registry()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +75,8 @@ class Schemas:
             return ArgumentProblem("$", check)
         try:
             error = best_match(check.iter_errors(arguments))
+        except RecursionError:
+            return ArgumentProblem("$", TOO_DEEP)
         except Unresolvable as e:
             why = f"the tool's inputSchema refers to {e} which the gateway does not fetch"
             return ArgumentProblem("$", why)
@@ -90,14 +109,33 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator | str:
             "the tool's inputSchema names a JSON Schema dialect the gateway does not know: "
             + _quote(dialect)
         )
+    if _keywords_in(schema) >= _PYTHON_RE:
+        return PYTHON_RE
     try:
         strict.check_schema(dict(schema))
+    except RecursionError:
+        return TOO_DEEP
     except SchemaError as e:
         return (
             f"the tool's inputSchema is not a valid JSON Schema at {e.json_path}: "
             + e.message[:MAX_QUOTE]
         )
-    return strict(dict(schema))
+    return strict(dict(schema), registry=_OFFLINE)
+
+
+def _keywords_in(schema: Mapping[str, Any]) -> set[str]:
+    """Which of _PYTHON_RE's names occur as keys anywhere in `schema` (a walk with its own
+    stack: the schema's depth is the server's choice)."""
+    found: set[str] = set()
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            found.update(k for k in node if k in _PYTHON_RE)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def describe(error: ValidationError) -> str:
@@ -125,9 +163,20 @@ def _quote(value: Any) -> str:
     return text if len(text) <= MAX_QUOTE else text[: MAX_QUOTE - 3] + "..."
 
 
+# RE2's memory per pattern (its program and the DFA caches that grow while matching); the
+# default 8 MiB, times MAX_COMPILED cached patterns a hostile server can fill, is gigabytes.
+# 1 MiB holds every common pattern (some 40,000 instructions); a larger one cannot run.
+MAX_PATTERN_MEMORY: Final = 1 << 20
+_OPTIONS: Final = re2.Options()
+_OPTIONS.max_mem = MAX_PATTERN_MEMORY
+# A refused pattern is reported in the refusal; RE2's own stderr line would let a server
+# write to our logs once per call.
+_OPTIONS.log_errors = False
+
+
 @lru_cache(maxsize=MAX_COMPILED)
 def _regex(pattern: str) -> Any:
-    return re2.compile(pattern)
+    return re2.compile(pattern, _OPTIONS)
 
 
 # The keyword functions get the concrete validator, whose `descend` the protocol leaves out.

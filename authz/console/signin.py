@@ -53,9 +53,13 @@ class SignIn:
     def operator(self, request: Request) -> Operator | None:
         """The signed-in person with at least one role, or None."""
         if self._config.trusted_header is not None:
-            identity = request.headers.get(self._config.trusted_header, "")
-            groups = request.headers.get(self._config.roles.groups_header, "").split(",")
-            return self._operator(identity, groups)
+            # One copy each, or nobody: a proxy that adds its header rather than replacing
+            # the client's leaves two, and reading either would let the client choose.
+            identities = request.headers.getlist(self._config.trusted_header)
+            groups = request.headers.getlist(self._config.roles.groups_header)
+            if len(identities) != 1 or len(groups) > 1:
+                return None
+            return self._operator(identities[0], groups[0].split(",") if groups else [])
         user = request.session.get(SESSION_USER)
         if not isinstance(user, dict):
             return None

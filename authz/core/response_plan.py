@@ -8,8 +8,8 @@ and removes it before the request goes upstream. It says:
 
 - which caller's grant a `tools/list` answer (or a GET event stream) is filtered for, and
   whether the request asked for a later page (then the answer is not the whole list);
-- what the request counted, so a 5xx answer gives exactly that back (CounterStore.refund),
-  once, under the decision id.
+- what the request counted, and when, so a 5xx answer gives exactly that back
+  (CounterStore.refund), once, under the decision id, while it is still in its window.
 
 Decoding is strict: a plan that does not parse is an error the edge fails closed on.
 """
@@ -17,6 +17,8 @@ Decoding is strict: a plan that does not parse is an error the edge fails closed
 from __future__ import annotations
 
 import json
+import math
+import time
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -43,6 +45,10 @@ class ResponsePlan:
     paged: bool = False
     # The units the request counted, given back when the upstream answers 5xx.
     refund: tuple[Hit, ...] = ()
+    # When ext_authz counted them (epoch seconds); None when unknown, then nothing is given
+    # back (the stores refund from a key's newest entries, so a unit that already left the
+    # window would take back a later call's).
+    counted_at: float | None = None
 
     @property
     def filters(self) -> bool:
@@ -55,7 +61,8 @@ class ResponsePlan:
         if outcome.view_grant is None and not refund:
             return None
         paged = any(c.paged for c in outcome.calls if c.method == "tools/list")
-        return cls(outcome.decision_id, outcome.view_grant, paged, refund)
+        counted_at = time.time() if refund else None
+        return cls(outcome.decision_id, outcome.view_grant, paged, refund, counted_at)
 
     def encode(self) -> str:
         refund = [
@@ -65,8 +72,8 @@ class ResponsePlan:
         doc: dict[str, Any] = {"d": self.decision_id}
         if self.grant is not None:
             doc["g"], doc["p"] = self.grant, self.paged
-        if refund and len(_json(refund)) <= _REFUND_BUDGET:
-            doc["r"] = refund
+        if refund and self.counted_at is not None and len(_json(refund)) <= _REFUND_BUDGET:
+            doc["r"], doc["t"] = refund, round(self.counted_at, 3)
         return _json(doc)
 
     @classmethod
@@ -81,6 +88,7 @@ class ResponsePlan:
                 None if grant is None else _text(grant),
                 doc.get("p", False) is True,
                 tuple(_hit(item) for item in doc.get("r", ())),
+                None if doc.get("t") is None else _stamp(doc["t"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise PlanError(f"the plan header does not parse: {e}") from None
@@ -102,6 +110,12 @@ def _count(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise TypeError(f"expected a whole number, got {value!r}")
     return value
+
+
+def _stamp(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise TypeError(f"expected a time, got {value!r}")
+    return float(value)
 
 
 def _hit(item: Any) -> Hit:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -58,8 +59,10 @@ class ResponseSide:
         store: CounterStore,
         catalogue: Catalogue | None = None,
         upstream: str = "default",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
+        self._clock = clock
         self.catalogue = catalogue
         self._store = store
         self._upstream = upstream
@@ -69,15 +72,21 @@ class ResponseSide:
         reach included) means no result reached the agent, so the request's units go back."""
         if status < 500 or not plan.refund:
             return None
+        # Only units still in their window: one that left it is no longer counted, and the
+        # store would give back a later call's instead (a call slower than its window).
+        elapsed = None if plan.counted_at is None else self._clock() - plan.counted_at
+        hits = tuple(h for h in plan.refund if elapsed is not None and elapsed < h.window)
+        if not hits:
+            return ResponseEvent("refund_expired", plan.decision_id, {"status": status})
         try:
-            refunded = await self._store.refund(plan.decision_id, plan.refund)
+            refunded = await self._store.refund(plan.decision_id, hits)
         except StoreUnavailable as e:
             # The strict side: the call stays counted.
             return ResponseEvent("refund_failed", plan.decision_id, {"error": str(e)})
         detail = {
             "status": status,
-            "counters": sorted({h.key.counter for h in plan.refund}),
-            "units": sum(h.cost for h in plan.refund),
+            "counters": sorted({h.key.counter for h in hits}),
+            "units": sum(h.cost for h in hits),
             "repeated": not refunded,
         }
         return ResponseEvent("refunded", plan.decision_id, detail)
@@ -87,13 +96,32 @@ class ResponseSide:
     ) -> ListRewriter | None:
         """What reads this answer's body; None when the body cannot carry a list MCP clients
         read (neither JSON nor an event stream), so it passes untouched."""
-        media = content_type.partition(";")[0].strip().lower()
-        if media not in ("application/json", "text/event-stream"):
+        media = _media(content_type)
+        if media is None:
             return None
         if encoding.strip().lower() not in ("", "identity"):
             raise ResponseRefused(f"a {encoding} encoded answer cannot be read")
         lister = _Lister(self, plan, upstream_of(request, self._upstream))
         return ListRewriter(lister, stream=media == "text/event-stream")
+
+
+_READABLE: Final = ("application/json", "text/event-stream")
+
+
+def _media(content_type: str) -> str | None:
+    """Which of the two list-carrying media the body is; None for any other.
+
+    The SDK clients choose their reader laxly (Python: the value starts with the media type;
+    TypeScript: the value contains it), and Envoy joins a repeated header with ",". A value
+    that names one of them anywhere, but is not plainly that one type, would be read as a
+    list by some client and passed unread by us, so it is refused instead."""
+    value = content_type.lower()
+    media = value.partition(";")[0].strip()
+    if media in _READABLE and "," not in value:
+        return media
+    if any(m in value for m in _READABLE):
+        raise ResponseRefused(f"an answer whose Content-Type is ambiguous: {content_type[:80]!r}")
+    return None
 
 
 class _Lister:
@@ -127,7 +155,7 @@ class _Lister:
         if not isinstance(entries, list):
             raise ResponseRefused("a tools/list result whose `tools` is not an array")
         parsed = [(entry, _definition(entry)) for entry in entries]
-        definitions = [d for _, d in parsed if d is not None]
+        definitions = _distinct([d for _, d in parsed if d is not None])
         complete = not self._plan.paged and result.get("nextCursor") is None
         observed = await self._observe(definitions, complete=complete)
         policy = self._side.policy()
@@ -206,6 +234,20 @@ def _definition(entry: Any) -> ToolDefinition | None:
         return None
 
 
+def _distinct(definitions: list[ToolDefinition]) -> list[ToolDefinition]:
+    """The page's tools, each name once. A name listed twice with two definitions is refused:
+    the catalogue would judge one (which, by order) while the agent reads both, so a swapped
+    description could ride next to the pinned one."""
+    seen: dict[str, ToolDefinition] = {}
+    for tool in definitions:
+        first = seen.setdefault(tool.name, tool)
+        if first.fingerprint != tool.fingerprint:
+            raise ResponseRefused(
+                f"a tools/list answer that lists {tool.name[:64]!r} twice, with two definitions"
+            )
+    return list(seen.values())
+
+
 class ListRewriter:
     """One answer's body, chunk by chunk: JSON bodies are held (bounded) until complete, event
     streams go out event by event, each untouched event byte for byte."""
@@ -260,4 +302,6 @@ def _loads(data: bytes) -> Any:
 
 
 def _dumps(message: Any) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    # ASCII: a lone surrogate the server sent as an escape (valid JSON, not UTF-8) goes on
+    # as that escape instead of failing to encode.
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=True)

@@ -22,6 +22,7 @@ from enum import IntEnum
 from typing import Any
 
 from authz.protocol.bounds import MAX_NAME, bounded
+from authz.protocol.errors import RequestRefused
 
 # The fields of a tool that define it. `_meta` and `icons` are presentation and are left out.
 _DEFINING_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
@@ -78,7 +79,12 @@ def parse_tool(entry: Any) -> ToolDefinition:
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise ToolDefinitionError("a tool has no string `name`")
-    bounded(name, MAX_NAME, "tool name")
+    try:
+        bounded(name, MAX_NAME, "tool name")
+    except RequestRefused as e:
+        # The server's entry, not the agent's request: the entry is unreadable, the rest of
+        # its list is not.
+        raise ToolDefinitionError(f"a listed {e.message}") from None
     return ToolDefinition(
         name=name,
         description=_optional(entry, "description", str, ""),

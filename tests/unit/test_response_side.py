@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ def names(message: Any) -> list[str]:
 
 
 def test_a_plan_reads_back_as_written() -> None:
-    plan = ResponsePlan("d-1", "ops", paged=True, refund=(HIT,))
+    plan = ResponsePlan("d-1", "ops", paged=True, refund=(HIT,), counted_at=1_800_000_000.5)
     assert ResponsePlan.decode(plan.encode()) == plan
     assert ResponsePlan.decode(ResponsePlan("d-2").encode()) == ResponsePlan("d-2")
 
@@ -203,7 +204,7 @@ async def test_a_5xx_refunds_once_and_other_statuses_never() -> None:
     store = MemoryStore()
     responses = ResponseSide(lambda: POLICY, store)
     await store.hit([HIT, HIT])
-    plan = ResponsePlan("d", refund=(HIT,))
+    plan = ResponsePlan("d", refund=(HIT,), counted_at=time.time())
     assert await responses.answered(plan, 200) is None
     assert await responses.answered(plan, 404) is None
     first = await responses.answered(plan, 503)
