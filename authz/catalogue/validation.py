@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, cast
@@ -73,8 +74,18 @@ class Schemas:
         check = self._compile(tool)
         if isinstance(check, str):
             return ArgumentProblem("$", check)
+        budget = _BUDGET.set([MATCH_BUDGET])
         try:
             error = best_match(check.iter_errors(arguments))
+            # Inside the budget too: naming the unexpected properties matches their names.
+            return None if error is None else ArgumentProblem(error.json_path, describe(error))
+        except _BudgetSpentError as e:
+            path = _path_of(arguments, e.text)
+            why = (
+                f"arguments at {path} cannot be checked: the tool's inputSchema's patterns cost "
+                f"more than the gateway spends on one call (pattern: {_quote(e.pattern)})"
+            )
+            return ArgumentProblem(path, why)
         except RecursionError:
             return ArgumentProblem("$", TOO_DEEP)
         except Unresolvable as e:
@@ -83,7 +94,8 @@ class Schemas:
         except re2.error as e:
             why = f"the tool's inputSchema has a pattern the gateway cannot run ({e})"
             return ArgumentProblem("$", why)
-        return None if error is None else ArgumentProblem(error.json_path, describe(error))
+        finally:
+            _BUDGET.reset(budget)
 
     def __len__(self) -> int:
         """How many compiled schemas are kept."""
@@ -165,7 +177,7 @@ def _quote(value: Any) -> str:
 
 # RE2's memory per pattern (its program and the DFA caches that grow while matching); the
 # default 8 MiB, times MAX_COMPILED cached patterns a hostile server can fill, is gigabytes.
-# 1 MiB holds every common pattern (some 40,000 instructions); a larger one cannot run.
+# 1 MiB holds some 40,000 instructions, past MAX_PROGRAM_SIZE below; a larger one cannot run.
 MAX_PATTERN_MEMORY: Final = 1 << 20
 _OPTIONS: Final = re2.Options()
 _OPTIONS.max_mem = MAX_PATTERN_MEMORY
@@ -174,16 +186,82 @@ _OPTIONS.max_mem = MAX_PATTERN_MEMORY
 _OPTIONS.log_errors = False
 
 
+# RE2 is linear, but in len(text) x the program's size: the review's unanchored
+# `[\s\S]{1000}[\s\S]{1000}[\s\S]{1000}x` (21,005 instructions) took 3.2 s on a 100 KB string
+# here, holding the event loop for every agent. Two bounds make each call's cost known before
+# any match runs. A pattern above MAX_PROGRAM_SIZE cannot run (a UUID pattern is 70, a
+# hostname one 2,655, `^[\s\S]{0,1000}$` 8,002); and one call's matches, summed, may cost at
+# most MATCH_BUDGET units of len(text) x programsize (so 2,000 characters for a pattern at the
+# cap, 5 MB for `^[a-z ]*$`). Measured on this 2-core machine under load (RE2's slowest case, the
+# DFA out of memory and the NFA running): 1.5 ns a unit, so the budget is ~30 ms a call.
+MAX_PROGRAM_SIZE: Final = 10_000
+MATCH_BUDGET: Final = 20_000_000
+# What is left of the current call's MATCH_BUDGET (one cell, spent by `_search`); set by
+# `Schemas.problem` for each call, since the compiled validators are shared between calls.
+_BUDGET: Final[ContextVar[list[int]]] = ContextVar("_BUDGET")
+
+
+class _BudgetSpentError(Exception):
+    """A match the call's budget cannot pay for; it runs through every keyword (a yielded
+    error could be turned into a pass by `not`)."""
+
+    def __init__(self, pattern: str, text: str) -> None:
+        super().__init__(pattern)
+        self.pattern, self.text = pattern, text
+
+
 @lru_cache(maxsize=MAX_COMPILED)
-def _regex(pattern: str) -> Any:
-    return re2.compile(pattern, _OPTIONS)
+def _compiled(pattern: str) -> Any:
+    """The RE2 program for `pattern`, or why it cannot run (cached too: a refused pattern is
+    not compiled again on every call)."""
+    try:
+        regex = re2.compile(pattern, _OPTIONS)
+    except re2.error as e:
+        return str(e)
+    if regex.programsize > MAX_PROGRAM_SIZE:
+        return f"{regex.programsize} RE2 instructions, over the gateway's {MAX_PROGRAM_SIZE}"
+    return regex
+
+
+def _search(pattern: str, text: str) -> bool:
+    """Whether `pattern` occurs in `text`, charged to the call's budget before it runs."""
+    regex = _compiled(pattern)
+    if isinstance(regex, str):
+        raise re2.error(f"{_quote(pattern)}: {regex}")
+    left = _BUDGET.get()
+    cost = len(text) * regex.programsize
+    if cost > left[0]:
+        raise _BudgetSpentError(pattern, text)
+    left[0] -= cost
+    return regex.search(text) is not None
+
+
+def _path_of(arguments: Mapping[str, Any], text: str) -> str:
+    """The JSON path of the argument value `text` is, or of the object with the key `text`
+    ("$" when not found): the keywords are handed the value, not where it is."""
+    stack: list[tuple[Any, str]] = [(arguments, "$")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key is text:
+                    return path
+                if value is text:
+                    return f"{path}.{key}"
+                stack.append((value, f"{path}.{key}"))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                if value is text:
+                    return f"{path}[{i}]"
+                stack.append((value, f"{path}[{i}]"))
+    return "$"
 
 
 # The keyword functions get the concrete validator, whose `descend` the protocol leaves out.
 def _pattern(
     validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]
 ) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
         yield ValidationError(f"does not match {pattern!r}")
 
 
@@ -194,7 +272,7 @@ def _pattern_properties(
         return
     for pattern, subschema in patterns.items():
         for key, value in instance.items():
-            if _regex(pattern).search(key):
+            if _search(pattern, key):
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
@@ -213,11 +291,11 @@ def _additional_properties(
 
 def _extras(instance: Mapping[str, Any], schema: Mapping[str, Any]) -> list[str]:
     properties = schema.get("properties", {})
-    patterns = [_regex(p) for p in schema.get("patternProperties", {})]
+    patterns = schema.get("patternProperties", {})
     return [
         key
         for key in instance
-        if key not in properties and not any(p.search(key) for p in patterns)
+        if key not in properties and not any(_search(p, key) for p in patterns)
     ]
 
 

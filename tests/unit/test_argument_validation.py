@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from authz.catalogue import validation
 from authz.catalogue.validation import Schemas
 from authz.protocol.tools import ToolDefinition, parse_tool
 
@@ -173,3 +174,53 @@ def test_compiled_schemas_are_kept_per_fingerprint_and_bounded() -> None:
     swapped = tool({"type": "object", "properties": {"a": {"type": "string"}}})
     assert schemas.problem(swapped, {"a": 1}) is not None
     assert schemas.problem(one, {"a": 1}) is None
+
+
+# The adversarial review's pattern: unanchored, 21,005 RE2 instructions, seconds on 100 KB.
+REVIEWED = r"[\s\S]{1000}[\s\S]{1000}[\s\S]{1000}x"
+# Under the size cap (2,665 instructions) but 100 KB of text costs 266 million units.
+COSTLY = r"[\s\S]{190}[\s\S]{190}x"
+
+
+@pytest.mark.parametrize("text", ["short", "a" * 100_000])
+def test_a_pattern_over_the_program_size_cap_refuses_the_call(text: str) -> None:
+    schema = {"type": "object", "properties": {"note": {"type": "string", "pattern": REVIEWED}}}
+    found = problem({"note": text}, schema)
+    assert found is not None
+    assert "cannot run" in found
+    assert f"over the gateway's {validation.MAX_PROGRAM_SIZE}" in found
+
+
+def test_matches_over_the_call_budget_refuse_naming_the_path() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"doc": {"type": "object", "properties": {"note": {"pattern": COSTLY}}}},
+    }
+    found = Schemas().problem(tool(schema), {"doc": {"note": "a" * 100_000}})
+    assert found is not None
+    assert found.path == "$.doc.note"
+    assert "cost more than the gateway spends on one call" in found.message
+    # A name matched by patternProperties is charged too; the object holding it is named.
+    keyed = {"type": "object", "patternProperties": {COSTLY: {"type": "integer"}}}
+    found = Schemas().problem(tool(keyed), {"k" * 100_000: 1})
+    assert found is not None
+    assert found.path == "$"
+    assert "cost more than the gateway spends on one call" in found.message
+
+
+def test_the_budget_is_per_call_not_per_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each match costs 4 x 1,000 (programsize of "^[a-z ]*$" is 4); the budget pays for 3.
+    monkeypatch.setattr(validation, "MATCH_BUDGET", 12_000)
+    fields = {f"f{i}": {"type": "string", "pattern": "^[a-z ]*$"} for i in range(4)}
+    schema = {"type": "object", "properties": fields}
+    three = {f"f{i}": "a" * 1000 for i in range(3)}
+    assert problem(three, schema) is None
+    found = problem({**three, "f3": "b" * 1000}, schema)
+    assert found is not None
+    assert "cost more than the gateway spends on one call" in found
+    # Every call starts afresh: the three pass again.
+    assert problem(three, schema) is None
+
+
+def test_an_ordinary_pattern_on_ordinary_input_still_validates() -> None:
+    assert problem({"amount": 5, "currency": "usd", "memo": "rent for march"}) is None
