@@ -498,7 +498,9 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        health = await ReplicaHealth.start(judging=False)
+        health = await ReplicaHealth.start(
+            judging=False, on_change=self.telemetry.metrics.record_serving
+        )
         health_http = await self.serve_health(health)
         # The admin API first: once the ext_authz port reports SERVING, both are up.
         admin = await self.serve_admin()

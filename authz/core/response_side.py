@@ -210,18 +210,8 @@ class _Lister:
             # catalogue with its own fail mode.
             log.warning("the catalogue did not record a tools/list answer: %s", e)
             return None
-        changes = {o.name: o.change.value for o in observed if o.change.value != "unchanged"}
-        if changes:
-            self.events.append(
-                ResponseEvent(
-                    "catalogue_changed",
-                    self._plan.decision_id,
-                    {
-                        "upstream": self._upstream,
-                        "changes": dict(list(changes.items())[:MAX_NAMED]),
-                    },
-                )
-            )
+        # Each change is audited once, per tool with its fingerprints, by the catalogue
+        # (AuditedCatalogue); the response side adds no line of its own for it.
         return {o.name: o for o in observed}
 
 

@@ -69,10 +69,13 @@ async def create_server(
     health it serves: `health` (the runner's, NOT_SERVING until the stores answer), or one
     that says SERVING from the start. With a `response_side` it serves ext_proc's
     ExternalProcessor too."""
-    health = health or await ReplicaHealth.start(judging=True)
+    telemetry = telemetry or Telemetry.off()
+    health = health or await ReplicaHealth.start(
+        judging=True, on_change=telemetry.metrics.record_serving
+    )
     server = grpc.aio.server()
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(  # type: ignore[no-untyped-call]
-        AuthorizationServicer(decider, audit, telemetry or Telemetry.off(), upstream), server
+        AuthorizationServicer(decider, audit, telemetry, upstream), server
     )
     if response_side is not None:
         add_external_processor(server, response_side, audit)

@@ -54,19 +54,31 @@ _SERVING: Final = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING: Final = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def _unrecorded(judging: bool) -> None:
+    """The default `on_change`: a replica with no metrics to tell."""
+
+
 class ReplicaHealth:
     """The statuses of one gRPC health servicer (`servicer`, for a gRPC server to serve). Once
     `drain` has run nothing turns SERVING again (grpcio-health-checking ignores every later
-    `set`, and so does `set_judging`)."""
+    `set`, and so does `set_judging`). `on_change` hears every change of `judging` (the
+    `mcp_authz_serving` gauge), the first one included."""
 
-    def __init__(self, servicer: health.aio.HealthServicer) -> None:
+    def __init__(
+        self,
+        servicer: health.aio.HealthServicer,
+        on_change: Callable[[bool], None] = _unrecorded,
+    ) -> None:
         self.servicer = servicer
+        self._on_change = on_change
         self._judging: bool | None = None
         self._drained = False
 
     @classmethod
-    async def start(cls, *, judging: bool) -> ReplicaHealth:
-        replica = cls(health.aio.HealthServicer())
+    async def start(
+        cls, *, judging: bool, on_change: Callable[[bool], None] = _unrecorded
+    ) -> ReplicaHealth:
+        replica = cls(health.aio.HealthServicer(), on_change)
         await replica.servicer.set(LIVENESS, _SERVING)
         await replica.set_judging(judging)
         return replica
@@ -83,12 +95,16 @@ class ReplicaHealth:
         if judging == self._judging or self._drained:
             return
         self._judging = judging
+        # The gauge first: whoever reads the new status can already scrape it.
+        self._on_change(judging)
         for service in JUDGING:
             await self.servicer.set(service, _SERVING if judging else _NOT_SERVING)
 
     async def drain(self) -> None:
         """NOT_SERVING everywhere, for good: the first step of a shutdown, so that health
         checks stop routing new work here while in-flight Checks finish."""
+        if self.judging:
+            self._on_change(False)
         self._drained = True
         await self.servicer.enter_graceful_shutdown()
 

@@ -27,6 +27,9 @@ from authz.protocol.errors import Refusal
 OTHER_TOOL: Final = "other"
 # The build-info gauge: 1, labelled with the running version; not on the dashboard.
 BUILD_INFO: Final = "mcp_authz.build_info"
+# The health gauge: 1 while this replica's health says SERVING (it can judge a Check), else
+# 0; no labels. A per-replica signal for alerts and probes, not on the dashboard.
+SERVING: Final = "mcp_authz.serving"
 # The label of requests that call no tool (initialize, tools/list, malformed bodies).
 NO_TOOL: Final = "none"
 # A decision is a parse, a policy lookup and at most two store round trips: sub-millisecond
@@ -85,6 +88,11 @@ class Metrics:
         self._spans_dropped = meter.create_counter(
             "mcp_authz.telemetry.spans_dropped", "{span}", "Spans lost before export, by reason"
         )
+        # `{replica}` rather than `1`: Prometheus translations give a gauge of unit `1` a
+        # `_ratio` suffix on some paths; an annotation is dropped on all of them.
+        self._serving = meter.create_gauge(
+            SERVING, "{replica}", "1 while this replica can judge a Check (health SERVING), else 0"
+        )
         # `mcp_authz_build_info{version="..."} 1`, the usual way to tell which build is running.
         meter.create_up_down_counter(
             BUILD_INFO, "1", "The running build: 1, labelled with its version"
@@ -124,6 +132,10 @@ class Metrics:
     def record_reload(self, ok: bool) -> None:
         """The policy watcher's hook: one call per attempted reload."""
         self._reloads.add(1, {"result": _result(ok)})
+
+    def record_serving(self, serving: bool) -> None:
+        """ReplicaHealth's hook: one call per change of what health says."""
+        self._serving.set(int(serving))
 
     def record_spans_dropped(self, count: int, reason: str) -> None:
         self._spans_dropped.add(count, {"reason": reason})

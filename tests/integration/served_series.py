@@ -35,6 +35,7 @@ SEED = Path(__file__).resolve().parents[2] / "examples" / "policies" / "seed.jso
 class Series:
     name: str
     labels: dict[str, str]
+    value: float
 
 
 def free_port() -> int:
@@ -48,7 +49,7 @@ def scrape(address: str) -> list[Series]:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
         text = response.read().decode()
     return [
-        Series(sample.name, dict(sample.labels))
+        Series(sample.name, dict(sample.labels), sample.value)
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     ]

@@ -34,6 +34,7 @@ from authz.edges.health import (
 )
 from tests.checks import serving_port
 from tests.conftest import RedisServer, free_port
+from tests.integration.served_series import scrape
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "policies" / "seed.json"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -73,20 +74,34 @@ def wait_status(port: int, want: int) -> None:
         time.sleep(0.1)
 
 
+def serving_gauge(metrics_at: str) -> list[tuple[dict[str, str], float]]:
+    """The `mcp_authz_serving` samples on a replica's /metrics, labels without the scope's."""
+    return [
+        ({k: v for k, v in s.labels.items() if not k.startswith("otel_scope_")}, s.value)
+        for s in scrape(metrics_at)
+        if s.name == "mcp_authz_serving"
+    ]
+
+
 def test_health_follows_redis_in_fail_closed_mode_only(own_redis: RedisServer) -> None:
+    metrics_at = f"127.0.0.1:{free_port()}"
     with ExitStack() as stack:
-        closed = stack.enter_context(serve(own_redis.url, "closed"))
+        closed = stack.enter_context(serve(own_redis.url, "closed", "--metrics-listen", metrics_at))
         opened = stack.enter_context(serve(own_redis.url, "open"))
         for port in (closed, opened):
             for service in ("", AUTHORIZATION_SERVICE, LIVENESS):
                 assert status(port, service) == SERVING
+        assert serving_gauge(metrics_at) == [({}, 1.0)]
         own_redis.kill()
         wait_status(closed, NOT_SERVING)
+        # The gauge changes before the status does, so it reads 0 once health does.
+        assert serving_gauge(metrics_at) == [({}, 0.0)]
         assert status(closed, AUTHORIZATION_SERVICE) == NOT_SERVING
         assert status(closed, LIVENESS) == SERVING
         assert status(opened) == SERVING
         own_redis.start()
         wait_status(closed, SERVING)
+        assert serving_gauge(metrics_at) == [({}, 1.0)]
 
 
 def http_status(port: int, path: str = "/ready", method: str = "GET") -> int:

@@ -170,7 +170,7 @@ async def test_every_alert_reads_series_a_running_gateway_serves(
 def test_a_misspelt_label_value_reads_nothing() -> None:
     # The check above can fail: a label value no series has matches nothing.
     (selector,) = selectors('mcp_authz_policy_reloads_total{result="failed"}')
-    served = [Series("mcp_authz_policy_reloads_total", {"result": "error"})]
+    served = [Series("mcp_authz_policy_reloads_total", {"result": "error"}, 1.0)]
     assert matching(selector, served) == []
 
 

@@ -115,3 +115,14 @@ async def test_drain_ends_ready_and_live_for_the_http_endpoint() -> None:
     assert (replica.judging, replica.live) == (True, True)
     await replica.drain()
     assert (replica.judging, replica.live) == (False, False)
+
+
+async def test_on_change_hears_each_change_once_and_drain_as_the_last() -> None:
+    heard: list[bool] = []
+    replica = await ReplicaHealth.start(judging=False, on_change=heard.append)
+    for judging_now in (False, True, True, False, True):
+        await replica.set_judging(judging_now)
+    await replica.drain()
+    await replica.set_judging(True)
+    await replica.drain()
+    assert heard == [False, True, False, True, False]

@@ -16,6 +16,7 @@ from authz.observe.metrics import (
     NO_TOOL,
     OTHER_TOOL,
     PROMETHEUS_NAMES,
+    SERVING,
     Metrics,
     PolicyTools,
     policy_tools,
@@ -82,6 +83,7 @@ def test_every_instrument_has_its_declared_prometheus_name() -> None:
     metrics.record_store("redis", 0.001, failed=True)
     metrics.record_reload(ok=False)
     metrics.record_spans_dropped(2, "queue_full")
+    metrics.record_serving(True)
     data = reader.get_metrics_data()
     assert data is not None
     instruments = {
@@ -89,7 +91,7 @@ def test_every_instrument_has_its_declared_prometheus_name() -> None:
         for rm in data.resource_metrics
         for sm in rm.scope_metrics
         for m in sm.metrics
-        if m.name != BUILD_INFO
+        if m.name not in {BUILD_INFO, SERVING}
     }
     assert {prometheus_name(name, unit) for name, unit in instruments.items()} == PROMETHEUS_NAMES
 
@@ -105,6 +107,15 @@ def points(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, Any
         for p in m.data.data_points
         if hasattr(p, "value")
     }
+
+
+def test_the_serving_gauge_is_the_last_health_change_without_labels() -> None:
+    reader = InMemoryMetricReader()
+    metrics = Metrics(MeterProvider([reader]).get_meter("t"))
+    metrics.record_serving(True)
+    assert points(reader)[(SERVING, ())] == 1
+    metrics.record_serving(False)
+    assert points(reader)[(SERVING, ())] == 0
 
 
 def test_build_info_and_the_dashboards_event_counters_exist_before_any_event() -> None:
