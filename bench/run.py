@@ -252,11 +252,14 @@ def envoy(
 
 
 # Envoy's counters that say why a request was not 2xx: the ext_authz filter's verdicts
-# (`timeout` is the 250 ms check deadline, `error` a failed or non-OK gRPC call) and the
-# responses it sent downstream.
+# (`error` is any failed check, which it answers 503), the 5xx/4xx it sent downstream and,
+# on the service's cluster, what the error was: `upstream_rq_timeout` is the 250 ms check
+# deadline passing, a `upstream_cx_destroy*` or `connect_fail` a lost connection.
 ENVOY_CAUSES = re.compile(
     r"^http\.bench\.(ext_authz\.(ok|denied|error|timeout|failure_mode_allowed)"
     r"|downstream_rq_[45]xx)$"
+    r"|^cluster\.mcp_authz\.(upstream_rq_timeout|upstream_cx_destroy\w*|upstream_cx_connect_fail"
+    r"|upstream_rq_pending_failure_eject|grpc\..*)$"
 )
 
 
