@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -221,8 +222,9 @@ def envoy(
     authz_port: int | None = None,
     collector: tuple[int, str] | None = None,
     tag: str = "",
-) -> Iterator[tuple[int, int]]:
-    """Envoy with bench/envoy/`config`.yaml on free ports; yields (listener port, its pid).
+) -> Iterator[tuple[int, int, int]]:
+    """Envoy with bench/envoy/`config`.yaml on free ports; yields (listener port, its pid,
+    its admin port).
     Given a `collector` (OTLP/gRPC port, service name), Envoy traces every request there as
     deploy/envoy/envoy.yaml does, sampling 100 %."""
     doc: dict[str, Any] = yaml.safe_load((BENCH / "envoy" / f"{config}.yaml").read_text())
@@ -246,7 +248,29 @@ def envoy(
     log = workdir / f"envoy-{config}{tag}.log"
     with launch(f"envoy ({config}{tag})", argv, log) as process:
         process.wait_ready(envoy_ready(admin), "ready")
-        yield listen, process.popen.pid
+        yield listen, process.popen.pid, admin
+
+
+# Envoy's counters that say why a request was not 2xx: the ext_authz filter's verdicts
+# (`error` is any failed check, which it answers 503), the 5xx/4xx it sent downstream and,
+# on the service's cluster, what the error was: `upstream_rq_timeout` is the 250 ms check
+# deadline passing, a `upstream_cx_destroy*` or `connect_fail` a lost connection.
+ENVOY_CAUSES = re.compile(
+    r"^http\.bench\.(ext_authz\.(ok|denied|error|timeout|failure_mode_allowed)"
+    r"|downstream_rq_[45]xx)$"
+    r"|^cluster\.mcp_authz\.(upstream_rq_timeout|upstream_cx_destroy\w*|upstream_cx_connect_fail"
+    r"|upstream_rq_pending_failure_eject|grpc\..*)$"
+)
+
+
+def envoy_stats(admin: int) -> dict[str, int]:
+    """Envoy's ENVOY_CAUSES counters now, from its admin endpoint."""
+    url = f"http://{HOST}:{admin}/stats?format=json&usedonly"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        stats = json.load(response)["stats"]
+    return {
+        s["name"]: int(s["value"]) for s in stats if "value" in s and ENVOY_CAUSES.match(s["name"])
+    }
 
 
 def envoy_tracing(port: int, service: str) -> dict[str, Any]:
@@ -340,6 +364,9 @@ class Sample:
     service_cpu_us: float | None  # per check
     envoy_cpu_us: float | None  # per request
     load: float  # 1-minute load average when the run ended
+    # What Envoy counted during the run (its admin /stats, after minus before): why a
+    # non-2xx happened (ext_authz denied / error / timeout, 5xx) without an access log.
+    envoy_stats: dict[str, int] = field(default_factory=dict)
 
 
 def wrk(url: str, connections: int, seconds: int, *lua_args: str) -> dict[str, Any]:
@@ -488,6 +515,14 @@ class Cell:
         values = [getattr(s, name) for s in self.samples if getattr(s, name) is not None]
         return statistics.median(values) if values else None
 
+    def envoy_causes(self) -> dict[str, int]:
+        """Envoy's counters that explain a non-2xx, over all runs (ext_authz.ok is every
+        check, so it is left out)."""
+        total: Counter[str] = Counter()
+        for sample in self.samples:
+            total.update({k: v for k, v in sample.envoy_stats.items() if not k.endswith(".ok")})
+        return dict(total)
+
     def summary(self) -> dict[str, Any]:
         names = ("rps", "p50_ms", "p99_ms", "service_cpu_us", "envoy_cpu_us", "load")
         return {
@@ -498,6 +533,7 @@ class Cell:
             "non2xx": sum(s.non2xx for s in self.samples),
             "errors": sum(s.errors for s in self.samples),
             "requests": sum(s.requests for s in self.samples),
+            "envoy_causes": self.envoy_causes(),
             "runs": [asdict(s) for s in self.samples],
         }
 
@@ -552,6 +588,7 @@ class Stage:
     scenario: Scenario
     url: str
     envoy_pid: int
+    envoy_admin: int
     service: Service | None
     settle: Callable[[], None]
     cells: list[Cell]
@@ -581,14 +618,14 @@ def start_stage(
         env = traced_env(sink[1], name) if scenario.traced else None
         collector = (sink[1], f"envoy-{name}") if scenario.traced else None
         service = stack.enter_context(authz(workdir, redis_url, transport, tag=f"-{name}", env=env))
-    port, envoy_pid = stack.enter_context(
+    port, envoy_pid, envoy_admin = stack.enter_context(
         envoy(workdir, scenario.config, service.port if service else None, collector, f"-{name}")
     )
     url = f"http://{HOST}:{port}/mcp"
     wrk(url, 16, 1, str(IDENTITIES))  # warm-up: connections, caches, JIT-free Python
     settle = sink[0].settle if scenario.traced else (lambda: None)
     cells = [Cell(name, c, transport=scenario.transport) for c in CONNECTIONS]
-    return Stage(scenario, url, envoy_pid, service, settle, cells)
+    return Stage(scenario, url, envoy_pid, envoy_admin, service, settle, cells)
 
 
 def interleaved(stages: list[Stage], args: argparse.Namespace) -> None:
@@ -599,6 +636,7 @@ def interleaved(stages: list[Stage], args: argparse.Namespace) -> None:
         for stage in stages:
             pid = stage.service.process.popen.pid if stage.service else None
             for cell in stage.cells:
+                before = envoy_stats(stage.envoy_admin)
                 sample = wrk_sample(
                     stage.url,
                     cell.connections,
@@ -607,11 +645,18 @@ def interleaved(stages: list[Stage], args: argparse.Namespace) -> None:
                     stage.envoy_pid,
                     settle=stage.settle,
                 )
+                after = envoy_stats(stage.envoy_admin)
+                sample.envoy_stats = {
+                    name: after[name] - before.get(name, 0)
+                    for name in after
+                    if after[name] != before.get(name, 0)
+                }
                 cell.samples.append(sample)
+                causes = Cell(cell.scenario, cell.connections, samples=[sample]).envoy_causes()
                 print(
                     f"  {cell.scenario:<16} c={cell.connections:<3} {sample.rps:>8.0f} req/s  "
                     f"p50 {sample.p50_ms:.3f} ms  non-2xx {sample.non2xx}  "
-                    f"load {sample.load:.2f}",
+                    f"load {sample.load:.2f}" + (f"  envoy: {causes}" if causes else ""),
                     flush=True,
                 )
 
@@ -814,6 +859,10 @@ def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None
             f"{fmt(r['load'], '.2f'):>5}"
         )
     print()
+    for r in rows:
+        if r["envoy_causes"]:
+            why = r["envoy_causes"]
+            print(f"  envoy counted for {r['scenario']} c={r['connections']}: {why}")
     for g in goals:
         value = g["value"]
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
