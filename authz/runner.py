@@ -534,9 +534,7 @@ class Gateway:
         for task in (reloading, watching):
             if task is not None:
                 task.cancel()
-        if extproc is not None:
-            await extproc.stop(self.settings.grace)
-        await self._stop(server, health, admin[0] if admin is not None else None, console)
+        await self._stop(server, health, admin[0] if admin is not None else None, console, extproc)
         if health_http is not None:
             health_http.close()
             await health_http.wait_closed()
@@ -555,6 +553,7 @@ class Gateway:
         health: ReplicaHealth,
         admin: grpc.aio.Server | None,
         console: ConsoleServer | None = None,
+        extproc: grpc.aio.Server | None = None,
     ) -> None:
         """Everything down within --grace, and the exporters within EXPORT_FLOOR after it at
         worst: each step gets what the earlier ones left of one deadline, never a grace of its
@@ -567,7 +566,11 @@ class Gateway:
 
         # Health goes NOT_SERVING first so probes stop routing new work here while we drain.
         await health.drain()
-        await server.stop(left())
+        # ext_proc's own server (with --transport http) drains beside the checks, in the same
+        # deadline: the responses it still processes belong to requests the checks let in.
+        await asyncio.gather(
+            server.stop(left()), *(() if extproc is None else (extproc.stop(left()),))
+        )
         if admin is not None:
             await admin.stop(left())
         if console is not None:

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,10 @@ from contextlib import contextmanager
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from authz._gen.envoy.service.ext_proc.v3 import (
+    external_processor_pb2,
+    external_processor_pb2_grpc,
+)
 from authz.edges.health import AUTHORIZATION_SERVICE, LIVENESS
 from tests.checks import serving_port
 from tests.conftest import RedisServer, free_port
@@ -79,12 +84,13 @@ def test_grpc_health_turns_not_serving_on_sigterm_while_draining(
             # Seen from a process that has not exited: its streams hold the drain open.
             assert proc.poll() is None
             # A new Check during the drain: NOT_SERVING if it beats the server's stop (which
-            # follows the drain at once), refused UNAVAILABLE after it; never SERVING.
+            # follows the drain at once), refused UNAVAILABLE after it, or CANCELLED when it
+            # lands while the server stops; never SERVING.
             try:
                 answer: object = stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
             except grpc.RpcError as e:
                 answer = e.code()
-            assert answer in (NOT_SERVING, grpc.StatusCode.UNAVAILABLE)
+            assert answer in (NOT_SERVING, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         # The channel closed, the streams ended: nothing left in flight, the process exits.
         assert proc.wait(timeout=CHANGE_WITHIN) == 0
 
@@ -130,4 +136,40 @@ def test_http_health_turns_503_on_sigterm_while_a_check_drains(own_redis: RedisS
                 assert held.recv(64).startswith(b"HTTP/1.1 200"), "the held Check was lost"
         finally:
             own_redis.resume()
+        assert proc.wait(timeout=CHANGE_WITHIN) == 0
+
+
+def test_http_health_turns_503_on_sigterm_while_an_ext_proc_stream_drains(
+    own_redis: RedisServer,
+) -> None:
+    # With --transport http, ext_proc has a gRPC server of its own. An open Process stream (one
+    # per proxied request, held as long as its response) must not keep health saying 200.
+    health, extproc = free_port(), free_port()
+    options = ("--transport", "http", "--health-listen", f"127.0.0.1:{health}")
+    options += ("--extproc-listen", f"127.0.0.1:{extproc}")
+    with serving(own_redis.url, *options) as (proc, _port):
+        assert http_status(health) == 200
+        release = threading.Event()
+
+        def headers_then_nothing() -> Iterator[external_processor_pb2.ProcessingRequest]:
+            yield external_processor_pb2.ProcessingRequest(
+                request_headers=external_processor_pb2.HttpHeaders(end_of_stream=True)
+            )
+            release.wait()
+
+        with grpc.insecure_channel(f"127.0.0.1:{extproc}") as channel:
+            stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
+            stream = stub.Process(headers_then_nothing(), timeout=CHANGE_WITHIN)
+            # Answered once: the server holds the stream, which stays open for the response.
+            assert next(stream).HasField("request_headers")
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + CHANGE_WITHIN
+            try:
+                while http_status(health) != 503:
+                    assert time.monotonic() < deadline, "/ready stayed 200 while ext_proc drained"
+                    time.sleep(0.05)
+                assert proc.poll() is None
+            finally:
+                release.set()
+                stream.cancel()
         assert proc.wait(timeout=CHANGE_WITHIN) == 0
