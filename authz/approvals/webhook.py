@@ -85,9 +85,7 @@ class ApprovalWebhook:
         sleep: Sleep = asyncio.sleep,
         console_url: str | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"approval webhook {url!r} is not an http:// or https:// URL")
+        require_http_url("approval webhook", url)
         self._url = url
         self._secret = secret
         self._queue: asyncio.Queue[Approval] = asyncio.Queue(queue_size)
@@ -189,3 +187,11 @@ class ApprovalWebhook:
 
 def _iso(stamp: float) -> str:
     return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def require_http_url(what: str, url: str) -> None:
+    """Refuse, naming `what`, a URL this service would send people or requests to that is
+    not http(s) with a host (file://, a bare host name, a typo)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} {url!r} is not an http:// or https:// URL")

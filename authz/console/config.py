@@ -11,6 +11,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from authz.admin.server import is_loopback_host
+from authz.approvals.webhook import require_http_url
 from authz.console.roles import RoleMap
 from authz.observe.audit import ArgumentPath
 
@@ -80,9 +81,9 @@ def build_console(
             "--console-oidc-client-id) or --console-trusted-header (behind an auth proxy)"
         )
     url = public_url or f"http://{listen}"
-    _check_url("--console-public-url", url)
+    require_http_url("--console-public-url", url)
     if trace_url is not None:
-        _check_url("--console-trace-url", trace_url)
+        require_http_url("--console-trace-url", trace_url)
         if TRACE_ID_FIELD not in trace_url:
             raise ValueError(f"--console-trace-url {trace_url} has no {TRACE_ID_FIELD} in it")
     return ConsoleConfig(
@@ -100,7 +101,7 @@ def build_console(
 def _oidc(issuer: str | None, client_id: str | None, secret_file: Path | None) -> Oidc | None:
     if issuer is None:
         return None
-    _check_url("--console-oidc-issuer", issuer)
+    require_http_url("--console-oidc-issuer", issuer)
     if urlsplit(issuer).scheme != "https" and not is_loopback_host(urlsplit(issuer).hostname or ""):
         raise ValueError(
             f"--console-oidc-issuer {issuer} must be https (plain http only on loopback)"
@@ -132,9 +133,3 @@ def _read_line(path: Path) -> str:
     if not text or "\n" in text:
         raise ValueError(f"{path} must hold one line")
     return text
-
-
-def _check_url(flag: str, url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{flag} {url!r} is not an http:// or https:// URL")
