@@ -259,6 +259,12 @@ def _lease_options(opt: Option) -> None:
         type=float,
     )
     opt("--lease-max", "the most units one lease takes", default=_D.lease.most, type=int)
+    opt(
+        "--lease-life",
+        "the share of its window a lease is spent for (at most 0.1)",
+        default=_D.lease.share,
+        type=float,
+    )
 
 
 def _console_options(opt: Option) -> None:
@@ -302,7 +308,10 @@ def _serve(args: argparse.Namespace) -> int:
             max_sessions_per_identity=int(args.max_sessions_per_identity),
             memory_store_max_keys=int(args.memory_store_max_keys),
             lease=LeasePolicy(
-                int(args.lease_min_limit), float(args.lease_fraction), int(args.lease_max)
+                int(args.lease_min_limit),
+                float(args.lease_fraction),
+                int(args.lease_max),
+                float(args.lease_life),
             ),
             identity_source=IdentitySourceKind(args.identity_source),
             identity_header=args.identity_header or _D.identity_header,

@@ -27,8 +27,8 @@ _US = 1_000_000
 _LIMIT, _WINDOW = 10**9, 60 * _US
 _QUANTUM = _WINDOW // 60
 _HIT = (_LIMIT, _WINDOW, 1, _QUANTUM)
-# No lease wanted, none to give back (hit.lua's last three arguments per hit).
-_NO_LEASE = (0, 0, 0)
+# No lease wanted, none to give back (hit.lua's last four arguments per hit).
+_NO_LEASE = (0, 0, 0, 0)
 _IDENTITIES = 64
 
 

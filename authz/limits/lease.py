@@ -2,8 +2,8 @@
 
 For a limit of at least `min_limit` units, the Redis store asks hit.lua for the hit's cost plus
 a lease of `size(hit)` units in the same script call. hit.lua counts the lease at once and
-stamps it one quantum later than a hit, and this replica spends it for at most one quantum
-(its own clock, read before the call was sent), so every unit it admits from the lease stays
+stamps it `life(hit)` later than a hit, and this replica spends it for at most that long (its
+own clock, read before the call was sent), so every unit it admits from the lease stays
 counted in Redis for a whole window after it was admitted: Redis never counts less than the
 replicas have admitted, in any window. A replica holds at most one lease per key; the next
 script call on that key gives back the old lease's unspent units, so the only units counted
@@ -24,22 +24,34 @@ DEFAULT_LEASE_MIN_LIMIT: Final = 1000
 # A lease is this share of its limit, at most DEFAULT_LEASE_MAX units.
 DEFAULT_LEASE_FRACTION: Final = 0.01
 DEFAULT_LEASE_MAX: Final = 1000
+# A lease is spent for at most this share of its window (one quantum of the Redis store):
+# leased units stay counted that much longer.
+DEFAULT_LEASE_LIFE: Final = 0.01
+# Leases of a table this big are swept for those whose units have all left their window.
+_SWEEP_FLOOR: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class LeasePolicy:
-    """Which hits lease and how many units: `min_limit` 0 turns leasing off."""
+    """Which hits lease, how many units and for how long: `min_limit` 0 turns leasing off."""
 
     min_limit: int = DEFAULT_LEASE_MIN_LIMIT
     fraction: float = DEFAULT_LEASE_FRACTION
     most: int = DEFAULT_LEASE_MAX
+    # The share of its window a lease is spent for.
+    share: float = DEFAULT_LEASE_LIFE
 
     def __post_init__(self) -> None:
-        if self.min_limit < 0 or not 0 < self.fraction <= 0.1 or self.most < 1:
+        if (
+            self.min_limit < 0
+            or not 0 < self.fraction <= 0.1
+            or self.most < 1
+            or not 0 < self.share <= 0.1
+        ):
             raise ValueError(
                 f"leases need --lease-min-limit >= 0 (got {self.min_limit}), "
-                f"0 < --lease-fraction <= 0.1 (got {self.fraction}) and --lease-max >= 1 "
-                f"(got {self.most})"
+                f"0 < --lease-fraction <= 0.1 (got {self.fraction}), --lease-max >= 1 "
+                f"(got {self.most}) and 0 < --lease-life <= 0.1 (got {self.share})"
             )
 
     def size(self, hit: Hit) -> int:
@@ -47,6 +59,10 @@ class LeasePolicy:
         if not self.min_limit or hit.limit < self.min_limit:
             return 0
         return max(1, min(self.most, int(hit.limit * self.fraction)))
+
+    def life(self, hit: Hit) -> int:
+        """How long (us) a lease taken with `hit` may be spent."""
+        return max(1, int(hit.window * 1_000_000 * self.share))
 
 
 @dataclass(slots=True)
@@ -84,6 +100,7 @@ class Leases:
     def __init__(self) -> None:
         self._held: dict[CounterKey, Lease] = {}
         self._taking: dict[CounterKey, asyncio.Event] = {}
+        self._sweep_at = _SWEEP_FLOOR
 
     def spend(self, hit: Hit, now: float) -> Lease | None:
         """The lease `hit` was admitted from, its cost taken off; None when none serves it."""
@@ -92,6 +109,8 @@ class Leases:
             return None
         lease.left -= hit.cost
         lease.spent += hit.cost
+        if not lease.left:
+            del self._held[hit.key]  # nothing left to spend or to give back
         return lease
 
     async def wait(self, key: CounterKey) -> bool:
@@ -112,11 +131,21 @@ class Leases:
         """Drop `key`'s lease for a call that gives its unspent units back without a new one."""
         return self._held.pop(key, None)
 
-    def taken(self, key: CounterKey, lease: Lease | None) -> None:
+    def taken(self, key: CounterKey, lease: Lease | None, now: float) -> None:
         """End the take of `key`'s lease (`lease` None: none was granted, or the call failed)."""
         if lease is not None:
             self._held[key] = lease
+            if len(self._held) >= self._sweep_at:
+                self._sweep(now)
         self._taking.pop(key).set()
+
+    def _sweep(self, now: float) -> None:
+        # Keys come and go with identities and sessions; a lease whose units have all left
+        # their window has nothing to give back. Sweeping when the table has doubled keeps
+        # the cost amortised O(1) per lease, and the table the size of a window's keys.
+        # Units are stamped up to a quantum (1% of the window) after the lease's life ends.
+        self._held = {k: v for k, v in self._held.items() if v.until + v.window * 1.02 > now}
+        self._sweep_at = max(_SWEEP_FLOOR, 2 * len(self._held))
 
     def clear(self) -> None:
         self._held.clear()

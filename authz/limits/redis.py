@@ -114,7 +114,7 @@ class RedisStore(RedisBacked):
             while await self._leases.wait(h.key):
                 pass
         backs = [self._leases.drop(h.key) for h in hits]
-        result, _ = await self._count(hits, [0] * len(hits), backs)
+        result, _ = await self._count(hits, [(0, 0)] * len(hits), backs)
         return result
 
     async def _leased(self, h: Hit) -> HitResult:
@@ -133,20 +133,24 @@ class RedisStore(RedisBacked):
         old = self._leases.take(h.key)
         new: Lease | None = None
         try:
-            result, granted = await self._count([h], [self._lease.size(h)], [old])
+            life = self._lease.life(h)
+            result, granted = await self._count([h], [(self._lease.size(h), life)], [old])
             units, stamp = granted[0]
             if units:
-                lifetime = _quantum(h) / _US
                 used = result.states[0].used
-                new = Lease(h.limit, h.window, units, now + lifetime, stamp, used)
+                new = Lease(h.limit, h.window, units, now + life / _US, stamp, used)
         finally:
-            self._leases.taken(h.key, new)
+            self._leases.taken(h.key, new, now)
         return result
 
     async def _count(
-        self, hits: Sequence[Hit], leases: Sequence[int], backs: Sequence[Lease | None]
+        self,
+        hits: Sequence[Hit],
+        leases: Sequence[tuple[int, int]],
+        backs: Sequence[Lease | None],
     ) -> tuple[HitResult, list[tuple[int, int]]]:
-        """One request through hit.lua: its result and, per hit, the (units, stamp) leased."""
+        """One request through hit.lua, each hit wanting a lease of (units, life in us): its
+        result and, per hit, the (units, stamp) leased."""
         keys = [name for h in hits for name in self._keys_of(h)]
         with self._breaker.guard():
             reply = await self._run(keys, self._args(hits, leases, backs))
@@ -195,14 +199,19 @@ class RedisStore(RedisBacked):
         return key, key if session is None else self.sessions_key(session[0])
 
     def _args(
-        self, hits: Sequence[Hit], leases: Sequence[int], backs: Sequence[Lease | None]
+        self,
+        hits: Sequence[Hit],
+        leases: Sequence[tuple[int, int]],
+        backs: Sequence[Lease | None],
     ) -> list[int | str]:
         args: list[int | str] = [self._now(), len(hits)]
-        for h, lease, back in zip(hits, leases, backs, strict=True):
+        for h, (units, life), back in zip(hits, leases, backs, strict=True):
             session = session_of(h.key)
             most, sid = (0, "") if session is None else (self._max_sessions, session[1])
             left, stamp = (0, 0) if back is None else (back.left, back.stamp)
-            args += [h.limit, h.window * _US, h.cost, _quantum(h), most, sid, lease, left, stamp]
+            window = h.window * _US
+            quantum = max(1, window // QUANTA_PER_WINDOW)
+            args += [h.limit, window, h.cost, quantum, most, sid, units, life, left, stamp]
         return args
 
     async def _run(self, keys: list[str], args: list[int | str]) -> list[int]:
@@ -299,11 +308,6 @@ def _name(parts: list[str]) -> str:
     if len(name) > MAX_NAME:
         name = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
     return name
-
-
-def _quantum(h: Hit) -> int:
-    """The hit's quantum in us: how late its units may leave the window, and a lease's life."""
-    return max(1, h.window * _US // QUANTA_PER_WINDOW)
 
 
 def _result(hits: Sequence[Hit], reply: list[int]) -> HitResult:

@@ -1,9 +1,10 @@
 """Quota leases (docs/limits.md, "Leases") against a real Redis and an exact model.
 
 Several RedisStore objects on one Redis and one clock play the replicas. A leased unit stays
-counted up to two quanta late (a lease is stamped a quantum late and lives a quantum), so:
+counted up to a quantum and a lease's life late (a lease is stamped its life late, and is
+spent for at most that long), so:
 - nothing is ever admitted past the limit in any exact window;
-- a request is refused only if the exact model, with the window two quanta longer and every
+- a request is refused only if the exact model, with the window that much longer and every
   other replica's lease counted as spent, would refuse it too.
 """
 
@@ -41,8 +42,9 @@ class Clock:
         return self.us / US
 
 
-def policy(most: int) -> LeasePolicy:
-    return LeasePolicy(min_limit=10, fraction=0.1, most=most)
+def policy(most: int, quanta: int = 1) -> LeasePolicy:
+    """Leases of up to `most` units, spent for `quanta` quanta."""
+    return LeasePolicy(min_limit=10, fraction=0.1, most=most, share=0.01 * quanta)
 
 
 @dataclass(frozen=True)
@@ -67,24 +69,25 @@ class Exact:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[int, int, int, list[Call]]:
+def scenarios(draw: st.DrawFn) -> tuple[int, int, int, int, list[Call]]:
     replicas = draw(st.integers(1, 4))
     limit = draw(st.integers(10, 80))
     most = draw(st.integers(1, 8))
+    quanta = draw(st.integers(1, 3))
     # Mostly within a lease's life, sometimes past it, and about a window on: when units
     # counted too briefly would show.
     near = st.integers(WINDOW * US - 3 * QUANTUM, WINDOW * US + QUANTUM)
     dt = st.one_of(st.integers(0, QUANTUM // 2), st.integers(0, 3 * QUANTUM), near)
     call = st.builds(Call, dt, st.integers(0, replicas - 1), st.integers(1, 8), st.booleans())
-    return replicas, limit, most, draw(st.lists(call, min_size=1, max_size=80))
+    return replicas, limit, most, quanta, draw(st.lists(call, min_size=1, max_size=80))
 
 
 async def drive(
-    url: str, replicas: int, limit: int, most: int, calls: list[Call]
+    url: str, replicas: int, lease: LeasePolicy, limit: int, calls: list[Call]
 ) -> list[tuple[int, Call, bool]]:
     clock, prefix = Clock(), f"lease-{uuid.uuid4().hex}"
     stores = [
-        RedisStore.from_url(url, prefix=prefix, timeout=1.0, clock=clock, lease=policy(most))
+        RedisStore.from_url(url, prefix=prefix, timeout=1.0, clock=clock, lease=lease)
         for _ in range(replicas)
     ]
     seen = []
@@ -114,6 +117,7 @@ async def drive(
         1,
         10,
         1,
+        1,
         [
             Call(0, 0, 1, False),
             Call(QUANTUM * 5 // 2, 0, 1, False),
@@ -123,14 +127,16 @@ async def drive(
     )
 )
 def test_never_admits_past_the_limit_and_refuses_early_only_within_the_bound(
-    redis_server: RedisServer, scenario: tuple[int, int, int, list[Call]]
+    redis_server: RedisServer, scenario: tuple[int, int, int, int, list[Call]]
 ) -> None:
-    replicas, limit, most, calls = scenario
-    lease = policy(most).size(Hit(BIG, limit, WINDOW))
-    # The bound docs/limits.md states: the other replicas' unspent leases, two quanta late.
-    slack, late = (replicas - 1) * lease, 2 * QUANTUM
+    replicas, limit, most, quanta, calls = scenario
+    leases = policy(most, quanta)
+    size = leases.size(Hit(BIG, limit, WINDOW))
+    # The bound docs/limits.md states: the other replicas' unspent leases, and a window
+    # longer by a quantum and the lease's life.
+    slack, late = (replicas - 1) * size, QUANTUM + leases.life(Hit(BIG, limit, WINDOW))
     model = Exact()
-    for now, c, allowed in asyncio.run(drive(redis_server.url, replicas, limit, most, calls)):
+    for now, c, allowed in asyncio.run(drive(redis_server.url, replicas, leases, limit, calls)):
         hits = [(BIG, limit, c.cost, slack)]
         if c.with_small:
             hits.append((SMALL, SMALL_LIMIT, 1, 0))

@@ -36,6 +36,7 @@ def test_a_cap_below_one_is_refused(
         (["--lease-fraction", "0.5"], "--lease-fraction <= 0.1 (got 0.5)"),
         (["--lease-fraction", "0"], "--lease-fraction <= 0.1 (got 0.0)"),
         (["--lease-max", "0"], "--lease-max >= 1 (got 0)"),
+        (["--lease-life", "0.2"], "--lease-life <= 0.1 (got 0.2)"),
     ],
 )
 def test_a_lease_setting_out_of_range_is_refused(

@@ -17,11 +17,12 @@ KEYS     per hit, two: its counter key, and the session index of its identity (f
 ARGV     the number of requests; then for each: now in us ("" for the server's clock, which
          production always uses), its number of hits n, and n times: limit, window (us),
          cost, quantum (us), the most sessions of an identity (0: not session-scoped), the
-         session id, the lease wanted (units on top of the cost, 0 for none), and the unspent
-         units of the caller's previous lease on this key with that lease's stamp (0 0: none).
+         session id, the lease wanted (units on top of the cost, 0 for none) and its life (us),
+         and the unspent units of the caller's previous lease on this key with that lease's
+         stamp (0 0: none).
 
-A lease (docs/limits.md, "Leases") is counted with the hit, at once, and stamped one quantum
-later than the hit would be: the caller spends it for at most one quantum, so every unit it
+A lease (docs/limits.md, "Leases") is counted with the hit, at once, and stamped its life
+later than the hit would be: the caller spends it for at most that long, so every unit it
 spends stays counted for a whole window after it was spent. It is granted only when the
 request is allowed, and only as far as the limit has room. Unspent units of the previous
 lease are given back first, before the hit is judged, whatever the outcome.
@@ -70,10 +71,10 @@ local function wait(key, log, need, window, now)
   return tonumber(entry[1]) + window - now
 end
 
--- A hit is stamped at the end of its quantum (a lease at the end of the next one: `late` is
--- a quantum), so entries are at least a quantum apart and a log holds at most
--- window / quantum + 3 of them; a unit leaves the window up to one quantum late (two when
--- leased), never early.
+-- A hit is stamped at the end of its quantum (a lease `late` = its life later), so entries
+-- are at least a quantum apart and a log holds at most (window + life) / quantum + 2 of
+-- them; a unit leaves the window up to one quantum late (plus a life when leased), never
+-- early.
 local function record(key, log, window, cost, quantum, late, now)
   local stamp = math.max(math.ceil((now + late) / quantum) * quantum, log.stamp)
   if log.new then
@@ -134,7 +135,7 @@ local function give_back(key, stamp, units, cutoff)
   end
 end
 
-local STRIDE = 9
+local STRIDE = 10
 
 -- One request: n hits, keys from KEYS[k + 1], arguments from ARGV[a + 1].
 local function count(now, n, k, a)
@@ -143,9 +144,9 @@ local function count(now, n, k, a)
   local logs, ahead, pruned, out = {}, {}, {}, {1}
   for i = 1, n do
     local j = a + STRIDE * (i - 1)
-    local back = tonumber(ARGV[j + 8])
+    local back = tonumber(ARGV[j + 9])
     if back > 0 then
-      give_back(KEYS[k + 2 * i - 1], tonumber(ARGV[j + 9]), back, now - tonumber(ARGV[j + 2]))
+      give_back(KEYS[k + 2 * i - 1], tonumber(ARGV[j + 10]), back, now - tonumber(ARGV[j + 2]))
     end
   end
   for i = 1, n do
@@ -186,7 +187,7 @@ local function count(now, n, k, a)
       local lease = math.max(0, math.min(tonumber(ARGV[j + 7]),
         limit - (log.top - log.base) - ahead[key]))
       ahead[key] = ahead[key] - cost
-      record(key, log, window, cost + lease, quantum, lease > 0 and quantum or 0, now)
+      record(key, log, window, cost + lease, quantum, lease > 0 and tonumber(ARGV[j + 8]) or 0, now)
       if tonumber(ARGV[j + 5]) > 0 then
         note_session(index, ARGV[j + 6], log, window, now)
       end
