@@ -149,3 +149,6 @@ class Leases:
 
     def clear(self) -> None:
         self._held.clear()
+
+    def __len__(self) -> int:
+        return len(self._held)

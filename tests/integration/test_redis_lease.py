@@ -14,6 +14,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +33,7 @@ QUANTUM = WINDOW * US // QUANTA_PER_WINDOW
 BIG = CounterKey("big", "global", ())
 SMALL = CounterKey("small", "global", ())
 SMALL_LIMIT = 3  # below the test policy's min_limit: never leased
+DOCS = (Path(__file__).resolve().parents[2] / "docs" / "limits.md").read_text(encoding="utf-8")
 
 
 class Clock:
@@ -313,3 +315,24 @@ def _stats(server: RedisServer) -> dict[str, Any]:
     stats = server.command("INFO", "commandstats")
     assert isinstance(stats, dict)
     return stats
+
+
+async def test_the_documented_acl_suffices_for_leases_and_refunds(
+    new_store: Callable[..., RedisStore], own_redis: RedisServer
+) -> None:
+    acl = next(line for line in DOCS.splitlines() if line.startswith("ACL SETUSER"))
+    own_redis.command(*acl.replace("PASSWORD", "pw").replace("{mcp-authz}", "{t}").split())
+    clock = Clock()
+    url = f"redis://mcp-authz:pw@127.0.0.1:{own_redis.port}"
+    store = RedisStore.from_url(url, prefix="t", timeout=1.0, clock=clock)
+    try:
+        hit = Hit(BIG, 10_000, WINDOW)
+        await store.ready()
+        await store.hit([hit])
+        assert await store.refund("d-1", [hit])  # SET NX, then ZADD (or ZREM)
+        clock.us += QUANTUM
+        # The lease's whole entry (100 units left) is given back: ZSCORE, ZRANGE, ZREM.
+        assert (await store.hit([hit])).states[0].used == 1
+        assert await counted(store, 10_000) == 101
+    finally:
+        await store.close()
