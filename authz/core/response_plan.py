@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from authz.core.outcome import Outcome
 from authz.limits.base import CounterKey, Hit
 
@@ -95,9 +97,18 @@ class ResponsePlan:
         return plan
 
 
-# Built once: json.dumps with options builds an encoder per call, and every allowed
-# request writes a plan.
-_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+# Built once: json.dumps with options builds an encoder per call.
+_ascii_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
+def _json(doc: Any) -> str:
+    """`doc` as compact ASCII JSON, a header value: orjson's text (every allowed request
+    writes a plan), or the standard library's escapes for what is not ASCII."""
+    try:
+        raw = orjson.dumps(doc)
+    except TypeError:
+        return _ascii_json(doc)
+    return raw.decode("ascii") if raw.isascii() else _ascii_json(doc)
 
 
 def _text(value: Any) -> str:

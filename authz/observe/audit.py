@@ -15,6 +15,7 @@ import heapq
 import hmac
 import json
 import logging
+import re
 import secrets
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+import orjson
 from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
 from authz import __version__
@@ -52,6 +54,12 @@ BUFFER_BYTES: Final = 64 * 1024
 _CANONICAL: Final = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False
 ).encode
+# orjson with sorted keys writes the same bytes for strings (the same escapes, keys in code
+# point order), integers, booleans and null, at a fraction of the cost; not for every float
+# (0.00001 where the standard library writes 1e-05). A float's text always has a digit
+# followed by "." or an exponent: output with none of those holds no float (a string
+# with one only takes the standard library's way).
+_MAYBE_FLOAT: Final = re.compile(rb"[0-9][.eE]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +127,26 @@ class ArgumentAudit:
         return entry
 
     def digest(self, call: McpCall) -> str:
-        canonical = _CANONICAL(call.arguments).encode("utf-8")
         mac = self._keyed.copy()
-        mac.update(canonical)
+        mac.update(canonical_json(call.arguments))
         return mac.hexdigest()
 
     def clear(self, call: McpCall) -> dict[str, Any]:
         paths = (p for p in self._allowed if p.applies_to(call.target))
         found = ((str(p), p.value_in(call.arguments)) for p in paths)
         return {path: value for path, value in found if value is not _ABSENT}
+
+
+def canonical_json(arguments: Mapping[str, Any]) -> bytes:
+    """The UTF-8 of the sorted compact JSON an argument hash is taken of."""
+    try:
+        raw = orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # An integer past 64 bits, or a mapping orjson does not take.
+        raw = None
+    if raw is not None and _MAYBE_FLOAT.search(raw) is None:
+        return raw
+    return _CANONICAL(arguments).encode("utf-8")
 
 
 def argument_keys(call: McpCall) -> list[str]:
