@@ -99,7 +99,8 @@ class Leases:
 
     def __init__(self) -> None:
         self._held: dict[CounterKey, Lease] = {}
-        self._taking: dict[CounterKey, asyncio.Event] = {}
+        # The keys whose lease a call is taking, with an event once some call waits for it.
+        self._taking: dict[CounterKey, asyncio.Event | None] = {}
         self._sweep_at = _SWEEP_FLOOR
 
     def spend(self, hit: Hit, now: float) -> Lease | None:
@@ -115,16 +116,18 @@ class Leases:
 
     async def wait(self, key: CounterKey) -> bool:
         """Wait for the call taking `key`'s lease, if any (True when there was one)."""
-        taking = self._taking.get(key)
-        if taking is None:
+        if key not in self._taking:
             return False
+        taking = self._taking[key]
+        if taking is None:
+            taking = self._taking[key] = asyncio.Event()
         await taking.wait()
         return True
 
     def take(self, key: CounterKey) -> Lease | None:
         """Start taking `key`'s lease: the old one, whose unspent units the call gives back,
         is dropped now (a failed call may have given them back: never give them twice)."""
-        self._taking[key] = asyncio.Event()
+        self._taking[key] = None
         return self._held.pop(key, None)
 
     def drop(self, key: CounterKey) -> Lease | None:
@@ -137,7 +140,9 @@ class Leases:
             self._held[key] = lease
             if len(self._held) >= self._sweep_at:
                 self._sweep(now)
-        self._taking.pop(key).set()
+        taking = self._taking.pop(key)
+        if taking is not None:
+            taking.set()
 
     def _sweep(self, now: float) -> None:
         # Keys come and go with identities and sessions; a lease whose units have all left
