@@ -124,10 +124,11 @@ async def rounds(check: HttpCheck, args: argparse.Namespace) -> list[float]:
     return [await one_round() for _ in range(args.repeat)]
 
 
-def leases(life: float) -> Any:
+def lease_options(life: float | None) -> dict[str, Any]:
+    """RedisStore's options for `--lease-life`: none without it (the store's defaults)."""
     from authz.limits.lease import LeasePolicy  # noqa: PLC0415 - with --redis only
 
-    return LeasePolicy(share=life)
+    return {} if life is None else {"lease": LeasePolicy(share=life)}
 
 
 def _script_calls(url: str, args: argparse.Namespace) -> tuple[float, float]:
@@ -263,8 +264,7 @@ def main() -> int:
 
             with redis_server(Path(tmp)) as url:
                 catalogue = RedisCatalogue.from_url(url) if args.catalogue else None
-                life = args.lease_life
-                store = RedisStore.from_url(url, **({} if life is None else {"lease": leases(life)}))
+                store = RedisStore.from_url(url, **lease_options(args.lease_life))
                 samples = uvloop.run(measure(store, audit, args, catalogue))
                 calls, usec = _script_calls(url, args)
                 print(f"Redis per check: {calls:.3f} script calls, {usec:.2f} us of Redis's time")
