@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,9 @@ def requests(traced: bool) -> list[HttpRequest]:
     return out
 
 
-async def rounds(check: HttpCheck, args: argparse.Namespace) -> list[float]:
+async def rounds(
+    check: HttpCheck, args: argparse.Namespace, drain: Callable[[], object]
+) -> list[float]:
     batch = requests(args.traced)
     per_worker = args.checks // args.concurrency
 
@@ -101,6 +103,8 @@ async def rounds(check: HttpCheck, args: argparse.Namespace) -> list[float]:
     async def one_round() -> float:
         started = time.process_time()
         await asyncio.gather(*(worker(w * 61) for w in range(args.concurrency)))
+        # The export thread's work on this round's spans belongs to the round.
+        drain()
         return (time.process_time() - started) / (per_worker * args.concurrency) * 1e6
 
     await one_round()  # warm-up
@@ -159,7 +163,7 @@ async def measure(
     store: CounterStore, audit_path: str, args: argparse.Namespace, catalogue: Catalogue | None
 ) -> list[float]:
     await store.ready()
-    telemetry, spans = traced() if args.traced else (Telemetry.off(), None)
+    telemetry, spans, drain = traced() if args.traced else (Telemetry.off(), None, _nothing)
     observed = telemetry.observe(store, "redis" if args.redis else "memory")
     policy = PolicyHolder(load_policy(BENCH / "policy.json"))
     decider = Decider(
@@ -172,7 +176,7 @@ async def measure(
     audit = AuditLog.open(audit_path, ArgumentAudit(b"k" * 32))
     check = HttpCheck(decider, audit, telemetry, IdentitySourceKind.HEADER)
     try:
-        return await rounds(check, args)
+        return await rounds(check, args, drain)
     finally:
         audit.close()
         await store.close()
@@ -195,7 +199,11 @@ class EncodingExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def traced() -> tuple[Telemetry, EncodingExporter]:
+def _nothing() -> None:
+    return None
+
+
+def traced() -> tuple[Telemetry, EncodingExporter, Callable[[], object]]:
     """Telemetry as `Telemetry.start` builds it for traces (the SDK's batch processor, the
     default parent-based sampler), with the exporter above in place of OTLP's."""
     exporter = EncodingExporter()
@@ -204,7 +212,8 @@ def traced() -> tuple[Telemetry, EncodingExporter]:
     provider.add_span_processor(processor)
     closer = lambda seconds: processor.shutdown()  # noqa: E731
     tracer = provider.get_tracer("mcp_authz")
-    return Telemetry(tracer, Metrics(NoOpMeter("mcp_authz")), [closer]), exporter
+    telemetry = Telemetry(tracer, Metrics(NoOpMeter("mcp_authz")), [closer])
+    return telemetry, exporter, processor.force_flush
 
 
 def main() -> int:
