@@ -26,15 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.metrics import NoOpMeter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -50,6 +48,7 @@ from authz.limits.base import CounterStore  # noqa: E402
 from authz.limits.memory import MemoryStore  # noqa: E402
 from authz.observe.audit import ArgumentAudit, AuditLog  # noqa: E402
 from authz.observe.metrics import Metrics  # noqa: E402
+from authz.observe.spans import SpanQueue  # noqa: E402
 from authz.observe.telemetry import Telemetry  # noqa: E402
 from authz.policy.load import load_policy  # noqa: E402
 from authz.policy.reload import PolicyHolder  # noqa: E402
@@ -182,38 +181,39 @@ async def measure(
         await store.close()
         if spans is not None:
             telemetry.shutdown(5.0)
-            print(f"traced: {spans.spans} spans encoded as OTLP ({spans.bytes} bytes)")
+            print(f"traced: {spans.requests} OTLP requests ({spans.bytes} bytes)")
 
 
-class EncodingExporter(SpanExporter):
-    """Encodes every batch to its OTLP protobuf, as the OTLP exporters do, and sends nothing:
+class EncodingTransport:
+    """Takes every serialized OTLP request, as the OTLP/HTTP exporter does, and sends nothing:
     what tracing costs this process short of the network write."""
 
     def __init__(self) -> None:
-        self.spans = 0
+        self.requests = 0
         self.bytes = 0
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans += len(spans)
-        self.bytes += len(encode_spans(spans).SerializeToString())
-        return SpanExportResult.SUCCESS
+    def send(self, request: bytes) -> bool:
+        self.requests += 1
+        self.bytes += len(request)
+        return True
+
+    def shutdown(self) -> None:
+        return None
 
 
 def _nothing() -> None:
     return None
 
 
-def traced() -> tuple[Telemetry, EncodingExporter, Callable[[], object]]:
-    """Telemetry as `Telemetry.start` builds it for traces (the SDK's batch processor, the
-    default parent-based sampler), with the exporter above in place of OTLP's."""
-    exporter = EncodingExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "inproc"}))
-    processor = BatchSpanProcessor(exporter)
-    provider.add_span_processor(processor)
-    closer = lambda seconds: processor.shutdown()  # noqa: E731
-    tracer = provider.get_tracer("mcp_authz")
-    telemetry = Telemetry(tracer, Metrics(NoOpMeter("mcp_authz")), [closer])
-    return telemetry, exporter, processor.force_flush
+def traced() -> tuple[Telemetry, EncodingTransport, Callable[[], object]]:
+    """Telemetry as `Telemetry.start` builds it for traces (the decision span queue, the
+    default parent-based sampler), with the transport above in place of OTLP's."""
+    transport = EncodingTransport()
+    resource = Resource.create({"service.name": "inproc"})
+    metrics = Metrics(NoOpMeter("mcp_authz"))
+    spans = SpanQueue(transport, metrics, resource, InstrumentationScope("mcp_authz"))
+    telemetry = Telemetry(None, metrics, [spans.close], spans)
+    return telemetry, transport, lambda: spans.flush(30.0)
 
 
 def main() -> int:
