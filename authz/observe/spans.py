@@ -337,7 +337,8 @@ class Encoder:
         )
         self._resource = _field(1, template.resource.SerializeToString())
         self._resource_schema = _string(3, template.schema_url)
-        self._pairs: dict[tuple[str, type, AttributeValue], bytes] = {}
+        self._pairs: dict[str, dict[AttributeValue, tuple[type, bytes]]] = {}
+        self._kept = 0
 
     def request(self, batch: Sequence[DecisionSpan]) -> bytes:
         spans = b"".join([span for decision in batch for span in self._spans(decision)])
@@ -390,16 +391,22 @@ class Encoder:
         return spans
 
     def _attributes(self, attributes: dict[str, AttributeValue], number: int = 9) -> bytes:
+        # Keyed by name, then value, with the value's type kept: True == 1 == 1.0.
         pairs = self._pairs
-        if len(pairs) > _PAIRS_KEPT:
+        if self._kept > _PAIRS_KEPT:
             pairs.clear()  # the ids unique to one check would otherwise fill it
+            self._kept = 0
         out = []
         for key, value in attributes.items():
-            cached = (key, type(value), value)
-            encoded = pairs.get(cached)
-            if encoded is None:
-                encoded = pairs[cached] = _field(number, _string(1, key) + _field(2, _value(value)))
-            out.append(encoded)
+            values = pairs.get(key)
+            if values is None:
+                values = pairs[key] = {}
+            known = values.get(value)
+            if known is None or known[0] is not type(value):
+                encoded = _field(number, _string(1, key) + _field(2, _value(value)))
+                known = values[value] = (type(value), encoded)
+                self._kept += 1
+            out.append(known[1])
         return b"".join(out)
 
     def _event(self, failure: Failure | None) -> bytes:

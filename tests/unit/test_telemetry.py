@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, DEFAULT_ON, ParentBased, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from authz._gen.envoy.service.auth.v3 import attribute_context_pb2
 from authz.core.decision import Decider, FailMode
@@ -30,12 +32,13 @@ from authz.limits.base import Hit, HitResult, StoreUnavailable
 from authz.limits.memory import MemoryStore
 from authz.observe.audit import ArgumentAudit, AuditLog
 from authz.observe.metrics import Metrics, PolicyTools
-from authz.observe.spans import CHECK_SPAN, STORE_SPAN, SpanQueue
+from authz.observe.spans import CHECK_SPAN, STORE_SPAN, Encoder, SpanQueue
 from authz.observe.telemetry import (
     ExportProtocol,
     OtelSettings,
     Telemetry,
     _DropCountingProcessor,
+    remote_parent,
 )
 from authz.policy.load import parse_policy
 from authz.protocol.identity import FromHeader
@@ -474,6 +477,46 @@ def test_decisions_lost_to_a_full_queue_a_failed_export_or_shutdown_are_counted(
         frozenset({("reason", "export_failed")}): 4,
         frozenset({("reason", "shutdown")}): 2,
     }
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        TRACEPARENT,
+        UNSAMPLED,
+        f"  {TRACEPARENT} ",
+        f"00-{TRACE_ID}-{PARENT_ID}-03",
+        f"01-{TRACE_ID}-{PARENT_ID}-01-future",
+        f"00-{TRACE_ID}-{PARENT_ID}-01-future",
+        f"ff-{TRACE_ID}-{PARENT_ID}-01",
+        f"00-{'0' * 32}-{PARENT_ID}-01",
+        f"00-{TRACE_ID}-{'0' * 16}-01",
+        f"00-{TRACE_ID.upper()}-{PARENT_ID}-01",
+        f"00-{TRACE_ID}-{PARENT_ID}-1",
+        f"00-{TRACE_ID}-{PARENT_ID}-01\n",
+        f"01-{TRACE_ID}-{PARENT_ID}-01-a\nb",
+        "00-garbage",
+        "",
+    ],
+)
+@pytest.mark.parametrize("tracestate", [None, "vendor=abc,other=x:y", "not a state"])
+def test_the_trace_context_is_read_as_the_sdks_propagator_reads_it(
+    traceparent: str, tracestate: str | None
+) -> None:
+    carrier = {"traceparent": traceparent}
+    if tracestate is not None:
+        carrier["tracestate"] = tracestate
+    sdk = get_current_span(TraceContextTextMapPropagator().extract(carrier)).get_span_context()
+    assert remote_parent(carrier, ()) == sdk
+    assert remote_parent(carrier, ()).trace_state == sdk.trace_state
+
+
+def test_attribute_values_keep_their_type_through_the_encoders_cache() -> None:
+    encoder = Encoder(Resource({}), InstrumentationScope("test"))
+    for value in (True, 1, 1.0, -3, 2**63 - 1, "1", "é"):
+        (pair,) = PbSpan.FromString(encoder._attributes({"a": value})).attributes
+        assert attributes_of([pair]) == {"a": value}
+        assert type(attributes_of([pair])["a"]) is type(value)
 
 
 def test_nothing_is_exported_without_an_endpoint() -> None:
