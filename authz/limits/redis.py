@@ -119,8 +119,8 @@ class RedisStore(RedisBacked):
 
     async def _leased(self, h: Hit) -> HitResult:
         """A hit on a leased limit: admitted from this replica's lease when it has room, else
-        counted in Redis with a new lease taken in the same call (one call per key at a time:
-        the others wait for its lease)."""
+        counted in Redis, with a new lease taken in the same call when the key is warm (one
+        call per key at a time: the others wait for its lease)."""
         while True:
             now = self._local_clock()
             lease = self._leases.spend(h, now)
@@ -130,11 +130,12 @@ class RedisStore(RedisBacked):
                 return HitResult(allowed=True, states=(state,))
             if not await self._leases.wait(h.key):
                 break
-        old = self._leases.take(h.key)
+        life = self._lease.life(h)
+        old, warm = self._leases.take(h.key, now, life / _US)
         new: Lease | None = None
         try:
-            life = self._lease.life(h)
-            result, granted = await self._count([h], [(self._lease.size(h), life)], [old])
+            wanted = (self._lease.size(h), life) if warm else (0, 0)
+            result, granted = await self._count([h], [wanted], [old])
             units, stamp = granted[0]
             if units:
                 used = result.states[0].used
