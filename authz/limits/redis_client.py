@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
 from typing import Any, ClassVar, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -26,6 +27,8 @@ from authz.limits.breaker import CircuitBreaker
 
 Client = Redis | RedisCluster
 Clock = Callable[[], float]
+# Sends one command and returns its reply, as a client's execute_command does.
+Execute = Callable[..., Awaitable[Any]]
 _US = 1_000_000
 # Query options of cluster and Sentinel URLs (plain URLs take all of redis-py's).
 TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
@@ -40,10 +43,49 @@ class Script:
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     async def run(self, client: Client, keys: list[str], args: list[int | str]) -> Any:
+        return await self.call(client.execute_command, keys, args)
+
+    async def call(self, execute: Execute, keys: list[str], args: list[int | str]) -> Any:
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
+            return await execute("EVAL", self.source, len(keys), *keys, *args)
+
+
+class HeldConnections:
+    """Script calls on a plain (standalone or Sentinel) client's own connections, kept out
+    of its pool between calls.
+
+    redis-py's execute_command spends more instructions per call than our whole decision:
+    the pool's lock and its check that a connection has no unread data, metrics records on
+    acquire, release and completion, and an event on release. None of it is needed by a
+    connection that only we use and that redis-py closes whenever a command leaves it
+    unread (an error, a timeout, a cancellation). What stays is redis-py's: the
+    connection (TLS, AUTH, Sentinel's discovery of the primary), its packing and parsing,
+    and its Retry, which reconnects once when a Redis restart closed the connection. A held
+    connection stays in the pool's count, so closing or disconnecting the pool reaches it.
+    """
+
+    def __init__(self, client: Redis) -> None:
+        self._pool = client.connection_pool
+        self._idle: list[AbstractConnection] = []
+
+    async def execute(self, *args: Any) -> Any:
+        if self._idle:
+            conn = self._idle.pop()
+        else:
+            conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
+        try:
+            return await conn.retry.call_with_retry(
+                lambda: self._send(conn, args), lambda error: conn.disconnect(error=error)
+            )
+        finally:
+            self._idle.append(conn)
+
+    @staticmethod
+    async def _send(conn: AbstractConnection, args: tuple[Any, ...]) -> Any:
+        await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+        return await conn.read_response()
 
 
 class FirstCallAlone:
@@ -53,15 +95,17 @@ class FirstCallAlone:
     otherwise count against the first calls' timeout."""
 
     def __init__(self, client: Client) -> None:
-        self._client = client
         self._done = not isinstance(client, RedisCluster)
+        self._execute: Execute = (
+            HeldConnections(client).execute if isinstance(client, Redis) else client.execute_command
+        )
         self._lock = asyncio.Lock()
 
     async def run(self, script: Script, keys: list[str], args: list[int | str]) -> Any:
         if self._done:
-            return await script.run(self._client, keys, args)
+            return await script.call(self._execute, keys, args)
         async with self._lock:
-            reply = await script.run(self._client, keys, args)
+            reply = await script.call(self._execute, keys, args)
             self._done = True
             return reply
 

@@ -12,14 +12,18 @@ from authz.limits.redis import MAX_BATCH, MAX_BATCH_HOLD, RedisStore, _Batcher
 
 
 class Redis:
-    """Answers each EVALSHA when the test releases it, and notes each call's batch size."""
+    """Answers each EVALSHA when the test releases it, and notes each call's batch size
+    (a client that is not redis-py's own gets the script by its execute_command)."""
 
     def __init__(self) -> None:
         self.batches: list[int] = []
         self.pending: list[asyncio.Future[None]] = []
         self.called = asyncio.Event()
 
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> list[list[int]]:
+    async def execute_command(
+        self, command: str, sha: str, numkeys: int, *keys_and_args: Any
+    ) -> list[list[int]]:
+        assert command == "EVALSHA"
         size = int(keys_and_args[numkeys])
         self.batches.append(size)
         self.called.set()
