@@ -33,11 +33,6 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
-from opentelemetry.sdk.environment_variables import (
-    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
-    OTEL_BSP_MAX_QUEUE_SIZE,
-    OTEL_BSP_SCHEDULE_DELAY,
-)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -205,26 +200,6 @@ class SpanQueue:
         self._thread = threading.Thread(target=self._run, name="mcp-authz-spans", daemon=True)
         self._thread.start()
 
-    @classmethod
-    def from_env(
-        cls,
-        transport: Transport,
-        metrics: Metrics,
-        resource: Resource,
-        scope: InstrumentationScope,
-        env: dict[str, str],
-    ) -> SpanQueue:
-        """Sized by the SDK batch processor's variables (OTEL_BSP_*)."""
-        return cls(
-            transport,
-            metrics,
-            resource,
-            scope,
-            max_queue=_positive(env, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_QUEUE),
-            batch=_positive(env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BATCH),
-            delay=_positive(env, OTEL_BSP_SCHEDULE_DELAY, int(DEFAULT_DELAY * 1000)) / 1000,
-        )
-
     def put(self, span: DecisionSpan) -> None:
         queue = self._queue
         if len(queue) >= self._max_queue:
@@ -299,19 +274,6 @@ class SpanQueue:
                 return  # shutdown counted these already
             self.failed += spans
         self._metrics.record_spans_dropped(spans, "export_failed")
-
-
-def _positive(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a whole number") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r}: expected a number above 0")
-    return value
 
 
 class Encoder:
