@@ -2,10 +2,10 @@
 counter store call, at a fraction of its cost.
 
 Per Check, the hot path draws a span id and a start and end time and keeps the `Outcome`; one
-bounded queue hands these records to one export thread, which builds the OTLP
-`ExportTraceServiceRequest` straight from them (opentelemetry-proto's upb messages) and sends
-it through the SDK's own OTLP exporters (their endpoint, headers, TLS, compression, timeout and
-retries, from the OTEL_* variables). The SDK's span objects, its per-attribute validation and
+bounded queue hands these records to one export thread, which writes the OTLP
+`ExportTraceServiceRequest` bytes straight from them (`Encoder`, below) and sends them through
+the SDK's own OTLP exporters (their endpoint, headers, TLS, compression, timeout and retries,
+from the OTEL_* variables). The SDK's span objects, its per-attribute validation and
 its generic encoder cost ~1.2M instructions per check (docs/performance.md, "What tracing
 costs"), which is why these two span kinds bypass them; the rare admin spans stay on the SDK.
 """
@@ -118,9 +118,6 @@ class DecisionSpan:
         self.failure: Failure | None = None
         self.stores: list[StoreCall] = []
 
-    def is_recording(self) -> bool:
-        return True
-
     def get_span_context(self) -> SpanContext:
         return SpanContext(
             self.trace_id, self.span_id, False, SAMPLED, self.trace_state or TraceState()
@@ -155,9 +152,6 @@ class GrpcTransport(GrpcSpanExporter):
         # The stub serializes a message: upb parses ours back, in C, once per batch.
         message = ExportTraceServiceRequest.FromString(request)
         return self._export(message) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        super().shutdown(timeout_millis, **kwargs)
 
 
 class HttpTransport(HttpSpanExporter):
@@ -258,7 +252,8 @@ class SpanQueue:
                     return
 
     def _due(self) -> bool:
-        return self._stopping or len(self._queue) >= self._batch or bool(self._flushing)
+        queued = len(self._queue)
+        return self._stopping or queued >= self._batch or bool(self._flushing and queued)
 
     def _export(self, batch: Sequence[DecisionSpan]) -> None:
         spans = sum(1 + len(s.stores) for s in batch)
@@ -282,9 +277,9 @@ class Encoder:
 
     Written as protobuf wire format by hand rather than through upb messages: building a
     message per attribute, then copying each into its parent (upb copies by serializing), cost
-    ~300k instructions per check, most of tracing's remaining cost; these bytes ~60k, and the
-    attribute pairs that repeat from check to check (decision, rule, tool, policy version, ...)
-    are encoded once. Only what these spans use is written; tests parse it back with upb.
+    ~300k instructions per check; the export thread's whole work is now ~120k, the attribute
+    pairs that repeat from check to check (decision, rule, tool, policy version, ...) encoded
+    once. Only what these spans use is written; tests parse it back with upb.
     """
 
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
