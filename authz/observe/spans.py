@@ -76,13 +76,17 @@ class Failure:
         }
 
 
+# A store's own span attributes, as (name, value) pairs: hashable, to key encoded blocks.
+StoreAttributes = tuple[tuple[str, AttributeValue], ...]
+
+
 class StoreCall:
     """The counter store's part of one Check: a CLIENT child span."""
 
     __slots__ = ("allowed", "backend", "end", "failure", "keys", "start")
 
-    def __init__(self, backend: dict[str, AttributeValue], keys: int) -> None:
-        # The store's own attributes, one dict per store, shared by its calls.
+    def __init__(self, backend: StoreAttributes, keys: int) -> None:
+        # The store's own attributes, shared by its calls.
         self.backend = backend
         self.keys = keys
         self.start = time_ns()
@@ -296,6 +300,7 @@ class Encoder:
         self._resource_schema = _string(3, template.schema_url)
         self._pairs: dict[str, dict[AttributeValue, tuple[type, bytes]]] = {}
         self._kept = 0
+        self._store_blocks: dict[tuple[StoreAttributes, int, bool | None], bytes] = {}
 
     def request(self, batch: Sequence[DecisionSpan]) -> bytes:
         spans = b"".join([span for decision in batch for span in self._spans(decision)])
@@ -339,7 +344,7 @@ class Encoder:
                 _CLIENT,
                 _FIXED64_7 + _U64.pack(call.start),
                 _FIXED64_8 + _U64.pack(call.end),
-                self._attributes(_store_attributes(call)),
+                self._store_attributes(call),
                 self._event(call.failure),
                 _status(None if call.failure is None else call.failure.description),
                 _LOCAL_FLAGS,
@@ -365,6 +370,18 @@ class Encoder:
                 self._kept += 1
             out.append(known[1])
         return b"".join(out)
+
+    def _store_attributes(self, call: StoreCall) -> bytes:
+        # A store's calls differ only in their key count and answer: a handful of blocks.
+        known = (call.backend, call.keys, call.allowed)
+        block = self._store_blocks.get(known)
+        if block is None:
+            attributes = dict(call.backend)
+            attributes["mcp_authz.store.keys"] = call.keys
+            if call.allowed is not None:
+                attributes["mcp_authz.store.allowed"] = call.allowed
+            block = self._store_blocks[known] = self._attributes(attributes)
+        return block
 
     def _event(self, failure: Failure | None) -> bytes:
         if failure is None:
@@ -441,13 +458,6 @@ _REMOTE_FLAGS: Final = _tag(16, 5) + struct.pack(
     "<I",
     _HAS_IS_REMOTE | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK,
 )
-
-
-def _store_attributes(call: StoreCall) -> dict[str, AttributeValue]:
-    attributes = call.backend | {"mcp_authz.store.keys": call.keys}
-    if call.allowed is not None:
-        attributes["mcp_authz.store.allowed"] = call.allowed
-    return attributes
 
 
 def check_attributes(outcome: Outcome) -> dict[str, AttributeValue]:

@@ -78,6 +78,7 @@ from authz.observe.spans import (
     GrpcTransport,
     HttpTransport,
     SpanQueue,
+    StoreAttributes,
     StoreCall,
     Transport,
 )
@@ -311,9 +312,9 @@ class ObservedStore:
         self._store = store
         self._backend = backend
         self._metrics = metrics
-        self._attributes: dict[str, AttributeValue] = {"mcp_authz.store.backend": backend}
+        self._attributes: StoreAttributes = (("mcp_authz.store.backend", backend),)
         if backend == "redis":
-            self._attributes["db.system.name"] = "redis"
+            self._attributes += (("db.system.name", "redis"),)
 
     async def hit(self, hits: Sequence[Hit]) -> HitResult:
         decision = CURRENT.get()
