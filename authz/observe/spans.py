@@ -160,7 +160,9 @@ class GrpcTransport(GrpcSpanExporter):
 
 class HttpTransport(HttpSpanExporter):
     """The SDK's OTLP/HTTP span exporter's client (session, headers, compression, retries),
-    handed our serialized request."""
+    handed our serialized request. `_client` and, for gRPC, `_export` are the SDK's private
+    parts: tests/integration/test_otel_export.py sends through both against a real receiver,
+    so an SDK release that moves them fails there rather than in a pod."""
 
     def send(self, request: bytes) -> bool:
         return bool(self._client.export(request).success)
