@@ -18,6 +18,7 @@ from authz import __version__
 from authz.admin.client import add_commands as add_admin_commands
 from authz.admin.probe import add_command as add_probe_command
 from authz.core.decision import FailMode
+from authz.limits.lease import LeasePolicy
 from authz.observe.logs import LogFormat
 from authz.observe.logs import configure as configure_logs
 from authz.policy.explain import explain
@@ -122,6 +123,7 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         default=_D.max_sessions_per_identity,
         type=int,
     )
+    _lease_options(opt)
     opt(
         "--memory-store-max-keys",
         "most live budgets the in-process store keeps (no --redis-url); new ones are refused",
@@ -242,6 +244,29 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
 Option = Callable[..., None]
 
 
+def _lease_options(opt: Option) -> None:
+    """Which Redis-counted limits are leased, and how much (docs/limits.md, "Leases")."""
+    opt(
+        "--lease-min-limit",
+        "with --redis-url, limits of at least this many units are leased (0: none)",
+        default=_D.lease.min_limit,
+        type=int,
+    )
+    opt(
+        "--lease-fraction",
+        "a lease's share of its limit (at most 0.1)",
+        default=_D.lease.fraction,
+        type=float,
+    )
+    opt("--lease-max", "the most units one lease takes", default=_D.lease.most, type=int)
+    opt(
+        "--lease-life",
+        "the share of its window a lease is spent for (at most 0.1)",
+        default=_D.lease.share,
+        type=float,
+    )
+
+
 def _console_options(opt: Option) -> None:
     """The web console's flags (docs/console.md)."""
     opt("--console-listen", "host:port of the web console (default: none; docs/console.md)")
@@ -282,6 +307,12 @@ def _serve(args: argparse.Namespace) -> int:
             fail_mode=FailMode(args.fail_mode),
             max_sessions_per_identity=int(args.max_sessions_per_identity),
             memory_store_max_keys=int(args.memory_store_max_keys),
+            lease=LeasePolicy(
+                int(args.lease_min_limit),
+                float(args.lease_fraction),
+                int(args.lease_max),
+                float(args.lease_life),
+            ),
             identity_source=IdentitySourceKind(args.identity_source),
             identity_header=args.identity_header or _D.identity_header,
             identity_claim=args.identity_claim or _D.identity_claim,

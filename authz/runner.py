@@ -105,6 +105,7 @@ def build_store(settings: Settings) -> CounterStore:
         prefix=settings.redis_prefix,
         timeout=settings.redis_timeout,
         max_sessions=settings.max_sessions_per_identity,
+        lease=settings.lease,
         # grpc.aio hands over one request per loop turn, so batching by turn alone sends
         # nearly one call each; the HTTP transport's requests already share turns.
         batch_hold=GRPC_BATCH_HOLD if settings.transport is Transport.GRPC else 0.0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -10,6 +10,7 @@ from authz.approvals.base import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ID
 from authz.catalogue.base import DEFAULT_BOUNDS, DEFAULT_UPSTREAM
 from authz.core.decision import FailMode
 from authz.limits.base import DEFAULT_MAX_SESSIONS
+from authz.limits.lease import LeasePolicy
 from authz.limits.memory import DEFAULT_MAX_KEYS
 from authz.observe.logs import LogFormat
 from authz.protocol.identity import IdentitySourceKind
@@ -37,6 +38,8 @@ class Settings:
     max_sessions_per_identity: int = DEFAULT_MAX_SESSIONS
     # The most live counter keys of the in-process store (no --redis-url).
     memory_store_max_keys: int = DEFAULT_MAX_KEYS
+    # Which Redis-counted limits a replica leases units of, and how many (docs/limits.md).
+    lease: LeasePolicy = field(default_factory=LeasePolicy)
     identity_source: IdentitySourceKind = IdentitySourceKind.NONE
     identity_header: str = "x-agent-id"
     identity_claim: str = "sub"

@@ -27,6 +27,8 @@ _US = 1_000_000
 _LIMIT, _WINDOW = 10**9, 60 * _US
 _QUANTUM = _WINDOW // 60
 _HIT = (_LIMIT, _WINDOW, 1, _QUANTUM)
+# No lease wanted, none to give back (hit.lua's last four arguments per hit).
+_NO_LEASE = (0, 0, 0, 0)
 _IDENTITIES = 64
 
 
@@ -60,12 +62,12 @@ def main() -> None:
 
             def run_new(i: int) -> object:
                 key = f"new:{i % _IDENTITIES}"
-                return client.evalsha(new, 2, key, key, 1, "", 1, *_HIT, 0, "")
+                return client.evalsha(new, 2, key, key, 1, "", 1, *_HIT, 0, "", *_NO_LEASE)
 
             def run_session(i: int) -> object:
                 n = i % _IDENTITIES
                 keys = (f"ses:{n}:s{n}", f"idx:{n}")
-                return client.evalsha(new, 2, *keys, 1, "", 1, *_HIT, 8, f"s{n}")
+                return client.evalsha(new, 2, *keys, 1, "", 1, *_HIT, 8, f"s{n}", *_NO_LEASE)
 
             cells = {"old": run_old, "new, plain": run_new, "new, session": run_session}
             results: dict[str, list[float]] = {name: [] for name in cells}

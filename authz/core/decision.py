@@ -155,7 +155,8 @@ class Decider:
         if isinstance(admitted, Outcome):
             return admitted
         verdicts = admitted
-        held = await self._hold(base, verdicts, caller)
+        gated = any(v.approval is not None for _, v in verdicts)
+        held = await self._hold(base, verdicts, caller) if gated else []
         if isinstance(held, Outcome):
             return held
         # The approvals first: a call that cannot have its approval is refused uncharged.
@@ -166,7 +167,7 @@ class Decider:
         if held:
             spent = [cast(Approval, h.approval) for h in held]
             outcome = await self._approvals.settle(outcome, spent, passed=outcome.allowed)
-        if not outcome.allowed:
+        if not outcome.allowed or not any(v.dry_uses for _, v in verdicts):
             return outcome
         return await self._dry_run(outcome, verdicts, caller)
 
@@ -177,7 +178,10 @@ class Decider:
         states: tuple[LimitState, ...] = ()
         counted = [(c, v) for c, v in verdicts if v.uses]
         if counted:
-            wanted = combine([h for _, v in counted for h in hits(v.uses, caller, v.grant)])
+            wanted = [h for _, v in counted for h in hits(v.uses, caller, v.grant)]
+            # One hit has no other to merge with (the usual single call of one budget).
+            if len(wanted) > 1:
+                wanted = list(combine(wanted))
             try:
                 result = await self._store.hit(wanted)
             except StoreUnavailable as e:

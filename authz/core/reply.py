@@ -7,10 +7,11 @@ the call and show the agent the policy's reason; an allowed request gets informa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from authz.core.outcome import Outcome, ToolFacts, retry_seconds
-from authz.core.response_plan import PLAN_HEADER, ResponsePlan
+from authz.core.response_plan import PLAN_HEADER, plan_header
 from authz.protocol.echo import json_line
 from authz.protocol.errors import Refusal
 
@@ -21,6 +22,7 @@ AGENT_CREDENTIAL = "authorization"
 # A refusal for want of a known credential says how to present one (RFC 9110 11.6.1).
 CHALLENGE = ("www-authenticate", 'Bearer realm="mcp-authz"')
 
+_remaining = attrgetter("remaining")
 _MESSAGES = {
     Refusal.DENIED: "Denied by policy: {reason}",
     Refusal.RATE_LIMITED: "Rate limited: {reason}",
@@ -91,26 +93,26 @@ def _refused(outcome: Outcome, refusal: Refusal) -> Reply:
 
 
 def _allowed(outcome: Outcome, upstream: UpstreamCredential | None) -> Reply:
-    headers: list[tuple[str, str]] = []
+    headers: tuple[tuple[str, str], ...] = ()
     if outcome.limits:
-        tightest = min(outcome.limits, key=lambda s: s.remaining)
-        headers += [
+        tightest = min(outcome.limits, key=_remaining)
+        headers = (
             ("x-ratelimit-limit", str(tightest.hit.limit)),
             ("x-ratelimit-remaining", str(tightest.remaining)),
             ("x-ratelimit-window", str(tightest.hit.window)),
-        ]
+        )
     added = [(DECISION_HEADER, outcome.decision_id), *(upstream.headers if upstream else ())]
     # The upstream's own credential overwrites the agent's when it uses the same header;
     # removing that header as well would drop the credential just set.
     same = upstream is not None and upstream.header == AGENT_CREDENTIAL
     removed = [] if same else [AGENT_CREDENTIAL]
     # The response side's plan is always ours: set, or a client's copy removed.
-    plan = ResponsePlan.of(outcome)
+    plan = plan_header(outcome)
     if plan is None:
         removed.append(PLAN_HEADER)
     else:
-        added.append((PLAN_HEADER, plan.encode()))
-    return Reply(200, tuple(headers), tuple(added), upstream_removed=tuple(removed))
+        added.append((PLAN_HEADER, plan))
+    return Reply(200, headers, tuple(added), upstream_removed=tuple(removed))
 
 
 def _message(outcome: Outcome, refusal: Refusal) -> str:

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
+import orjson
+
 from authz.core.outcome import Outcome
 from authz.limits.base import CounterKey, Hit
 
@@ -54,27 +56,8 @@ class ResponsePlan:
     def filters(self) -> bool:
         return self.grant is not None
 
-    @classmethod
-    def of(cls, outcome: Outcome) -> ResponsePlan | None:
-        """The plan of an allowed outcome; None when its answer needs no processing."""
-        refund = tuple(state.hit for state in outcome.limits)
-        if outcome.view_grant is None and not refund:
-            return None
-        paged = any(c.paged for c in outcome.calls if c.method == "tools/list")
-        counted_at = time.time() if refund else None
-        return cls(outcome.decision_id, outcome.view_grant, paged, refund, counted_at)
-
     def encode(self) -> str:
-        refund = [
-            [h.key.counter, h.key.scope, list(h.key.subject), h.limit, h.window, h.cost]
-            for h in self.refund
-        ]
-        doc: dict[str, Any] = {"d": self.decision_id}
-        if self.grant is not None:
-            doc["g"], doc["p"] = self.grant, self.paged
-        if refund and self.counted_at is not None and len(_json(refund)) <= _REFUND_BUDGET:
-            doc["r"], doc["t"] = refund, round(self.counted_at, 3)
-        return _json(doc)
+        return _encode(self.decision_id, self.grant, self.paged, self.refund, self.counted_at)
 
     @classmethod
     def decode(cls, value: str) -> ResponsePlan:
@@ -95,9 +78,49 @@ class ResponsePlan:
         return plan
 
 
-# Built once: json.dumps with options builds an encoder per call, and every allowed
-# request writes a plan.
-_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+def plan_header(outcome: Outcome) -> str | None:
+    """The encoded plan of an allowed outcome (every allowed request writes one, so no
+    ResponsePlan is built for it); None when its answer needs no processing."""
+    grant, limits = outcome.view_grant, outcome.limits
+    if grant is None and not limits:
+        return None
+    paged = grant is not None and any(c.paged for c in outcome.calls if c.method == "tools/list")
+    refund = tuple(state.hit for state in limits)
+    return _encode(outcome.decision_id, grant, paged, refund, time.time() if refund else None)
+
+
+def _encode(
+    decision_id: str,
+    grant: str | None,
+    paged: bool,
+    refund: tuple[Hit, ...],
+    counted_at: float | None,
+) -> str:
+    doc: dict[str, Any] = {"d": decision_id}
+    if grant is not None:
+        doc["g"], doc["p"] = grant, paged
+    if refund and counted_at is not None:
+        rows = [
+            [h.key.counter, h.key.scope, list(h.key.subject), h.limit, h.window, h.cost]
+            for h in refund
+        ]
+        if len(_json(rows)) <= _REFUND_BUDGET:
+            doc["r"], doc["t"] = rows, round(counted_at, 3)
+    return _json(doc)
+
+
+# Built once: json.dumps with options builds an encoder per call.
+_ascii_json: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
+def _json(doc: Any) -> str:
+    """`doc` as compact ASCII JSON, a header value: orjson's text (every allowed request
+    writes a plan), or the standard library's escapes for what is not ASCII."""
+    try:
+        raw = orjson.dumps(doc)
+    except TypeError:
+        return _ascii_json(doc)
+    return raw.decode("ascii") if raw.isascii() else _ascii_json(doc)
 
 
 def _text(value: Any) -> str:

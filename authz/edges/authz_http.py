@@ -123,17 +123,24 @@ def encode(reply: Reply, *, allowed: bool) -> bytes:
 
 
 def _response(status: int, headers: tuple[tuple[str, str], ...], body: bytes) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Refused')}"]
-    lines += [f"{name}: {_value(value)}" for name, value in headers]
-    lines.append(f"content-length: {len(body)}\r\n\r\n")
-    return "\r\n".join(lines).encode("latin-1") + body
+    head = "".join(
+        [
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Refused')}\r\n",
+            *[f"{name}: {value}\r\n" for name, value in headers],
+            f"content-length: {len(body)}\r\n\r\n",
+        ]
+    )
+    # Our values are ids, numbers and media types; never let one end the header block. The
+    # block has exactly one line break per line it should have: any more came from a value.
+    if head.count("\n") != len(headers) + 3 or head.count("\r") != len(headers) + 3:
+        _refuse_line_breaks(headers)
+    # Names and the status line are ASCII: a value's other characters become "?".
+    return head.encode("ascii", "replace") + body
 
 
-def _value(value: str) -> str:
-    # Our values are ids, numbers and media types; never let one end the header block.
-    if "\r" in value or "\n" in value:
-        raise ValueError(f"header value {value!r} contains a line break")
-    return value.encode("ascii", "replace").decode("ascii")
+def _refuse_line_breaks(headers: tuple[tuple[str, str], ...]) -> None:
+    broken = next(f"{n}: {v}" for n, v in headers if "\r" in n + v or "\n" in n + v)
+    raise ValueError(f"header {broken!r} contains a line break")
 
 
 _FAILED: Final = _response(503, (), b"")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Sequence
 from functools import cached_property
 from typing import Any, cast
@@ -28,6 +29,7 @@ from authz.limits.base import (
     LimitState,
     session_of,
 )
+from authz.limits.lease import Lease, LeasePolicy, Leases
 from authz.limits.redis_client import (
     _US,
     REDIS_FAILURES,
@@ -67,6 +69,7 @@ class RedisStore(RedisBacked):
         *,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         batch_hold: float = 0.0,
+        lease: LeasePolicy | None = None,
         **kwargs: Any,
     ) -> None:
         if not 0 <= batch_hold <= MAX_BATCH_HOLD:
@@ -81,6 +84,10 @@ class RedisStore(RedisBacked):
             )
         super().__init__(client, **kwargs)
         self._max_sessions = max_sessions
+        self._lease = LeasePolicy() if lease is None else lease
+        self._leases = Leases()
+        # Leases expire on this replica's clock (the test clock in tests, like the scripts').
+        self._local_clock = self._clock or time.monotonic
 
     @cached_property
     def _batcher(self) -> _Batcher:
@@ -98,10 +105,56 @@ class RedisStore(RedisBacked):
     async def hit(self, hits: Sequence[Hit]) -> HitResult:
         if not hits:
             return HitResult(allowed=True, states=())
+        if len(hits) == 1 and self._lease.size(hits[0]):
+            return await self._leased(hits[0])
+        # Several hits are counted in Redis, all or nothing, never from a lease: a lease of
+        # one of them could not be spent if another refused. Their keys' leases are given
+        # back in the same call, once no call of ours is taking one of them.
+        for h in hits:
+            while await self._leases.wait(h.key):
+                pass
+        backs = [self._leases.drop(h.key) for h in hits]
+        result, _ = await self._count(hits, [(0, 0)] * len(hits), backs)
+        return result
+
+    async def _leased(self, h: Hit) -> HitResult:
+        """A hit on a leased limit: admitted from this replica's lease when it has room, else
+        counted in Redis with a new lease taken in the same call (one call per key at a time:
+        the others wait for its lease)."""
+        while True:
+            now = self._local_clock()
+            lease = self._leases.spend(h, now)
+            if lease is not None:
+                used = lease.used + lease.spent
+                state = LimitState(h, used, max(h.limit - used, 0), 0.0)
+                return HitResult(allowed=True, states=(state,))
+            if not await self._leases.wait(h.key):
+                break
+        old = self._leases.take(h.key)
+        new: Lease | None = None
+        try:
+            life = self._lease.life(h)
+            result, granted = await self._count([h], [(self._lease.size(h), life)], [old])
+            units, stamp = granted[0]
+            if units:
+                used = result.states[0].used
+                new = Lease(h.limit, h.window, units, now + life / _US, stamp, used)
+        finally:
+            self._leases.taken(h.key, new, now)
+        return result
+
+    async def _count(
+        self,
+        hits: Sequence[Hit],
+        leases: Sequence[tuple[int, int]],
+        backs: Sequence[Lease | None],
+    ) -> tuple[HitResult, list[tuple[int, int]]]:
+        """One request through hit.lua, each hit wanting a lease of (units, life in us): its
+        result and, per hit, the (units, stamp) leased."""
         keys = [name for h in hits for name in self._keys_of(h)]
         with self._breaker.guard():
-            reply = await self._run(keys, self._args(hits))
-        return _result(hits, reply)
+            reply = await self._run(keys, self._args(hits, leases, backs))
+        return _result(hits, reply), list(zip(reply[4::5], reply[5::5], strict=True))
 
     async def refund(self, decision_id: str, hits: Sequence[Hit]) -> bool:
         marker = json.dumps(["refunded", decision_id], separators=(",", ":"))
@@ -118,6 +171,7 @@ class RedisStore(RedisBacked):
         return _state(hit, int(used), int(retry))
 
     async def reset(self, key: CounterKey) -> None:
+        self._leases.drop(key)
         await self._direct(self._client.delete(self.key(key)))
 
     async def _usage(self, keys: list[str], args: list[int | str]) -> list[int]:
@@ -132,6 +186,8 @@ class RedisStore(RedisBacked):
             raise unavailable(self._name, self._timeout, e) from e
 
     async def close(self) -> None:
+        # Unspent leases stay counted until they leave their window (docs/limits.md).
+        self._leases.clear()
         await self._batcher.drain()
         await self._close_clients()
 
@@ -142,13 +198,20 @@ class RedisStore(RedisBacked):
         session = session_of(h.key)
         return key, key if session is None else self.sessions_key(session[0])
 
-    def _args(self, hits: Sequence[Hit]) -> list[int | str]:
+    def _args(
+        self,
+        hits: Sequence[Hit],
+        leases: Sequence[tuple[int, int]],
+        backs: Sequence[Lease | None],
+    ) -> list[int | str]:
         args: list[int | str] = [self._now(), len(hits)]
-        for h in hits:
-            window = h.window * _US
+        for h, (units, life), back in zip(hits, leases, backs, strict=True):
             session = session_of(h.key)
             most, sid = (0, "") if session is None else (self._max_sessions, session[1])
-            args += [h.limit, window, h.cost, max(1, window // QUANTA_PER_WINDOW), most, sid]
+            left, stamp = (0, 0) if back is None else (back.left, back.stamp)
+            window = h.window * _US
+            quantum = max(1, window // QUANTA_PER_WINDOW)
+            args += [h.limit, window, h.cost, quantum, most, sid, units, life, left, stamp]
         return args
 
     async def _run(self, keys: list[str], args: list[int | str]) -> list[int]:
@@ -250,7 +313,7 @@ def _name(parts: list[str]) -> str:
 def _result(hits: Sequence[Hit], reply: list[int]) -> HitResult:
     states = tuple(
         _state(h, used, retry, crowded == 1)
-        for h, used, retry, crowded in zip(hits, reply[1::3], reply[2::3], reply[3::3], strict=True)
+        for h, used, retry, crowded in zip(hits, reply[1::5], reply[2::5], reply[3::5], strict=True)
     )
     return HitResult(allowed=reply[0] == 1, states=states)
 

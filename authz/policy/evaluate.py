@@ -31,6 +31,8 @@ HIDDEN_RULE = "(hidden)"
 DEFAULT_DENY_RULE = "(default deny)"
 DEFAULT_ALLOW_RULE = "(default allow)"
 NO_POLICY_RULE = "(no policy)"
+# Verdicts kept per policy for calls whose rules never read the arguments.
+MAX_KNOWN_VERDICTS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +79,40 @@ def evaluate(policy: Policy, call: McpCall, caller: Caller, risk: str = UNKNOWN_
 
 
 def _tool(policy: Policy, grant: Grant, call: McpCall, tool: str, risk: str) -> Verdict:
+    key = (id(grant), tool, risk)  # the policy holds its grants: their ids stay theirs
+    known: Verdict | None = policy.verdicts.get(key)
+    if known is not None:
+        return known
+    verdict, reads_arguments = _judge_tool(policy, grant, call, tool, risk)
+    # Tool names are the client's: the cache is bounded, and past its bound only slower.
+    if not reads_arguments and len(policy.verdicts) < MAX_KNOWN_VERDICTS:
+        policy.verdicts[key] = verdict
+    return verdict
+
+
+def _judge_tool(
+    policy: Policy, grant: Grant, call: McpCall, tool: str, risk: str
+) -> tuple[Verdict, bool]:
+    """The verdict, and whether a call with other arguments could have another."""
     what = f'tool "{tool}"'
     if policy.is_hidden(tool):
         reason = policy.on_deny or f'Tool "{tool}" is hidden by policy'
-        return _refused(grant.mode, HIDDEN_RULE, reason, grant)
+        return _refused(grant.mode, HIDDEN_RULE, reason, grant), False
     entry, rules = governing(grant, tool, risk)
     if entry is None and grant.default is Action.DENY:
         reason = policy.on_deny or f"{what} is not in the policy, which denies by default"
-        return _refused(grant.mode, DEFAULT_DENY_RULE, reason, grant)
-    return _rules(rules, entry, grant, call, what, on_deny=policy.on_deny)
+        return _refused(grant.mode, DEFAULT_DENY_RULE, reason, grant), False
+    verdict = _rules(rules, entry, grant, call, what, on_deny=policy.on_deny)
+    return verdict, any(_reads_arguments(r) for r in rules)
+
+
+def _reads_arguments(rule: Rule) -> bool:
+    return bool(
+        rule.conditions
+        or rule.denies
+        or rule.approval is not None
+        or any(c.increment_from is not None for c in rule.counts)
+    )
 
 
 def governing(grant: Grant, tool: str, risk: str) -> tuple[Entry | None, tuple[Rule, ...]]:

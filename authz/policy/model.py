@@ -251,6 +251,12 @@ class Policy:
     on_deny: str | None = None
     catalogue: CatalogueRules = field(default_factory=CatalogueRules)
     list_view: ListView = ListView.FILTERED
+    # Verdicts on tool calls whose rules never read the arguments, by (grant, tool, risk):
+    # the same for every such call while this policy lasts (authz/policy/evaluate.py). Not
+    # an init field, so a policy made with dataclasses.replace starts with none.
+    verdicts: dict[tuple[int, str, str], Any] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     @property
     def default(self) -> Action:
@@ -281,4 +287,6 @@ class Policy:
         filters `tools/list`."""
         if tool in self.hidden:
             return True
-        return any(is_glob(h) and glob_regex(h).fullmatch(tool) for h in self.hidden)
+        return bool(self.hidden) and any(
+            is_glob(h) and glob_regex(h).fullmatch(tool) for h in self.hidden
+        )

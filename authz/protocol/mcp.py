@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
+
 from authz.protocol.bounds import (
     MAX_METHOD,
     MAX_NAME,
@@ -105,6 +107,37 @@ def parse_body(body: bytes) -> tuple[McpCall, ...]:
 
 
 def _load_json(body: bytes) -> Any:
+    doc = _read_plain(body)
+    return _read_strictly(body) if doc is _UNREAD else doc
+
+
+def _read_plain(body: bytes) -> Any:
+    """The body's value by orjson when that is certain to be the strict reader's, else
+    _UNREAD (and the strict reader says what is wrong, if anything is).
+
+    orjson keeps the last of two equal keys where the strict reader refuses them, so it is
+    never trusted alone. Without \\u escapes every colon in the body is either one per
+    object member or a character of a string; orjson's own compact text of the value has
+    one per member it kept and the same string characters. A dropped duplicate took its
+    colon (and any in its key or value) with it, so the two counts are equal exactly when
+    no key was repeated. The rest the strict reader judges: \\u escapes (lone surrogates),
+    integers orjson would read as floats (past 64 bits), anything
+    nested deep enough to need the depth walk, and whatever orjson refuses."""
+    if b"\\u" in body or body.count(b"{") + body.count(b"[") >= MAX_DEPTH:
+        return _UNREAD
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _UNREAD
+    text = orjson.dumps(doc)
+    # A float of 1e16 or more is written with "e+": so is an integer past 64 bits that
+    # orjson read as a float (the strict reader keeps it an integer).
+    if text.count(b":") != body.count(b":") or b"e+" in text:
+        return _UNREAD
+    return doc
+
+
+def _read_strictly(body: bytes) -> Any:
     try:
         doc = _DECODER.decode(body.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -142,6 +175,7 @@ def _finite(text: str) -> float:
     return number
 
 
+_UNREAD: Final = object()
 # Built once: json.loads with hooks builds a decoder on every call.
 _DECODER: Final = json.JSONDecoder(
     object_pairs_hook=_unique_keys, parse_constant=_reject_constant, parse_float=_finite

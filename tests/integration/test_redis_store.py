@@ -7,16 +7,19 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from authz.limits.base import CounterKey, Hit
+from authz.limits.lease import LeasePolicy
 from authz.limits.redis import MAX_BATCH, MAX_NAME, QUANTA_PER_WINDOW, RedisStore
 from tests.conftest import RedisServer, free_port
 
 KEY = CounterKey("calls", "grant", ("alice",))
+NO_LEASE = LeasePolicy(min_limit=0)
 
 
 class Clock:
@@ -38,8 +41,10 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[Redis]:
 async def new_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisStore]]:
     stores: list[RedisStore] = []
 
-    def make(url: str = redis_server.url, clock: Clock | None = None) -> RedisStore:
-        store = RedisStore.from_url(url, prefix=f"t-{uuid.uuid4().hex}", timeout=1.0, clock=clock)
+    def make(url: str = redis_server.url, clock: Clock | None = None, **options: Any) -> RedisStore:
+        store = RedisStore.from_url(
+            url, prefix=f"t-{uuid.uuid4().hex}", timeout=1.0, clock=clock, **options
+        )
         stores.append(store)
         return store
 
@@ -130,7 +135,7 @@ async def test_a_key_holds_at_most_about_one_entry_per_quantum(
     new_store: Callable[..., RedisStore], raw: Redis
 ) -> None:
     clock = Clock()
-    store = new_store(clock=clock)
+    store = new_store(clock=clock, lease=NO_LEASE)  # exact counts (leases: test_redis_lease.py)
     hit = Hit(KEY, limit=1_000_000, window=100)
     for _ in range(3_000):
         clock.now += 0.1  # ten hits per 1 s quantum, over three windows
@@ -206,7 +211,9 @@ async def test_sentinel_urls_find_the_primary(
 async def test_concurrent_requests_share_script_calls_but_count_in_turn(
     own_redis: RedisServer,
 ) -> None:
-    store = RedisStore.from_url(own_redis.url, prefix="batch", clock=Clock(), timeout=1.0)
+    store = RedisStore.from_url(
+        own_redis.url, prefix="batch", clock=Clock(), timeout=1.0, lease=NO_LEASE
+    )
     small = Hit(KEY, limit=5, window=10)
     big = Hit(CounterKey("big", "global", ()), limit=1_000, window=10, cost=2)
     try:

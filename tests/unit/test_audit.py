@@ -20,7 +20,7 @@ from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, TraceFlags
 import authz
 from authz.approvals.base import Approval, Request, Status
 from authz.core.outcome import Outcome
-from authz.observe.audit import ArgumentAudit, ArgumentPath, AuditLog
+from authz.observe.audit import ArgumentAudit, ArgumentPath, AuditLog, _Stamps
 from authz.protocol.errors import Refusal
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall
@@ -66,7 +66,7 @@ def transfer(arguments: dict[str, Any], tool: str = "transfer", rid: int = 1) ->
 
 def log(*allowed: str, key: bytes = KEY) -> tuple[AuditLog, io.StringIO]:
     stream = io.StringIO()
-    clock = lambda: datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)  # noqa: E731
+    clock = lambda: datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC).timestamp()  # noqa: E731
     paths = [ArgumentPath.parse(a) for a in allowed]
     return AuditLog(stream, ArgumentAudit(key, paths), clock=clock), stream
 
@@ -298,3 +298,14 @@ def test_origin_is_read_bounded_from_the_request() -> None:
         "h",
         "1.2.3.4:5",
     )
+
+
+@given(times=st.lists(st.floats(min_value=0, max_value=4e9), min_size=1, max_size=5))
+def test_each_line_is_stamped_as_datetime_writes_the_time_to_the_millisecond(
+    times: list[float],
+) -> None:
+    # The date and time of day are kept from one line to the next within a second.
+    clock = iter(times)
+    stamps = _Stamps(lambda: next(clock))
+    for t in times:
+        assert stamps() == datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")

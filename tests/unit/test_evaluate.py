@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from authz.limits.base import CounterKey
-from authz.policy.evaluate import evaluate, hits
+from authz.policy.evaluate import MAX_KNOWN_VERDICTS, evaluate, hits
 from authz.policy.load import parse_policy
 from authz.policy.model import Policy
 from authz.protocol.identity import Caller
@@ -144,3 +145,56 @@ def test_limits_are_keyed_by_their_scope() -> None:
         CounterKey("s", "session", ("agent-1", "sess-9")),
         CounterKey("all", "global", ()),
     ]
+
+
+KNOWN = {
+    "version": "1",
+    "default": "deny",
+    "tools": {
+        "pay": {"conditions": [{"path": "args.amount", "op": "lte", "value": 500}]},
+        "read_*": {},
+        "deploy": {},
+    },
+    "grants": {"ops": {"identities": ["ops-*"], "tools": {"deploy": {"action": "deny"}}}},
+}
+
+
+def test_a_verdict_that_reads_the_arguments_is_judged_for_every_call() -> None:
+    policy = load(KNOWN)
+    small, large = (
+        McpCall("tools/call", 1, "pay", {"amount": 5}),
+        McpCall("tools/call", 2, "pay", {"amount": 5000}),
+    )
+    assert evaluate(policy, small, ANYONE).allowed
+    assert not evaluate(policy, large, ANYONE).allowed
+    assert evaluate(policy, small, ANYONE).allowed
+    assert policy.verdicts == {}
+
+
+def test_a_kept_verdict_is_the_one_judged_and_is_kept_per_grant_tool_and_risk() -> None:
+    policy, fresh = load(KNOWN), load(KNOWN)
+    ops = Caller("ops-1")
+    for caller, tool, risk in [
+        (ANYONE, "read_a", "unknown"),
+        (ANYONE, "read_b", "read"),
+        (ANYONE, "deploy", "unknown"),
+        (ops, "deploy", "unknown"),
+        (ANYONE, "nothing", "unknown"),
+    ]:
+        first = evaluate(policy, tool_call(tool), caller, risk)
+        assert evaluate(policy, tool_call(tool), caller, risk) is first  # kept
+        assert first == evaluate(fresh, tool_call(tool), caller, risk)
+        assert first.reason == evaluate(load(KNOWN), tool_call(tool), caller, risk).reason
+    assert evaluate(policy, tool_call("deploy"), ANYONE).allowed
+    assert not evaluate(policy, tool_call("deploy"), ops).allowed
+    assert len(policy.verdicts) == 5
+
+
+def test_kept_verdicts_are_bounded_and_belong_to_their_policy() -> None:
+    policy = load(KNOWN)
+    for n in range(MAX_KNOWN_VERDICTS + 10):
+        evaluate(policy, tool_call(f"read_{n}"), ANYONE)
+    assert len(policy.verdicts) == MAX_KNOWN_VERDICTS
+    # Past the bound a call is judged all the same.
+    assert evaluate(policy, tool_call(f"read_{MAX_KNOWN_VERDICTS + 99}"), ANYONE).allowed
+    assert replace(policy, version="2").verdicts == {}

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authz.protocol.errors import Refusal, RequestRefused
-from authz.protocol.mcp import MAX_DEPTH, McpCall, parse_body, parse_request
+from authz.protocol.mcp import (
+    MAX_DEPTH,
+    McpCall,
+    _load_json,
+    _read_strictly,
+    parse_body,
+    parse_request,
+)
 from authz.protocol.request import HttpRequest
 
 
@@ -310,3 +317,69 @@ def test_a_lone_surrogate_escape_is_refused_in_a_shallow_body(escape: str) -> No
 def test_a_surrogate_pair_escape_is_one_character_and_accepted() -> None:
     (parsed,) = parse_request(post(call(arguments={"a": "\U0001f600"})))
     assert parsed.arguments == {"a": "\U0001f600"}
+
+
+# JSON text as a client may write it: any spacing, keys that may repeat (at any depth, with
+# colons and braces inside strings), escapes, integers past 64 bits, floats of any size.
+_json_strings = st.text(
+    st.sampled_from(["a", ":", '"', "\\", "{", "}", ",", "é", "\u2028", "😀", "\n", "0", "e"]),
+    max_size=4,
+).map(lambda s: json.dumps(s, ensure_ascii=False))
+_json_scalars = (
+    _json_strings
+    | st.integers().map(str)
+    | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+    | st.sampled_from(["true", "false", "null", "1e400", "-0", "1E2", "18446744073709551616"])
+    | st.sampled_from(['"\\u00e9"', '"\\ud800"', "-9223372036854775809", "1e16"])
+)
+_spacing = st.sampled_from(["", " ", "\n\t"])
+
+
+def _json_text(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    keys = st.sampled_from(['"a"', '"b"', '"a:b"', '"{"', '"\\u0061"'])
+    members = st.lists(st.tuples(keys, _spacing, inner), max_size=4)
+    return st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]") | members.map(
+        lambda ms: "{" + ",".join(f"{k}{s}:{s}{v}" for k, s, v in ms) + "}"
+    )
+
+
+_json_texts = st.recursive(_json_scalars, _json_text, max_leaves=10)
+
+
+def _read(body: bytes, reader: Any) -> tuple[str, str]:
+    try:
+        return "value", repr(reader(body))
+    except RequestRefused as e:
+        return "refused", e.message
+
+
+@given(text=_json_texts, before=_spacing, after=_spacing)
+@settings(max_examples=500)
+def test_the_quick_reader_reads_every_body_as_the_strict_one_or_leaves_it_to_it(
+    text: str, before: str, after: str
+) -> None:
+    # orjson keeps the last of two equal keys: the quick path must never be the only judge.
+    body = (before + text + after).encode("utf-8", "surrogatepass")
+    assert _read(body, _load_json) == _read(body, _read_strictly)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a":1,"a":2}',
+        b'{"a":{"b":1},"a":{"b":1}}',
+        b'[{"x:y":1,"x:y":"a:b"}]',
+        b'{"a":"::","a":1}',
+    ],
+)
+def test_a_repeated_key_is_refused_however_its_colons_fall(body: bytes) -> None:
+    with pytest.raises(RequestRefused, match="duplicate key"):
+        _load_json(body)
+
+
+def test_an_integer_past_64_bits_stays_an_integer() -> None:
+    assert _load_json(b"[18446744073709551616, -9223372036854775809]") == [
+        18446744073709551616,
+        -9223372036854775809,
+    ]
+    assert isinstance(_load_json(b"18446744073709551616"), int)

@@ -63,6 +63,15 @@ def test_a_plan_reads_back_as_written() -> None:
     assert ResponsePlan.decode(ResponsePlan("d-2").encode()) == ResponsePlan("d-2")
 
 
+def test_a_plan_with_text_beyond_ascii_is_an_ascii_header_value_that_reads_back() -> None:
+    # Identities and grant names may be any text; a header value must be ASCII.
+    hit = Hit(CounterKey("p", "identity", ("agent-é\u2028😀",)), 2, 60, 1)
+    plan = ResponsePlan("d-1", "grünt", refund=(hit,), counted_at=1_800_000_000.5)
+    encoded = plan.encode()
+    assert encoded.isascii()
+    assert ResponsePlan.decode(encoded) == plan
+
+
 def test_a_plan_too_large_for_a_header_leaves_its_refund_out() -> None:
     hits = tuple(Hit(CounterKey(f"c{i}", "identity", ("x" * 2000,)), 1, 60) for i in range(9))
     encoded = ResponsePlan("d", "g", refund=hits).encode()

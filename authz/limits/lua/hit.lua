@@ -17,12 +17,22 @@ KEYS     per hit, two: its counter key, and the session index of its identity (f
 ARGV     the number of requests; then for each: now in us ("" for the server's clock, which
          production always uses), its number of hits n, and n times: limit, window (us),
          cost, quantum (us), the most sessions of an identity (0: not session-scoped), the
-         session id.
+         session id, the lease wanted (units on top of the cost, 0 for none) and its life (us),
+         and the unspent units of the caller's previous lease on this key with that lease's
+         stamp (0 0: none).
 
-Returns, per request, {allowed, used_1, retry_1, crowded_1, ...}: used includes the hit when
-allowed; retry is in us, 0 when the hit fits, -1 when waiting can never make it fit; crowded
-is 1 when the hit is a new session of an identity that holds the most live sessions (retry
-is then when the soonest of them goes idle): refused, never made room for by evicting one.
+A lease (docs/limits.md, "Leases") is counted with the hit, at once, and stamped its life
+later than the hit would be: the caller spends it for at most that long, so every unit it
+spends stays counted for a whole window after it was spent. It is granted only when the
+request is allowed, and only as far as the limit has room. Unspent units of the previous
+lease are given back first, before the hit is judged, whatever the outcome.
+
+Returns, per request, {allowed, used_1, retry_1, crowded_1, lease_1, stamp_1, ...}: used
+includes the hit (not its lease) when allowed; retry is in us, 0 when the hit fits, -1 when
+waiting can never make it fit; crowded is 1 when the hit is a new session of an identity that
+holds the most live sessions (retry is then when the soonest of them goes idle): refused,
+never made room for by evicting one; lease is the units granted and stamp the entry (us) that
+counts them (0 0 when none).
 ]]
 
 local server_now
@@ -61,11 +71,12 @@ local function wait(key, log, need, window, now)
   return tonumber(entry[1]) + window - now
 end
 
--- A hit is stamped at the end of its quantum, so entries are at least a quantum apart and a
--- log holds at most window / quantum + 2 of them; a unit leaves the window up to one
--- quantum late, never early.
-local function record(key, log, window, cost, quantum, now)
-  local stamp = math.max(math.ceil(now / quantum) * quantum, log.stamp)
+-- A hit is stamped at the end of its quantum (a lease `late` = its life later), so entries
+-- are at least a quantum apart and a log holds at most (window + life) / quantum + 2 of
+-- them; a unit leaves the window up to one quantum late (plus a life when leased), never
+-- early.
+local function record(key, log, window, cost, quantum, late, now)
+  local stamp = math.max(math.ceil((now + late) / quantum) * quantum, log.stamp)
   if log.new then
     redis.call('ZADD', key, 0, 'base')
     log.new = false
@@ -99,13 +110,45 @@ local function note_session(index, session, log, window, now)
   end
 end
 
-local STRIDE = 6
+-- Gives back `units` of the entry at `stamp` (a lease's unspent units), as far as it still
+-- holds them; units that have left the window are not counted anyway. Every later entry's
+-- running total drops with it, so the totals stay strictly increasing; an emptied entry goes.
+local function give_back(key, stamp, units, cutoff)
+  if stamp <= cutoff then
+    return
+  end
+  local member = string.format('%d', stamp)
+  local top = tonumber(redis.call('ZSCORE', key, member))
+  if not top then
+    return
+  end
+  -- The entry before it always exists: the base, which never is a live entry.
+  local below = redis.call('ZRANGE', key, '(' .. string.format('%d', top), '-inf', 'BYSCORE', 'REV',
+    'LIMIT', 0, 1, 'WITHSCORES')
+  local give = math.min(units, top - tonumber(below[2]))
+  local later = redis.call('ZRANGE', key, string.format('%d', top), '+inf', 'BYSCORE', 'WITHSCORES')
+  for i = 1, #later, 2 do
+    redis.call('ZADD', key, tonumber(later[i + 1]) - give, later[i])
+  end
+  if give == top - tonumber(below[2]) then
+    redis.call('ZREM', key, member)
+  end
+end
+
+local STRIDE = 10
 
 -- One request: n hits, keys from KEYS[k + 1], arguments from ARGV[a + 1].
 local function count(now, n, k, a)
   -- A key may appear twice in one request (a batch calling one tool twice): later hits see
   -- the units of earlier ones as already counted.
   local logs, ahead, pruned, out = {}, {}, {}, {1}
+  for i = 1, n do
+    local j = a + STRIDE * (i - 1)
+    local back = tonumber(ARGV[j + 9])
+    if back > 0 then
+      give_back(KEYS[k + 2 * i - 1], tonumber(ARGV[j + 10]), back, now - tonumber(ARGV[j + 2]))
+    end
+  end
   for i = 1, n do
     local key, index, j = KEYS[k + 2 * i - 1], KEYS[k + 2 * i], a + STRIDE * (i - 1)
     local limit, window, cost = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
@@ -131,17 +174,27 @@ local function count(now, n, k, a)
       out[1] = 0
     end
     ahead[key] = pending + cost
-    out[3 * i - 1], out[3 * i], out[3 * i + 1] = used, retry, crowded
+    local o = 5 * i - 3
+    out[o], out[o + 1], out[o + 2], out[o + 3], out[o + 4] = used, retry, crowded, 0, 0
   end
   if out[1] == 1 then
     for i = 1, n do
       local key, index, j = KEYS[k + 2 * i - 1], KEYS[k + 2 * i], a + STRIDE * (i - 1)
-      local window, cost = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
-      record(key, logs[key], window, cost, tonumber(ARGV[j + 4]), now)
+      local limit, window, cost = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+      local quantum, log, o = tonumber(ARGV[j + 4]), logs[key], 5 * i - 3
+      -- A lease takes only the room left once this hit and the request's later hits on
+      -- this key (ahead[key] counts the ones not recorded yet) are counted.
+      local lease = math.max(0, math.min(tonumber(ARGV[j + 7]),
+        limit - (log.top - log.base) - ahead[key]))
+      ahead[key] = ahead[key] - cost
+      record(key, log, window, cost + lease, quantum, lease > 0 and tonumber(ARGV[j + 8]) or 0, now)
       if tonumber(ARGV[j + 5]) > 0 then
-        note_session(index, ARGV[j + 6], logs[key], window, now)
+        note_session(index, ARGV[j + 6], log, window, now)
       end
-      out[3 * i - 1] = out[3 * i - 1] + cost
+      out[o] = out[o] + cost
+      if lease > 0 then
+        out[o + 3], out[o + 4] = lease, log.stamp
+      end
     end
   end
   return out
