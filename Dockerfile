@@ -14,11 +14,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md setup.py ./
+COPY build_support/ build_support/
 COPY authz/ authz/
 # The environment is made without pip and filled by the base image's pip, so pip itself never
 # reaches the final image. --only-binary: grpcio, hiredis and google-re2 ship manylinux wheels;
-# should one stop doing so, the build fails here rather than wanting a compiler.
+# should one stop doing so, the build fails here rather than wanting a compiler. The slim image
+# has no C compiler, so the build backend (build_support/) makes our wheel the pure-Python one.
 RUN python -m venv --without-pip /opt/mcp-authz \
     && pip wheel --no-deps --wheel-dir /wheels . \
     && pip --python /opt/mcp-authz/bin/python install --only-binary=:all: /wheels/*.whl \
