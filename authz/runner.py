@@ -603,7 +603,7 @@ def run(settings: Settings) -> int:
     listen port. Raises PolicyError or ValueError before anything starts serving."""
     if settings.workers == 1:
         gateway = Gateway.build(settings)
-        run_loop(gateway.serve(), uvloop=settings.transport is Transport.HTTP)
+        run_loop(gateway.serve())
         return 0
     require_shared_state(settings)
     # Checked once here, so a bad policy stops start-up before any worker is spawned.
@@ -647,4 +647,4 @@ def _worker(settings: Settings, index: int) -> None:
     configure_logs(settings.log_level, settings.log_format)
     gateway = Gateway.build(settings)
     log.info("worker %d serving", index)
-    run_loop(gateway.serve(), uvloop=settings.transport is Transport.HTTP)
+    run_loop(gateway.serve())

@@ -92,10 +92,14 @@ class Decider:
             calls = parse_request(request)
         except RequestRefused as e:
             return _refused(decision_id, policy, e, (), (e.request_id,))
-        ids = tuple(c.id for c in calls)
+        ids = tuple([c.id for c in calls])
         try:
             # A caller's identity and session are client-chosen too, and bounded.
-            identified = await self._identify(request, policy)
+            identified = (
+                self._identify(request, policy)
+                if self._grants is None
+                else await self._grants.identify(request, policy)
+            )
         except RequestRefused as e:
             return _refused(decision_id, policy, e, calls, ids)
         if isinstance(identified, str):
@@ -113,26 +117,28 @@ class Decider:
         base = Outcome(
             decision_id, policy.version, None, "", "", calls=calls, caller=caller, request_ids=ids
         )
-        outcome = await self._judge(policy, base, caller, request)
+        outcome = (
+            await self._judge_calls(policy, base, caller, [None] * len(calls))
+            if self._tools is None
+            else await self._judge(policy, base, caller, request, self._tools)
+        )
         if outcome.allowed and _may_list_tools(calls):
             grant = policy.grant_of(caller)
             return replace(outcome, view_grant="" if grant is None else grant.name)
         return outcome
 
-    async def _identify(self, request: HttpRequest, policy: Policy) -> Identified | str:
-        if self._grants is not None:
-            return await self._grants.identify(request, policy)
+    def _identify(self, request: HttpRequest, policy: Policy) -> Identified | str:
+        """The caller by the configured identity source (grant tokens are looked up apart)."""
         identity = self._identity.identify(request)
         if identity is None:
             return "the request carries no identity from the configured source"
         return Identified(caller_of(request, identity, self._payload_key), policy)
 
     async def _judge(
-        self, policy: Policy, base: Outcome, caller: Caller, request: HttpRequest
+        self, policy: Policy, base: Outcome, caller: Caller, request: HttpRequest, tools: ToolCheck
     ) -> Outcome:
-        if self._tools is None:
-            return await self._judge_calls(policy, base, caller, [None] * len(base.calls))
-        looked = await self._tools.look(policy, request, base.calls)
+        """The calls judged with what the tool catalogue says of each."""
+        looked = await tools.look(policy, request, base.calls)
         outcome = await self._judge_calls(policy, base, caller, looked)
         subject = next((i for i, c in enumerate(base.calls) if c is outcome.subject), 0)
         found = looked[subject] if looked else None
@@ -309,7 +315,10 @@ def _allowed(
     call, verdict = verdicts[0]
     base.subject, base.rule, base.reason = call, verdict.rule, verdict.reason
     base.grant, base.limits = verdict.grant, limits
-    base.would_deny = next((v.would_deny for _, v in verdicts if v.would_deny), None)
+    for _, v in verdicts:
+        if v.would_deny:
+            base.would_deny = v.would_deny
+            break
     return base
 
 

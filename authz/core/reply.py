@@ -36,7 +36,8 @@ _MESSAGES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as McpCall (authz/protocol/mcp.py): one per request; never changed once made.
+@dataclass(slots=True)
 class Reply:
     status: int
     # Sent to the client with a refusal, or added to the upstream's answer when allowed.

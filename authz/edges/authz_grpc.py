@@ -38,13 +38,27 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # noqa: N802 - gRPC method name
         # grpc.aio cancels the handler when Envoy drops the call (its timeout passed, or its
         # client left). By then the store may have counted the call: the decision runs to its
-        # end and writes its audit line anyway, as over HTTP, where nothing cancels it.
-        task = asyncio.ensure_future(self._check(request, context))
+        # end in a task of its own and writes its audit line anyway, as over HTTP, where
+        # nothing cancels it. The handler waits on a future the decision itself completes,
+        # which cancelling leaves alone: asyncio.shield would do the same with a loop turn
+        # more per check.
+        answer = _Answer()
+        task = asyncio.ensure_future(self._check(request, context, answer))
         self._deciding.add(task)
         task.add_done_callback(self._deciding.discard)
-        return await asyncio.shield(task)
+        return await answer
 
-    async def _check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def _check(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any], answer: _Answer
+    ) -> None:
+        try:
+            answer.set_result(await self._decide(request, context))
+        except BaseException as e:
+            answer.set_exception(e)  # the handler raises it, for grpc.aio to report
+            if not isinstance(e, Exception):
+                raise  # cancelled (the loop stopping) or exiting: the task ends so too
+
+    async def _decide(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         http = envoy.to_http_request(request)
         with self._telemetry.check(http.headers, context.invocation_metadata() or ()) as span:
@@ -53,6 +67,14 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
             self._telemetry.finish(span, outcome, latency)
             self._audit.record(outcome, latency, span.get_span_context())
         return envoy.to_check_response(outcome, reply_for(outcome, self._upstream))
+
+
+class _Answer(asyncio.Future[Any]):
+    """A Check's response, set by its decision; cancelling the handler that waits on it does
+    not cancel it (the handler is cancelled when the answer comes, and none is sent)."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
 
 
 async def create_server(

@@ -13,7 +13,6 @@ orchestrator sees the failure and restarts the pod rather than run on with fewer
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import signal
@@ -21,6 +20,8 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any, Final
+
+import uvloop
 
 log = logging.getLogger("mcp_authz.workers")
 
@@ -30,15 +31,11 @@ WATCH_INTERVAL: Final = 0.2
 EXIT_SLACK: Final = 5.0
 
 
-def run_loop(main: Coroutine[Any, Any, None], *, uvloop: bool) -> None:
-    """Runs `main`: on uvloop for the HTTP transport (its server is a plain asyncio
-    protocol), on the standard loop for grpc.aio, which is what grpcio supports."""
-    if uvloop:
-        import uvloop as uv  # noqa: PLC0415 - only the HTTP transport needs it
-
-        uv.run(main)
-    else:
-        asyncio.run(main)
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Runs `main` on uvloop, both transports: the HTTP server is a plain asyncio protocol,
+    and grpc.aio (which runs on any asyncio loop) costs a fifth fewer instructions per check
+    on uvloop than on the standard loop (docs/performance.md)."""
+    uvloop.run(main)
 
 
 def run_workers(worker: Callable[[int], None], count: int, exit_timeout: float) -> int:

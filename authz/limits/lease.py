@@ -14,6 +14,7 @@ the bound). This module is the bookkeeping; RedisStore makes the calls.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -95,11 +96,18 @@ class Leases:
     Everything here runs on one event loop without an await between a look and a change, so
     no unit is admitted twice; while one call takes a key's lease, others on that key wait
     for it rather than take a second one.
+
+    A key is leased only while it is warm: hit on this replica again within a lease's life
+    of its last call to Redis, or its lease spent. A lease on a colder key would go unspent
+    and cost a give-back; its calls are counted in Redis as they come, sharing script calls.
     """
 
     def __init__(self) -> None:
         self._held: dict[CounterKey, Lease] = {}
-        self._taking: dict[CounterKey, asyncio.Event] = {}
+        # The keys a call to Redis is under way for, with an event once some call waits.
+        self._taking: dict[CounterKey, asyncio.Event | None] = {}
+        # Per key, until when a call makes it warm: its last call to Redis plus a life.
+        self._warm: dict[CounterKey, float] = {}
         self._sweep_at = _SWEEP_FLOOR
 
     def spend(self, hit: Hit, now: float) -> Lease | None:
@@ -115,17 +123,23 @@ class Leases:
 
     async def wait(self, key: CounterKey) -> bool:
         """Wait for the call taking `key`'s lease, if any (True when there was one)."""
-        taking = self._taking.get(key)
-        if taking is None:
+        if key not in self._taking:
             return False
+        taking = self._taking[key]
+        if taking is None:
+            taking = self._taking[key] = asyncio.Event()
         await taking.wait()
         return True
 
-    def take(self, key: CounterKey) -> Lease | None:
-        """Start taking `key`'s lease: the old one, whose unspent units the call gives back,
-        is dropped now (a failed call may have given them back: never give them twice)."""
-        self._taking[key] = asyncio.Event()
-        return self._held.pop(key, None)
+    def take(self, key: CounterKey, now: float, life: float) -> tuple[Lease | None, bool]:
+        """Start a call to Redis for `key`: (its old lease, whose unspent units the call gives
+        back, dropped now: a failed call may have given them back, never give them twice;
+        whether the key is warm, so the call takes a new lease)."""
+        self._taking[key] = None
+        old = self._held.pop(key, None)
+        warm = self._warm.get(key, -math.inf) > now or (old is not None and old.spent > 0)
+        self._warm[key] = now + life
+        return old, warm
 
     def drop(self, key: CounterKey) -> Lease | None:
         """Drop `key`'s lease for a call that gives its unspent units back without a new one."""
@@ -135,9 +149,11 @@ class Leases:
         """End the take of `key`'s lease (`lease` None: none was granted, or the call failed)."""
         if lease is not None:
             self._held[key] = lease
-            if len(self._held) >= self._sweep_at:
-                self._sweep(now)
-        self._taking.pop(key).set()
+        if len(self._held) + len(self._warm) >= self._sweep_at:
+            self._sweep(now)
+        taking = self._taking.pop(key)
+        if taking is not None:
+            taking.set()
 
     def _sweep(self, now: float) -> None:
         # Keys come and go with identities and sessions; a lease whose units have all left
@@ -145,10 +161,12 @@ class Leases:
         # the cost amortised O(1) per lease, and the table the size of a window's keys.
         # Units are stamped up to a quantum (1% of the window) after the lease's life ends.
         self._held = {k: v for k, v in self._held.items() if v.until + v.window * 1.02 > now}
-        self._sweep_at = max(_SWEEP_FLOOR, 2 * len(self._held))
+        self._warm = {k: until for k, until in self._warm.items() if until > now}
+        self._sweep_at = max(_SWEEP_FLOOR, 2 * (len(self._held) + len(self._warm)))
 
     def clear(self) -> None:
         self._held.clear()
+        self._warm.clear()
 
     def __len__(self) -> int:
         return len(self._held)

@@ -119,8 +119,8 @@ class RedisStore(RedisBacked):
 
     async def _leased(self, h: Hit) -> HitResult:
         """A hit on a leased limit: admitted from this replica's lease when it has room, else
-        counted in Redis with a new lease taken in the same call (one call per key at a time:
-        the others wait for its lease)."""
+        counted in Redis, with a new lease taken in the same call when the key is warm (one
+        call per key at a time: the others wait for its lease)."""
         while True:
             now = self._local_clock()
             lease = self._leases.spend(h, now)
@@ -130,11 +130,12 @@ class RedisStore(RedisBacked):
                 return HitResult(allowed=True, states=(state,))
             if not await self._leases.wait(h.key):
                 break
-        old = self._leases.take(h.key)
+        life = self._lease.life(h)
+        old, warm = self._leases.take(h.key, now, life / _US)
         new: Lease | None = None
         try:
-            life = self._lease.life(h)
-            result, granted = await self._count([h], [(self._lease.size(h), life)], [old])
+            wanted = (self._lease.size(h), life) if warm else (0, 0)
+            result, granted = await self._count([h], [wanted], [old])
             units, stamp = granted[0]
             if units:
                 used = result.states[0].used
@@ -232,7 +233,8 @@ class RedisStore(RedisBacked):
 
 
 class _Batcher:
-    """Sends the requests made in one event-loop turn to Redis as one script call.
+    """Sends the requests made in one event-loop turn to Redis as one script call, and with a
+    `hold`, those made within `hold` of a request that found a call already on its way.
 
     The script counts them one after the other, each all or nothing, exactly as if each had
     been sent alone; they only share the round trip. That matters because the client-side
@@ -248,6 +250,7 @@ class _Batcher:
         self._first = FirstCallAlone(client)
         self._queue: list[tuple[Call, asyncio.Future[list[int]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
 
     def submit(self, keys: list[str], args: list[int | str]) -> asyncio.Future[list[int]]:
         loop = asyncio.get_running_loop()
@@ -255,10 +258,11 @@ class _Batcher:
         self._queue.append(((keys, args), future))
         if len(self._queue) == 1:
             if self._hold and self._sending:
-                # A call is on its way: wait for it (its end flushes) or `hold`, whichever
-                # comes first, so requests that arrive one per loop turn (gRPC's pattern)
-                # still share a call. With none in flight nothing waits.
-                loop.call_later(self._hold, self._flush)
+                # A call is on its way, so others are checking too: this request waits
+                # `hold` for the requests behind it, which grpc.aio hands over one per loop
+                # turn, each a Redis round trip or more apart, and they share one call.
+                # With none in flight (one connection, a quiet gateway) nothing waits.
+                self._timer = loop.call_later(self._hold, self._flush)
             else:
                 loop.call_soon(self._flush)
         elif len(self._queue) == MAX_BATCH:
@@ -266,13 +270,17 @@ class _Batcher:
         return future
 
     async def drain(self) -> None:
-        while self._sending:
+        while self._sending or self._queue:
+            self._flush()  # a held queue goes now, not at its timer
             await asyncio.gather(*self._sending, return_exceptions=True)
 
     def _flush(self) -> None:
         # At most WARM_CONNECTIONS script calls at once, so each has a connection that start-up
         # opened (RedisBacked.ready): opening one more under load would spend the call's own
         # timeout on a TCP handshake. Requests arriving meanwhile go in the next, bigger batch.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._queue and len(self._sending) < WARM_CONNECTIONS:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             task = asyncio.create_task(self._send(batch))
@@ -281,7 +289,8 @@ class _Batcher:
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
-        self._flush()
+        if self._timer is None:  # else the queue is held: its timer sends it
+            self._flush()
 
     async def _send(self, batch: list[tuple[Call, asyncio.Future[list[int]]]]) -> None:
         keys = [key for (ks, _), _ in batch for key in ks]

@@ -1,27 +1,30 @@
 """Traces of every decision, and the export of traces and metrics.
 
-One server span per Check, a child of the trace context Envoy sends in the request headers
-(W3C `traceparent` / `tracestate`), so the decision sits inside the agent's request trace;
-the counter store's work is a child span of it. Configuration comes from the standard
+One server span per sampled Check, a child of the trace context Envoy sends in the request
+headers (W3C `traceparent` / `tracestate`), so the decision sits inside the agent's request
+trace; the counter store's work is a child span of it. Configuration comes from the standard
 OTEL_* variables, read once at start-up. Nothing is exported without an OTLP endpoint, and
-then spans leave through a batch processor with a bounded queue on its own thread: a slow
-or absent collector costs a Check nothing but dropped spans, and those are counted.
+then spans leave through a bounded queue on their own thread: a slow or absent collector
+costs a Check nothing but dropped spans, and those are counted. The decision spans take the
+light path of authz/observe/spans.py; the admin API's spans are the SDK's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from time import monotonic, perf_counter
+from random import getrandbits
+from time import monotonic, perf_counter, time_ns
 from typing import Final
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
     OTLPMetricExporter as GrpcMetricExporter,
 )
@@ -41,30 +44,57 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader as Pe
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision, Sampler
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    TraceState,
+    set_span_in_context,
+)
 from opentelemetry.util.types import AttributeValue
 
 from authz import __version__
-from authz.core.outcome import Outcome, ToolFacts
+from authz.core.outcome import Outcome
 from authz.limits.base import CounterKey, CounterStore, Hit, HitResult, LimitState
 from authz.observe.metrics import Metrics, PrometheusEndpoint
+from authz.observe.spans import (
+    CHECK_SPAN,
+    CURRENT,
+    DecisionSpan,
+    Failure,
+    GrpcTransport,
+    HttpTransport,
+    SpanQueue,
+    StoreCall,
+    Transport,
+)
 
 log = logging.getLogger("mcp_authz.telemetry")
 
 SERVICE: Final = "mcp-authz"
-# Named as the gRPC semantic conventions name a server span: service/method.
-CHECK_SPAN: Final = "envoy.service.auth.v3.Authorization/Check"
-STORE_SPAN: Final = "counter store hit"
-_PROPAGATOR: Final = TraceContextTextMapPropagator()
+_TRACEPARENT_FORMAT: Final = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?"
+)
 # The header (and gRPC metadata key) the propagator reads the parent from.
 TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
 # Seconds `Telemetry.shutdown` may take when the caller names no limit.
 SHUTDOWN_TIMEOUT: Final = 1.0
 # Stops one exporter or endpoint within the seconds it is given.
 Closer = Callable[[float], object]
 # gRPC invocation metadata: (key, value) pairs, bytes for binary (`-bin`) keys.
 Metadata = Iterable[tuple[str, str | bytes]]
+# What `Telemetry.check` yields: a sampled decision's record, else the caller's span (not
+# recording), whose context the audit line names.
+CheckSpan = DecisionSpan | Span
+# The sampler's decisions that export: RECORD_ONLY spans would never leave the process.
+_KEPT: Final = frozenset({Decision.RECORD_AND_SAMPLE})
 
 
 class ExportProtocol(StrEnum):
@@ -118,9 +148,14 @@ class Telemetry:
         tracer: Tracer | None,
         metrics: Metrics,
         closers: Sequence[Closer] = (),
+        spans: SpanQueue | None = None,
+        sampler: Sampler = DEFAULT_ON,
     ) -> None:
-        # None when traces are not exported: then no span is ever created.
+        # The admin API's spans; None when they are not exported.
         self._tracer = tracer
+        # The decisions' spans; None when they are not exported: then none is ever made.
+        self._spans = spans
+        self._sampler = sampler
         self.metrics = metrics
         self._closers = closers
 
@@ -148,28 +183,58 @@ class Telemetry:
         metrics = Metrics(meter, known_tools)
         if otel.traces is None:
             return cls(None, metrics, closers)
+        # The sampler (OTEL_TRACES_SAMPLER) is the SDK's, for both kinds of span.
         tracers = TracerProvider(resource=resource, shutdown_on_exit=False)
+        scope = InstrumentationScope("mcp_authz", __version__)
+        spans = SpanQueue.from_env(
+            _transport(otel.traces), metrics, resource, scope, dict(os.environ)
+        )
         processor = _DropCountingProcessor(_span_exporter(otel.traces), metrics)
         tracers.add_span_processor(processor)
         # The processor itself, not the provider: only it takes a time limit.
-        closers.insert(0, processor.close)
-        return cls(tracers.get_tracer("mcp_authz", __version__), metrics, closers)
+        closers[:0] = [spans.close, processor.close]
+        tracer = tracers.get_tracer(scope.name, scope.version)
+        return cls(tracer, metrics, closers, spans, tracers.sampler)
 
     @contextmanager
-    def check(self, headers: Mapping[str, str], metadata: Metadata = ()) -> Iterator[Span]:
-        """The span of one Check, current while the block runs.
+    def check(self, headers: Mapping[str, str], metadata: Metadata = ()) -> Iterator[CheckSpan]:
+        """The span of one Check, current while the block runs, exported when it ends.
 
-        Without tracing the span is the caller's, not recording: the audit log still gets
-        the trace id that links the decision to the request's trace.
+        Unsampled or without tracing the span is the caller's, not recording: the audit log
+        still gets the trace id that links the decision to the request's trace.
         """
-        parent = parent_context(headers, metadata)
-        if self._tracer is None:
-            yield trace.get_current_span(parent)
+        parent = remote_parent(headers, metadata)
+        spans = self._spans
+        decision = None if spans is None else self._sampled(parent)
+        if spans is None or decision is None:
+            yield NonRecordingSpan(parent)
             return
-        with self._tracer.start_as_current_span(
-            CHECK_SPAN, context=parent, kind=SpanKind.SERVER
-        ) as span:
-            yield span
+        token = CURRENT.set(decision)
+        try:
+            yield decision
+        except BaseException as e:
+            decision.failure = Failure(e)
+            raise
+        finally:
+            CURRENT.reset(token)
+            decision.end = time_ns()
+            spans.put(decision)
+
+    def _sampled(self, parent: SpanContext) -> DecisionSpan | None:
+        """The record of a Check the sampler keeps, or None."""
+        if self._sampler is DEFAULT_ON:
+            # The default, parent-based: the parent's flag decides, a new trace is kept.
+            if not parent.is_valid:
+                return DecisionSpan(getrandbits(128), 0, None)
+            if not parent.trace_flags.sampled:
+                return None
+            return DecisionSpan(parent.trace_id, parent.span_id, parent.trace_state)
+        trace_id = parent.trace_id if parent.is_valid else getrandbits(128)
+        context = set_span_in_context(NonRecordingSpan(parent)) if parent.is_valid else None
+        result = self._sampler.should_sample(context, trace_id, CHECK_SPAN, SpanKind.SERVER)
+        if result.decision not in _KEPT:
+            return None
+        return DecisionSpan(trace_id, parent.span_id, result.trace_state)
 
     @contextmanager
     def admin(self, name: str, attributes: Mapping[str, AttributeValue]) -> Iterator[Span]:
@@ -182,16 +247,14 @@ class Telemetry:
         ) as span:
             yield span
 
-    def finish(self, span: Span, outcome: Outcome, seconds: float) -> None:
+    def finish(self, span: CheckSpan, outcome: Outcome, seconds: float) -> None:
         self.metrics.record_check(outcome, seconds)
-        if not span.is_recording():
-            return
-        span.set_attributes(check_attributes(outcome))
-        if not outcome.allowed:
-            span.set_status(Status(StatusCode.ERROR, outcome.reason))
+        if isinstance(span, DecisionSpan):
+            # Its attributes are written on the export thread, from the outcome.
+            span.outcome = outcome
 
     def observe(self, store: CounterStore, backend: str) -> CounterStore:
-        return ObservedStore(store, backend, self._tracer, self.metrics)
+        return ObservedStore(store, backend, self.metrics)
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Flush what is queued and stop the exporters (spans first, then metrics), all within
@@ -205,33 +268,34 @@ class Telemetry:
 
 
 class ObservedStore:
-    """A counter store whose every operation is a child span and a latency sample."""
+    """A counter store whose every hit is a latency sample and, in a sampled Check, a child
+    span."""
 
-    def __init__(
-        self, store: CounterStore, backend: str, tracer: Tracer | None, metrics: Metrics
-    ) -> None:
+    def __init__(self, store: CounterStore, backend: str, metrics: Metrics) -> None:
         self._store = store
         self._backend = backend
-        self._tracer = tracer
         self._metrics = metrics
+        self._attributes: dict[str, AttributeValue] = {"mcp_authz.store.backend": backend}
+        if backend == "redis":
+            self._attributes["db.system.name"] = "redis"
 
     async def hit(self, hits: Sequence[Hit]) -> HitResult:
-        if self._tracer is None:
+        decision = CURRENT.get()
+        if decision is None:
             if not self._metrics.recording:
                 return await self._store.hit(hits)
             return await self._timed(hits)
-        attributes: dict[str, AttributeValue] = {
-            "mcp_authz.store.backend": self._backend,
-            "mcp_authz.store.keys": len(hits),
-        }
-        if self._backend == "redis":
-            attributes["db.system.name"] = "redis"
-        with self._tracer.start_as_current_span(
-            STORE_SPAN, kind=SpanKind.CLIENT, attributes=attributes
-        ) as span:
+        call = StoreCall(self._attributes, len(hits))
+        try:
             result = await self._timed(hits)
-            span.set_attribute("mcp_authz.store.allowed", result.allowed)
-            return result
+        except BaseException as e:
+            call.failure = Failure(e)
+            raise
+        finally:
+            call.end = time_ns()
+            decision.stores.append(call)
+        call.allowed = result.allowed
+        return result
 
     async def _timed(self, hits: Sequence[Hit]) -> HitResult:
         started = perf_counter()
@@ -259,9 +323,9 @@ class ObservedStore:
         await self._store.close()
 
 
-def parent_context(headers: Mapping[str, str], metadata: Metadata) -> Context:
+def remote_parent(headers: Mapping[str, str], metadata: Metadata) -> SpanContext:
     """The trace context of the Check call itself when the caller sent one, else the HTTP
-    request's.
+    request's; invalid when neither did.
 
     A tracing Envoy sends its ext_authz span's context in the gRPC metadata, and the request
     headers it puts in the CheckRequest carry only what the client sent (often nothing): the
@@ -269,76 +333,39 @@ def parent_context(headers: Mapping[str, str], metadata: Metadata) -> Context:
     """
     carrier = {key: value for key, value in metadata if isinstance(value, str)}
     for source in (carrier, headers):
-        if TRACEPARENT not in source:
-            continue  # the propagator would find nothing: skip its work
-        context = _PROPAGATOR.extract(source)
-        if trace.get_current_span(context).get_span_context().is_valid:
-            return context
-    return Context()
+        parent = _traceparent(source)
+        if parent is not None:
+            return parent
+    return INVALID_SPAN_CONTEXT
 
 
-def check_attributes(outcome: Outcome) -> dict[str, AttributeValue]:
-    """Semantic-convention attributes of the call judged, then our own."""
-    attributes: dict[str, AttributeValue] = {}
-    call = outcome.subject or next(iter(outcome.calls), None)
-    if call is not None and call.method is not None:
-        attributes["mcp.method.name"] = call.method
-    if call is not None and call.tool is not None:
-        attributes["gen_ai.tool.name"] = call.tool
-        attributes["gen_ai.operation.name"] = "execute_tool"
-    request_id = call.id if call is not None else next(iter(outcome.request_ids), None)
-    if request_id is not None:
-        attributes["jsonrpc.request.id"] = str(request_id)
-    if outcome.caller is not None:
-        attributes["enduser.id"] = outcome.caller.identity
-        if outcome.caller.session is not None:
-            attributes["mcp.session.id"] = outcome.caller.session
-    if outcome.refusal is not None:
-        attributes["error.type"] = outcome.refusal.label
-    return attributes | _decision_attributes(outcome)
-
-
-def _decision_attributes(outcome: Outcome) -> dict[str, AttributeValue]:
-    attributes: dict[str, AttributeValue] = {
-        "mcp_authz.decision": outcome.label,
-        "mcp_authz.decision_id": outcome.decision_id,
-        "mcp_authz.rule": outcome.rule,
-        "mcp_authz.reason": outcome.reason,
-        "mcp_authz.policy_version": outcome.policy_version,
-        "mcp_authz.dry_run": outcome.would_deny is not None,
-        "mcp_authz.fail_open": outcome.fail_open,
-        "mcp_authz.calls": len(outcome.calls),
-    }
-    if outcome.would_deny is not None:
-        attributes["mcp_authz.would_deny"] = outcome.would_deny
-    if outcome.grant is not None:
-        attributes["mcp_authz.grant"] = outcome.grant
-    if outcome.limits:
-        attributes["mcp_authz.remaining"] = min(s.remaining for s in outcome.limits)
-    if outcome.retry_after is not None:
-        attributes["mcp_authz.retry_after"] = outcome.retry_after
-    if outcome.approval is not None:
-        attributes["mcp_authz.approval.id"] = outcome.approval.id
-        attributes["mcp_authz.approval.status"] = outcome.approval.status.value
-    if outcome.tool is not None:
-        attributes |= _tool_attributes(outcome.tool)
-    return attributes
-
-
-def _tool_attributes(tool: ToolFacts) -> dict[str, AttributeValue]:
-    attributes: dict[str, AttributeValue] = {
-        "mcp_authz.tool.risk": tool.risk,
-        "mcp_authz.tool.upstream": tool.upstream,
-    }
-    if tool.open_world is not None:
-        attributes["mcp_authz.tool.open_world"] = tool.open_world
-    if tool.fingerprint is not None:
-        attributes["mcp_authz.tool.fingerprint"] = tool.fingerprint
-    if tool.offered is not None:
-        attributes["mcp_authz.tool.offered_fingerprint"] = tool.offered
-    if tool.argument_path is not None:
-        attributes["mcp_authz.tool.argument_path"] = tool.argument_path
-    return attributes
+def _traceparent(source: Mapping[str, str]) -> SpanContext | None:
+    """W3C `traceparent` and `tracestate`, read as the SDK's TraceContextTextMapPropagator
+    reads them (tests/unit/test_telemetry.py holds the two side by side). Its extract builds a
+    Context around a span around the SpanContext, ~4x the work of this parse, on every Check
+    that carries a trace context, sampled or not."""
+    value = source.get(TRACEPARENT)
+    if value is None:
+        return None
+    match = _TRACEPARENT_FORMAT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    # Version ff is forbidden; version 00 has nothing after the flags.
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id = int(trace_hex, 16)
+    span_id = int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    state = source.get(TRACESTATE)
+    return SpanContext(
+        trace_id,
+        span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(int(flags, 16)),
+        trace_state=TraceState.from_header([state]) if state is not None else TraceState(),
+    )
 
 
 def _resource() -> Resource:
@@ -348,6 +375,12 @@ def _resource() -> Resource:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: SERVICE}))
     return resource
+
+
+def _transport(protocol: ExportProtocol) -> Transport:
+    if protocol is ExportProtocol.GRPC:
+        return GrpcTransport()
+    return HttpTransport()
 
 
 def _span_exporter(protocol: ExportProtocol) -> SpanExporter:

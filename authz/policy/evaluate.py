@@ -33,6 +33,11 @@ DEFAULT_ALLOW_RULE = "(default allow)"
 NO_POLICY_RULE = "(no policy)"
 # Verdicts kept per policy for calls whose rules never read the arguments.
 MAX_KNOWN_VERDICTS = 4096
+# Hits kept by what they hold (a pure function of it, so shared by every policy), at most.
+MAX_KNOWN_HITS = 8192
+_KNOWN_HITS: dict[tuple[str, str, tuple[str, ...], int, int, int], Hit] = {}
+# The scopes' names as plain strings, as CounterKey holds them (`.value` is a property).
+_GRANT, _IDENTITY, _SESSION, _GLOBAL = (s.value for s in Scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,23 +249,31 @@ def _cost(counting: Counting, call: McpCall) -> tuple[int, str | None]:
 
 
 def hits(uses: tuple[Use, ...], caller: Caller, grant: str) -> tuple[Hit, ...]:
-    return tuple(
-        Hit(_key(u.counting, caller, grant), u.counting.limit.max, u.counting.limit.window, u.cost)
-        for u in uses
-    )
+    made = []
+    for use in uses:
+        limit = use.counting.limit
+        scope, subject = _subject(limit.scope, caller, grant)
+        # Everything a Hit holds, as plain values: a frozen Hit and its CounterKey cost far
+        # more to build than to find again.
+        key = (limit.counter, scope, subject, limit.max, limit.window, use.cost)
+        hit = _KNOWN_HITS.get(key)
+        if hit is None:
+            hit = Hit(CounterKey(limit.counter, scope, subject), limit.max, limit.window, use.cost)
+            if len(_KNOWN_HITS) >= MAX_KNOWN_HITS:
+                _KNOWN_HITS.clear()  # identities and sessions are many: keep the recent ones
+            _KNOWN_HITS[key] = hit
+        made.append(hit)
+    return tuple(made)
 
 
-def _key(counting: Counting, caller: Caller, grant: str) -> CounterKey:
-    limit = counting.limit
-    subject: tuple[str, ...]
-    if limit.scope is Scope.GRANT:
-        subject = (grant, caller.identity)
-    elif limit.scope is Scope.IDENTITY:
-        subject = (caller.identity,)
-    elif limit.scope is Scope.SESSION:
+def _subject(scope: Scope, caller: Caller, grant: str) -> tuple[str, tuple[str, ...]]:
+    """The scope's name and whom the budget is kept for."""
+    if scope is Scope.GRANT:
+        return _GRANT, (grant, caller.identity)
+    if scope is Scope.IDENTITY:
+        return _IDENTITY, (caller.identity,)
+    if scope is Scope.SESSION:
         # Tied to the identity too: a session id is client-chosen and must not let one agent
         # spend (or guess its way into) another agent's session budget.
-        subject = (caller.identity, caller.session or "")
-    else:
-        subject = ()
-    return CounterKey(limit.counter, limit.scope.value, subject)
+        return _SESSION, (caller.identity, caller.session or "")
+    return _GLOBAL, ()

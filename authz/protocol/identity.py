@@ -31,7 +31,8 @@ class IdentitySourceKind(StrEnum):
     TOKEN = "token"  # noqa: S105 - the name of a source, not a secret
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as McpCall (authz/protocol/mcp.py): one per request; never changed once made.
+@dataclass(slots=True)
 class Caller:
     identity: str
     # The MCP session (Mcp-Session-Id). Client-chosen: good for per-session courtesy limits,
@@ -95,7 +96,7 @@ def bearer_token(request: HttpRequest) -> str | None:
 
 def caller_of(request: HttpRequest, identity: str, payload_key: str = "jwt_payload") -> Caller:
     """The caller; RequestRefused if its identity or session id is over its bound."""
-    session = request.header("mcp-session-id")
+    session = request.headers.get("mcp-session-id")
     if session is not None:
         bounded(session, MAX_SESSION_ID, "the Mcp-Session-Id header")
     bounded(identity, MAX_IDENTITY, "the caller's identity")

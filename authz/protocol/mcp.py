@@ -39,6 +39,7 @@ ROUTING_HEADERS_SINCE = "2026-07-28"
 # Methods whose target the 2026-07-28 revision repeats in the Mcp-Name header.
 _NAMED_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _TARGET_CAP = {"name": MAX_NAME, "uri": MAX_URI}
+_TARGET_LABEL = {"name": "params.name", "uri": "params.uri"}
 # Mcp-Name repeats a target of at most MAX_URI characters, possibly as base64 of its UTF-8
 # (up to 4 bytes a character) inside "=?base64?...?=".
 _MAX_NAME_HEADER = len("=?base64??=") + 4 * -(-4 * MAX_URI // 3)
@@ -46,7 +47,10 @@ _MAX_NAME_HEADER = len("=?base64??=") + 4 * -(-4 * MAX_URI // 3)
 RequestId = str | int
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, several times
+# the cost of a plain one, and every request builds one per message. Nothing changes a
+# call once parsed (and its `arguments` dict never made it hashable).
+@dataclass(slots=True)
 class McpCall:
     """One JSON-RPC message. `method` is None for a response the client sends back."""
 
@@ -75,9 +79,10 @@ def parse_request(request: HttpRequest) -> tuple[McpCall, ...]:
 
 
 def _check_readable(request: HttpRequest) -> None:
-    if request.header("x-envoy-auth-partial-body") == "true":
+    headers = request.headers
+    if headers.get("x-envoy-auth-partial-body") == "true":
         raise RequestRefused(Refusal.BODY_UNREADABLE, "request body was truncated by the proxy")
-    length = request.header("content-length")
+    length = headers.get("content-length")
     if length is not None and length.strip() != str(len(request.body)):
         raise RequestRefused(
             Refusal.BODY_UNREADABLE,
@@ -85,12 +90,12 @@ def _check_readable(request: HttpRequest) -> None:
         )
     if not request.body:
         raise RequestRefused(Refusal.BODY_UNREADABLE, "request has no body")
-    encoding = (request.header("content-encoding") or "identity").strip().lower()
+    encoding = (headers.get("content-encoding") or "identity").strip().lower()
     if encoding != "identity":
         raise RequestRefused(
             Refusal.BODY_UNREADABLE, f"content-encoding {encoding!r} is not accepted"
         )
-    media_type = (request.header("content-type") or "").split(";", 1)[0].strip().lower()
+    media_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise RequestRefused(
             Refusal.BODY_UNREADABLE, f"content-type must be application/json, got {media_type!r}"
@@ -244,7 +249,7 @@ def _call(msg: dict[str, Any], where: str, request_id: RequestId | None) -> McpC
     target = params.get(key)
     if not isinstance(target, str):
         raise _invalid(where, f"params.{key} of {method} must be a string", request_id)
-    _bounded(target, _TARGET_CAP[key], where, f"params.{key}", request_id)
+    _bounded(target, _TARGET_CAP[key], where, _TARGET_LABEL[key], request_id)
     arguments = params.get("arguments", {})
     if not isinstance(arguments, dict):
         raise _invalid(where, "params.arguments must be an object", request_id)
@@ -256,6 +261,8 @@ def _valid_id(value: Any) -> bool:
 
 
 def _bounded(value: str, cap: int, where: str, what: str, request_id: RequestId | None) -> None:
+    if len(value) <= cap and value.isascii():
+        return  # the usual: no label to build
     bounded(value, cap, f"message {where} {what}" if where else what, request_id)
 
 

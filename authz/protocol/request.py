@@ -41,8 +41,10 @@ class HttpRequest:
         return self.headers.get(name)
 
     def origin(self) -> Origin:
-        def bounded(name: str) -> str:
-            return (self.headers.get(name) or "")[:MAX_ORIGIN_CHARS]
-
-        authority = bounded(":authority") or bounded("host")
-        return Origin(self.client_address[:MAX_ORIGIN_CHARS], bounded("x-request-id"), authority)
+        headers = self.headers
+        authority = headers.get(":authority") or headers.get("host") or ""
+        return Origin(
+            self.client_address[:MAX_ORIGIN_CHARS],
+            (headers.get("x-request-id") or "")[:MAX_ORIGIN_CHARS],
+            authority[:MAX_ORIGIN_CHARS],
+        )

@@ -20,7 +20,7 @@ import yaml
 from authz.core.outcome import Outcome
 from authz.limits.base import CounterKey, Hit, LimitState
 from authz.observe.metrics import PROMETHEUS_NAMES
-from authz.observe.telemetry import check_attributes
+from authz.observe.spans import check_attributes
 from authz.protocol.errors import Refusal
 from authz.protocol.identity import Caller
 from authz.protocol.mcp import McpCall

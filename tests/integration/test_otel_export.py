@@ -85,6 +85,8 @@ def test_serve_exports_decision_spans_and_metrics(protocol: str, receiver: Recei
             [
                 check_request(tool_call(rid=5), traceparent=traceparent),
                 check_request(tool_call("transfer_funds", rid=6)),
+                # Not sampled upstream: recorded nowhere, the decision metrics still count it.
+                check_request(tool_call(rid=7), traceparent=f"00-{TRACE_ID}-{PARENT_ID}-00"),
             ],
         )
     allowed, denied = sorted(checks(received), key=lambda s: s.attributes["jsonrpc.request.id"])
@@ -93,6 +95,7 @@ def test_serve_exports_decision_spans_and_metrics(protocol: str, receiver: Recei
     assert allowed.attributes["gen_ai.tool.name"] == TOOL
     assert allowed.resource["service.name"] == "authz-under-test"
     assert allowed.resource["deployment.environment.name"] == "test"
+    assert allowed.resource["telemetry.sdk.name"] == "opentelemetry"
     (store,) = [s for s in received.spans if s.kind == CLIENT_KIND]
     assert (store.trace_id, store.parent_span_id) == (TRACE_ID, allowed.span_id)
     assert denied.trace_id != TRACE_ID
@@ -104,9 +107,9 @@ def test_serve_exports_decision_spans_and_metrics(protocol: str, receiver: Recei
         for p in received.points
         if p.metric == "mcp_authz.decisions"
     }
-    assert decisions == {("allowed", TOOL): 1, ("denied", "other"): 1}
+    assert decisions == {("allowed", TOOL): 2, ("denied", "other"): 1}
     latencies = [p for p in received.points if p.metric == "mcp_authz.check.duration"]
-    assert sum(p.value for p in latencies) == 2
+    assert sum(p.value for p in latencies) == 3
     assert latencies[0].resource["service.name"] == "authz-under-test"
 
 

@@ -122,6 +122,7 @@ async def drive(
         1,
         [
             Call(0, 0, 1, False),
+            Call(0, 0, 1, False),  # the key is warm: a lease of 1
             Call(QUANTUM * 5 // 2, 0, 1, False),
             Call(WINDOW * US - QUANTUM, 0, 8, False),
             Call(0, 0, 2, False),
@@ -198,21 +199,23 @@ async def test_a_lease_is_spent_locally_then_expires_and_its_rest_is_given_back(
     store = new_store(clock=clock)
     hit = Hit(BIG, 10_000, WINDOW)  # a lease of 1% of it: 100 units
     assert (await store.hit([hit])).allowed
-    assert await counted(store, 10_000) == 1 + 100
+    assert await counted(store, 10_000) == 1, "a key's first call leases nothing"
+    assert (await store.hit([hit])).allowed
+    assert await counted(store, 10_000) == 2 + 100, "hit again within a life: leased"
     redis_server.command("CONFIG", "RESETSTAT")
     for _ in range(50):
         clock.us += 1_000
         assert (await store.hit([hit])).allowed
     assert "cmdstat_evalsha" not in _stats(redis_server), "spent from the lease, not Redis"
-    assert await counted(store, 10_000) == 1 + 100
+    assert await counted(store, 10_000) == 2 + 100
     redis_server.command("CONFIG", "RESETSTAT")
     # Past its life the lease serves nothing: the next hit gives its 50 unspent units back
     # and takes a new lease, in one call.
     clock.us += QUANTUM
     state = (await store.hit([hit])).states[0]
     assert _stats(redis_server)["cmdstat_evalsha"]["calls"] == 1
-    assert state.used == 52
-    assert await counted(store, 10_000) == 52 + 100
+    assert state.used == 53
+    assert await counted(store, 10_000) == 53 + 100
 
 
 async def test_a_lease_never_takes_more_than_the_room_left(
@@ -220,10 +223,10 @@ async def test_a_lease_never_takes_more_than_the_room_left(
 ) -> None:
     clock = Clock()
     store = new_store(clock=clock)
-    # A lease of 10 is wanted with the hit; 5 units are left, so 5 are leased.
     assert (await store.hit([Hit(BIG, 1_000, WINDOW, cost=995)])).allowed
-    assert await counted(store, 1_000) == 1_000
+    # A lease of 10 is wanted with the next hit; 3 units are left after it, so 3 are leased.
     assert (await store.hit([Hit(BIG, 1_000, WINDOW, cost=2)])).allowed
+    assert await counted(store, 1_000) == 1_000
     for _ in range(3):
         assert (await store.hit([Hit(BIG, 1_000, WINDOW)])).allowed
     refused = await store.hit([Hit(BIG, 1_000, WINDOW)])
@@ -236,13 +239,14 @@ async def test_a_changed_limit_is_never_served_from_the_old_lease(
 ) -> None:
     clock = Clock()
     store = new_store(clock=clock)
-    await store.hit([Hit(BIG, 100_000, WINDOW, cost=1_500)])  # a lease of 1,000 units
-    assert await counted(store, 100_000) == 2_500
+    await store.hit([Hit(BIG, 100_000, WINDOW, cost=1_500)])
+    await store.hit([Hit(BIG, 100_000, WINDOW)])  # a lease of 1,000 units
+    assert await counted(store, 100_000) == 2_501
     # A policy reload lowers the limit below what was admitted: Redis judges, and the old
     # lease's units are given back in the same call.
     refused = await store.hit([Hit(BIG, 1_400, WINDOW)])
     assert not refused.allowed
-    assert await counted(store, 1_400) == 1_500
+    assert await counted(store, 1_400) == 1_501
 
 
 async def test_refunding_a_leased_hit_gives_back_its_cost_once(
@@ -252,16 +256,17 @@ async def test_refunding_a_leased_hit_gives_back_its_cost_once(
     store = new_store(clock=clock)
     hit = Hit(BIG, 10_000, WINDOW, cost=3)
     await store.hit([hit])
+    await store.hit([hit])  # with a lease of 100
     assert (await store.hit([hit])).allowed  # from the lease
-    assert await counted(store, 10_000) == 3 + 100
+    assert await counted(store, 10_000) == 6 + 100
     assert await store.refund("d-1", [hit])
     assert not await store.refund("d-1", [hit])
-    assert await counted(store, 10_000) == 100
+    assert await counted(store, 10_000) == 3 + 100
     # The lease's rest (97 units) is given back by the next call to Redis: what stays
     # counted is what was admitted and not refunded, plus the new lease.
     clock.us += QUANTUM
     await store.hit([hit])
-    assert await counted(store, 10_000) == 3 + 3 + 100
+    assert await counted(store, 10_000) == 4 * 3 - 3 + 100
 
 
 async def test_a_request_with_several_hits_is_counted_in_redis_and_returns_the_lease(
@@ -270,12 +275,13 @@ async def test_a_request_with_several_hits_is_counted_in_redis_and_returns_the_l
     store = new_store(clock=Clock())
     big, small = Hit(BIG, 10_000, WINDOW), Hit(SMALL, 1, WINDOW)
     await store.hit([big])
-    assert await counted(store, 10_000) == 101
+    await store.hit([big])
+    assert await counted(store, 10_000) == 102
     assert (await store.hit([big, small])).allowed
-    assert await counted(store, 10_000) == 2
+    assert await counted(store, 10_000) == 3
     # All or nothing: `small` refuses, so `big` is not charged either.
     assert not (await store.hit([big, small])).allowed
-    assert await counted(store, 10_000) == 2
+    assert await counted(store, 10_000) == 3
 
 
 async def test_concurrent_hits_on_one_key_take_one_lease_at_a_time(
@@ -291,7 +297,9 @@ async def test_concurrent_hits_on_one_key_take_one_lease_at_a_time(
     assert sum(r.allowed for r in results) == 200
     assert await counted(store, 1_000) == 1_000
     calls = _stats(redis_server)["cmdstat_evalsha"]["calls"]
-    assert 200 // 11 <= calls <= 200 // 11 + 100 + 1  # a take per lease, one per refusal
+    # A take per 11 units admitted (a cost of 1, a lease of 10), a call per refusal, and
+    # the one that finds the lease spent out.
+    assert -(-200 // 11) <= calls <= -(-200 // 11) + 100 + 1
 
 
 async def test_redis_down_fails_unless_a_live_lease_serves(
@@ -301,6 +309,7 @@ async def test_redis_down_fails_unless_a_live_lease_serves(
     store = new_store(own_redis.url, clock=clock)
     hit = Hit(BIG, 10_000, WINDOW)
     await store.hit([hit])
+    await store.hit([hit])  # leased
     own_redis.kill()
     # The lease's units are counted already: spending them needs no Redis.
     assert (await store.hit([hit])).allowed
@@ -329,10 +338,11 @@ async def test_the_documented_acl_suffices_for_leases_and_refunds(
         hit = Hit(BIG, 10_000, WINDOW)
         await store.ready()
         await store.hit([hit])
+        await store.hit([hit])  # leased: an entry of 101 units
         assert await store.refund("d-1", [hit])  # SET NX, then ZADD (or ZREM)
         clock.us += QUANTUM
         # The lease's whole entry (100 units left) is given back: ZSCORE, ZRANGE, ZREM.
-        assert (await store.hit([hit])).states[0].used == 1
-        assert await counted(store, 10_000) == 101
+        assert (await store.hit([hit])).states[0].used == 2
+        assert await counted(store, 10_000) == 2
     finally:
         await store.close()

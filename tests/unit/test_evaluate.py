@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from authz.limits.base import CounterKey
-from authz.policy.evaluate import MAX_KNOWN_VERDICTS, evaluate, hits
+from authz.policy.evaluate import (
+    _KNOWN_HITS,
+    MAX_KNOWN_HITS,
+    MAX_KNOWN_VERDICTS,
+    evaluate,
+    hits,
+)
 from authz.policy.load import parse_policy
 from authz.policy.model import Policy
 from authz.protocol.identity import Caller
@@ -198,3 +204,39 @@ def test_kept_verdicts_are_bounded_and_belong_to_their_policy() -> None:
     # Past the bound a call is judged all the same.
     assert evaluate(policy, tool_call(f"read_{MAX_KNOWN_VERDICTS + 99}"), ANYONE).allowed
     assert replace(policy, version="2").verdicts == {}
+
+
+def test_kept_hits_are_the_ones_made_for_each_caller_grant_and_scope() -> None:
+    uses = evaluate(load(SCOPED), tool_call("t"), ANYONE).uses
+    callers = [Caller("agent-1", "sess-9"), Caller("agent-1", "sess-8"), Caller("agent-2")]
+    for grant in ("ops", "default"):
+        for caller in callers:
+            first = hits(uses, caller, grant)
+            again = hits(uses, caller, grant)
+            assert all(a is b for a, b in zip(first, again, strict=True))  # kept
+            assert [type(h.key.scope) for h in first] == [str] * 4
+            assert [h.key.subject for h in first] == [
+                (grant, caller.identity),
+                (caller.identity,),
+                (caller.identity, caller.session or ""),
+                (),
+            ]
+    spend = {
+        "version": "1",
+        "tools": {
+            "t": {
+                "limits": [{"counter": "c", "window": 60, "max": 100, "increment_from": "args.n"}]
+            }
+        },
+    }
+    policy = load(spend)
+    for n in (3, 5, 3):
+        verdict = evaluate(policy, McpCall("tools/call", 1, "t", {"n": n}), ANYONE)
+        assert [h.cost for h in hits(verdict.uses, ANYONE, "default")] == [n]
+
+
+def test_kept_hits_are_bounded() -> None:
+    uses = evaluate(load(SCOPED), tool_call("t"), ANYONE).uses
+    for n in range(MAX_KNOWN_HITS // 4 + 10):
+        hits(uses, Caller(f"agent-{n}"), "default")
+    assert len(_KNOWN_HITS) <= MAX_KNOWN_HITS

@@ -20,7 +20,7 @@ from authz.core.outcome import Outcome
 from authz.core.reply import Reply, reply_for
 from authz.limits.memory import MemoryStore
 from authz.observe.audit import ArgumentAudit, AuditLog
-from authz.observe.telemetry import check_attributes
+from authz.observe.spans import check_attributes
 from authz.policy.load import parse_policy
 from authz.protocol.echo import MAX_ECHO, echo, json_line
 from authz.protocol.errors import Refusal

@@ -30,7 +30,7 @@ def test_only_limits_from_the_threshold_lease_a_capped_share() -> None:
 
 def test_a_lease_serves_its_own_limit_until_it_expires_or_runs_out() -> None:
     leases = Leases()
-    leases.take(KEY)
+    leases.take(KEY, 0.0, 10.0)
     leases.taken(KEY, lease(left=3), now=0.0)
     assert leases.spend(Hit(KEY, 10_000, 60, cost=2), now=1.0) is not None
     assert leases.spend(Hit(KEY, 10_000, 60, cost=2), now=1.0) is None  # 1 left
@@ -41,19 +41,19 @@ def test_a_lease_serves_its_own_limit_until_it_expires_or_runs_out() -> None:
     assert spent is not None
     assert spent.spent == 3
     # Spent out: nothing left to give back, so the next take has no old lease.
-    assert leases.take(KEY) is None
+    assert leases.take(KEY, 0.0, 10.0)[0] is None
 
 
 async def test_one_take_per_key_at_a_time_and_waiters_are_woken() -> None:
     leases = Leases()
     assert not await leases.wait(KEY)
-    assert leases.take(KEY) is None
+    assert leases.take(KEY, 0.0, 10.0) == (None, False)
     waiter = asyncio.create_task(leases.wait(KEY))
     await asyncio.sleep(0)
     assert not waiter.done()
     leases.taken(KEY, lease(left=5), now=0.0)
     assert await waiter
-    old = leases.take(KEY)
+    old, _ = leases.take(KEY, 0.0, 10.0)
     assert old is not None
     assert old.left == 5  # handed over for its rest to be given back
     leases.taken(KEY, None, now=0.0)
@@ -64,7 +64,7 @@ def test_the_table_is_swept_of_leases_whose_units_left_their_window() -> None:
 
     def add(name: str, until: float, now: float) -> None:
         key = CounterKey("calls", "identity", (name,))
-        leases.take(key)
+        leases.take(key, now, 0.0)
         leases.taken(key, lease(left=1, until=until), now)
 
     for i in range(4_096):  # the 4,096th sweeps, and finds every lease live
@@ -75,5 +75,24 @@ def test_the_table_is_swept_of_leases_whose_units_left_their_window() -> None:
     for i in range(4_096):
         add(f"new-{i}", until=100.0, now=70.0)
     assert len(leases) == 4_096
-    assert leases.take(CounterKey("calls", "identity", ("old-0",))) is None
-    assert leases.take(CounterKey("calls", "identity", ("new-0",))) is not None
+    assert leases.take(CounterKey("calls", "identity", ("old-0",)), 70.0, 0.0)[0] is None
+    assert leases.take(CounterKey("calls", "identity", ("new-0",)), 70.0, 0.0)[0] is not None
+
+
+def test_a_key_leases_only_while_warm() -> None:
+    leases = Leases()
+    assert leases.take(KEY, 0.0, 1.0) == (None, False)  # a first call: cold
+    leases.taken(KEY, None, 0.0)
+    assert leases.take(KEY, 0.5, 1.0) == (None, True)  # again within a life: warm
+    leases.taken(KEY, lease(left=5, until=1.5), 0.5)
+    # Past the life with its lease unspent: cold again (the lease is still handed back).
+    old, warm = leases.take(KEY, 2.0, 1.0)
+    assert old is not None
+    assert not warm
+    leases.taken(KEY, None, 2.0)
+    # A lease that was spent from keeps its key warm, however long ago the last call was.
+    spent = lease(left=5, until=10.0)
+    spent.spent = 1
+    leases.take(KEY, 3.0, 1.0)
+    leases.taken(KEY, spent, 3.0)
+    assert leases.take(KEY, 20.0, 1.0)[1]

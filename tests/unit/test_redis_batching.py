@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from authz.limits.redis import MAX_BATCH_HOLD, RedisStore, _Batcher
+from authz.limits.redis import MAX_BATCH, MAX_BATCH_HOLD, RedisStore, _Batcher
 
 
 class Redis:
@@ -45,7 +45,7 @@ async def turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
-async def test_with_a_call_in_flight_requests_of_later_turns_wait_for_it_and_share_one() -> None:
+async def test_with_a_call_in_flight_requests_of_later_turns_wait_the_hold_and_share_one() -> None:
     redis = Redis()
     batcher = _Batcher(redis, timeout=10, hold=60)  # type: ignore[arg-type]
     first = submit(batcher)
@@ -57,10 +57,32 @@ async def test_with_a_call_in_flight_requests_of_later_turns_wait_for_it_and_sha
     assert redis.batches == [1]  # nothing sent while the first call is on its way
     redis.release()
     await first
-    await redis.next_call()
-    assert redis.batches == [1, 2]
+    await turns()
+    # Nor when it returns: more requests may still come within the hold, and grpc.aio's
+    # next ones are usually further apart than a Redis round trip.
+    held.append(submit(batcher))
+    await turns()
+    assert redis.batches == [1]
+    assert not any(f.done() for f in held)
+    drained = asyncio.ensure_future(batcher.drain())
+    await redis.next_call()  # closing sends the held queue without waiting its 60 s
+    assert redis.batches == [1, 3]
     redis.release()
-    assert [await f for f in held] == [[1, 1, -1]] * 2
+    await drained
+    assert [await f for f in held] == [[1, 1, -1]] * 3
+
+
+async def test_a_full_batch_goes_at_once_whatever_the_hold() -> None:
+    redis = Redis()
+    batcher = _Batcher(redis, timeout=10, hold=60)  # type: ignore[arg-type]
+    submit(batcher)
+    await redis.next_call()
+    held = [submit(batcher) for _ in range(MAX_BATCH)]
+    await redis.next_call()
+    assert redis.batches == [1, MAX_BATCH]
+    redis.release()
+    redis.release()
+    assert [await f for f in held] == [[1, 1, -1]] * MAX_BATCH
 
 
 async def test_with_nothing_in_flight_a_request_waits_for_no_hold() -> None:
