@@ -1,6 +1,7 @@
 """A whole gRPC service's instructions per Check, under callgrind: load cannot blur them.
 
-    .venv/bin/python bench/service_cg.py authz|noop [--checks 2000] [--out /tmp/NAME.cg]
+    .venv/bin/python bench/service_cg.py authz|noop [--checks 2000] [--identities 1]
+                                         [--out /tmp/NAME.cg]
 
 Starts a private redis-server and the service (`authz`: mcp-authz serve --transport grpc on
 bench/policy.json, Redis-counted, audit to a file, as `make bench`'s Check-only row; `noop`:
@@ -8,6 +9,9 @@ bench/reference.py's do-nothing grpc.aio server) under `valgrind --tool=callgrin
 instrumentation off, warms it up with h2load, then counts every instruction of every thread
 (grpc's poller included) while h2load sends exactly `--checks` raw CheckRequests (16 streams
 over 4 connections, as bench/run.py's Check-only mode), and prints instructions per check.
+With `--identities N` (N > 1) a grpc.aio client sends them instead, 16 at a time, from N
+identities in rotation as `make bench` does through Envoy (h2load repeats one request): then
+each identity's quota lease holds far fewer checks.
 The service runs some 50 times slower under valgrind, so more requests wait in each event-loop
 turn than at full speed: compare A against B on the same tree, not with the µs of `make bench`.
 """
@@ -15,6 +19,7 @@ turn than at full speed: compare A against B on the same tree, not with the µs 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import subprocess
 import sys
@@ -22,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,6 +59,28 @@ def h2load(port: int, data: Path, checks: int) -> str:
     return out
 
 
+def rotated(port: int, data: Path, checks: int, identities: int) -> None:
+    """`checks` CheckRequests like `data`'s, from `identities` identities in rotation."""
+    template = data.read_bytes()[5:]  # past gRPC's length prefix
+    requests = [
+        template.replace(b"agent-0001", f"agent-{i % 10000:04d}".encode())
+        for i in range(1, identities + 1)
+    ]
+
+    async def send() -> None:
+        async with grpc.aio.insecure_channel(f"{HOST}:{port}") as channel:
+            check = channel.unary_unary(CHECK_PATH)  # bytes in, bytes out
+            turn = iter(range(checks))
+
+            async def stream() -> None:
+                for n in turn:
+                    await check(requests[n % identities], timeout=600)
+
+            await asyncio.gather(*(stream() for _ in range(16)))
+
+    asyncio.run(send())
+
+
 def instrument(pid: int, switch: str) -> None:
     subprocess.run(["callgrind_control", "-i", switch, str(pid)], check=True, capture_output=True)
 
@@ -67,6 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("service", choices=["authz", "noop"])
     parser.add_argument("--checks", type=int, default=2000)
+    parser.add_argument("--identities", type=int, default=1)
     parser.add_argument("--out", default=None, help="callgrind output file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="service-cg-") as tmp:
@@ -100,7 +129,10 @@ def main() -> int:
                 h2load(port, data, 400)  # warm-up: imports, caches, connections
                 before = script_calls(redis_url)
                 instrument(process.pid, "on")
-                h2load(port, data, args.checks)
+                if args.identities > 1:
+                    rotated(port, data, args.checks, args.identities)
+                else:
+                    h2load(port, data, args.checks)
                 instrument(process.pid, "off")
                 calls = script_calls(redis_url) - before
             finally:

@@ -30,6 +30,7 @@ import orjson
 from opentelemetry.trace import SpanContext, format_span_id, format_trace_id
 
 from authz import __version__
+from authz.approvals.base import Approval
 from authz.catalogue.base import Change, Observed
 from authz.core.outcome import Outcome, ToolFacts
 from authz.core.response_side import ResponseEvent
@@ -172,17 +173,12 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
-def _approval(outcome: Outcome) -> dict[str, Any] | None:
+def _approval(approval: Approval) -> dict[str, Any]:
     # Its id, state and approver only: the approval's own record holds the call's arguments.
-    approval = outcome.approval
-    if approval is None:
-        return None
     return {"id": approval.id, "status": approval.status.value, "decided_by": approval.decided_by}
 
 
-def _catalogue(tool: ToolFacts | None) -> dict[str, Any] | None:
-    if tool is None:
-        return None
+def _catalogue(tool: ToolFacts) -> dict[str, Any]:
     return {
         "upstream": tool.upstream,
         "fingerprint": tool.fingerprint,
@@ -198,6 +194,9 @@ def _read_key(path: Path) -> bytes:
         return path.read_bytes().rstrip()
     except OSError as e:
         raise ValueError(f"cannot read the audit hash key {path}: {e.strerror}") from None
+
+
+_MILLIS: Final = tuple(f".{ms:03d}+00:00" for ms in range(1000))
 
 
 class _Stamps:
@@ -220,7 +219,7 @@ class _Stamps:
         if second != self._second:
             self._second = second
             self._prefix = datetime.fromtimestamp(second, UTC).isoformat()[:19]
-        return f"{self._prefix}.{micros // 1000:03d}+00:00"
+        return self._prefix + _MILLIS[micros // 1000]
 
 
 class AuditLog:
@@ -283,15 +282,17 @@ class AuditLog:
             self._stream.flush()
 
     def line(self, outcome: Outcome, latency: float, span: SpanContext) -> dict[str, Any]:
-        caller = outcome.caller
-        call = outcome.subject or next(iter(outcome.calls), None)
+        caller, calls, origin, tool = outcome.caller, outcome.calls, outcome.origin, outcome.tool
+        call = outcome.subject or (calls[0] if calls else None)
+        traced = span.is_valid
+        arguments = self._arguments
         return {
             "schema": AUDIT_SCHEMA,
             "version": __version__,
             "time": self._stamp(),
             "decision_id": outcome.decision_id,
-            "trace_id": format_trace_id(span.trace_id) if span.is_valid else None,
-            "span_id": format_span_id(span.span_id) if span.is_valid else None,
+            "trace_id": format_trace_id(span.trace_id) if traced else None,
+            "span_id": format_span_id(span.span_id) if traced else None,
             "decision": outcome.label,
             "identity": caller.identity if caller else None,
             "grant": outcome.grant,
@@ -300,9 +301,9 @@ class AuditLog:
             "tool": call.tool if call else None,
             "request_id": call.id if call else next(iter(outcome.request_ids), None),
             "grant_label": caller.grant_label if caller else None,
-            "client_address": outcome.origin.client_address or None,
-            "envoy_request_id": outcome.origin.envoy_request_id or None,
-            "authority": outcome.origin.authority or None,
+            "client_address": origin.client_address or None,
+            "envoy_request_id": origin.envoy_request_id or None,
+            "authority": origin.authority or None,
             # Names only, never values (as PolicyLayer's logs): sorted, bounded.
             "argument_keys": argument_keys(call) if call and call.target else None,
             "rule": outcome.rule,
@@ -311,15 +312,15 @@ class AuditLog:
             "fail_open": outcome.fail_open,
             "would_deny": outcome.would_deny,
             "retry_after": outcome.retry_after,
-            "approval": _approval(outcome),
+            "approval": None if outcome.approval is None else _approval(outcome.approval),
             # The tool's risk class and what the catalogue knew of it (None without one).
-            "risk": outcome.tool.risk if outcome.tool else None,
-            "catalogue": _catalogue(outcome.tool),
-            "methods": [c.method for c in outcome.calls],
-            "tools": [c.tool for c in outcome.calls if c.tool is not None],
+            "risk": tool.risk if tool else None,
+            "catalogue": None if tool is None else _catalogue(tool),
+            "methods": [c.method for c in calls],
+            "tools": [c.tool for c in calls if c.tool is not None],
             # Tools and prompts take arguments; other calls have none to hash.
-            "arguments": [self._arguments.describe(c) for c in outcome.calls if c.target],
-            "hmac_key": self._arguments.key_id,
+            "arguments": [arguments.describe(c) for c in calls if c.target],
+            "hmac_key": arguments.key_id,
             "latency_ms": round(latency * 1000, 3),
         }
 

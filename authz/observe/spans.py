@@ -2,10 +2,10 @@
 counter store call, at a fraction of its cost.
 
 Per Check, the hot path draws a span id and a start and end time and keeps the `Outcome`; one
-bounded queue hands these records to one export thread, which builds the OTLP
-`ExportTraceServiceRequest` straight from them (opentelemetry-proto's upb messages) and sends
-it through the SDK's own OTLP exporters (their endpoint, headers, TLS, compression, timeout and
-retries, from the OTEL_* variables). The SDK's span objects, its per-attribute validation and
+bounded queue hands these records to one export thread, which writes the OTLP
+`ExportTraceServiceRequest` bytes straight from them (`Encoder`, below) and sends them through
+the SDK's own OTLP exporters (their endpoint, headers, TLS, compression, timeout and retries,
+from the OTEL_* variables). The SDK's span objects, its per-attribute validation and
 its generic encoder cost ~1.2M instructions per check (docs/performance.md, "What tracing
 costs"), which is why these two span kinds bypass them; the rare admin spans stay on the SDK.
 """
@@ -33,11 +33,6 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
-from opentelemetry.sdk.environment_variables import (
-    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
-    OTEL_BSP_MAX_QUEUE_SIZE,
-    OTEL_BSP_SCHEDULE_DELAY,
-)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -81,13 +76,17 @@ class Failure:
         }
 
 
+# A store's own span attributes, as (name, value) pairs: hashable, to key encoded blocks.
+StoreAttributes = tuple[tuple[str, AttributeValue], ...]
+
+
 class StoreCall:
     """The counter store's part of one Check: a CLIENT child span."""
 
     __slots__ = ("allowed", "backend", "end", "failure", "keys", "start")
 
-    def __init__(self, backend: dict[str, AttributeValue], keys: int) -> None:
-        # The store's own attributes, one dict per store, shared by its calls.
+    def __init__(self, backend: StoreAttributes, keys: int) -> None:
+        # The store's own attributes, shared by its calls.
         self.backend = backend
         self.keys = keys
         self.start = time_ns()
@@ -122,9 +121,6 @@ class DecisionSpan:
         self.outcome: Outcome | None = None
         self.failure: Failure | None = None
         self.stores: list[StoreCall] = []
-
-    def is_recording(self) -> bool:
-        return True
 
     def get_span_context(self) -> SpanContext:
         return SpanContext(
@@ -161,13 +157,12 @@ class GrpcTransport(GrpcSpanExporter):
         message = ExportTraceServiceRequest.FromString(request)
         return self._export(message) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
 
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        super().shutdown(timeout_millis, **kwargs)
-
 
 class HttpTransport(HttpSpanExporter):
     """The SDK's OTLP/HTTP span exporter's client (session, headers, compression, retries),
-    handed our serialized request."""
+    handed our serialized request. `_client` and, for gRPC, `_export` are the SDK's private
+    parts: tests/integration/test_otel_export.py sends through both against a real receiver,
+    so an SDK release that moves them fails there rather than in a pod."""
 
     def send(self, request: bytes) -> bool:
         return bool(self._client.export(request).success)
@@ -204,26 +199,6 @@ class SpanQueue:
         self._encoder = Encoder(resource, scope)
         self._thread = threading.Thread(target=self._run, name="mcp-authz-spans", daemon=True)
         self._thread.start()
-
-    @classmethod
-    def from_env(
-        cls,
-        transport: Transport,
-        metrics: Metrics,
-        resource: Resource,
-        scope: InstrumentationScope,
-        env: dict[str, str],
-    ) -> SpanQueue:
-        """Sized by the SDK batch processor's variables (OTEL_BSP_*)."""
-        return cls(
-            transport,
-            metrics,
-            resource,
-            scope,
-            max_queue=_positive(env, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_QUEUE),
-            batch=_positive(env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BATCH),
-            delay=_positive(env, OTEL_BSP_SCHEDULE_DELAY, int(DEFAULT_DELAY * 1000)) / 1000,
-        )
 
     def put(self, span: DecisionSpan) -> None:
         queue = self._queue
@@ -283,7 +258,8 @@ class SpanQueue:
                     return
 
     def _due(self) -> bool:
-        return self._stopping or len(self._queue) >= self._batch or bool(self._flushing)
+        queued = len(self._queue)
+        return self._stopping or queued >= self._batch or bool(self._flushing and queued)
 
     def _export(self, batch: Sequence[DecisionSpan]) -> None:
         spans = sum(1 + len(s.stores) for s in batch)
@@ -301,28 +277,15 @@ class SpanQueue:
         self._metrics.record_spans_dropped(spans, "export_failed")
 
 
-def _positive(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a whole number") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r}: expected a number above 0")
-    return value
-
-
 class Encoder:
     """Decision records to the bytes of an OTLP `ExportTraceServiceRequest`: the spans the SDK's
     encoder would write for them.
 
     Written as protobuf wire format by hand rather than through upb messages: building a
     message per attribute, then copying each into its parent (upb copies by serializing), cost
-    ~300k instructions per check, most of tracing's remaining cost; these bytes ~60k, and the
-    attribute pairs that repeat from check to check (decision, rule, tool, policy version, ...)
-    are encoded once. Only what these spans use is written; tests parse it back with upb.
+    ~300k instructions per check; the export thread's whole work is now ~120k, the attribute
+    pairs that repeat from check to check (decision, rule, tool, policy version, ...) encoded
+    once. Only what these spans use is written; tests parse it back with upb.
     """
 
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
@@ -339,6 +302,7 @@ class Encoder:
         self._resource_schema = _string(3, template.schema_url)
         self._pairs: dict[str, dict[AttributeValue, tuple[type, bytes]]] = {}
         self._kept = 0
+        self._store_blocks: dict[tuple[StoreAttributes, int, bool | None], bytes] = {}
 
     def request(self, batch: Sequence[DecisionSpan]) -> bytes:
         spans = b"".join([span for decision in batch for span in self._spans(decision)])
@@ -382,7 +346,7 @@ class Encoder:
                 _CLIENT,
                 _FIXED64_7 + _U64.pack(call.start),
                 _FIXED64_8 + _U64.pack(call.end),
-                self._attributes(_store_attributes(call)),
+                self._store_attributes(call),
                 self._event(call.failure),
                 _status(None if call.failure is None else call.failure.description),
                 _LOCAL_FLAGS,
@@ -408,6 +372,18 @@ class Encoder:
                 self._kept += 1
             out.append(known[1])
         return b"".join(out)
+
+    def _store_attributes(self, call: StoreCall) -> bytes:
+        # A store's calls differ only in their key count and answer: a handful of blocks.
+        known = (call.backend, call.keys, call.allowed)
+        block = self._store_blocks.get(known)
+        if block is None:
+            attributes = dict(call.backend)
+            attributes["mcp_authz.store.keys"] = call.keys
+            if call.allowed is not None:
+                attributes["mcp_authz.store.allowed"] = call.allowed
+            block = self._store_blocks[known] = self._attributes(attributes)
+        return block
 
     def _event(self, failure: Failure | None) -> bytes:
         if failure is None:
@@ -484,13 +460,6 @@ _REMOTE_FLAGS: Final = _tag(16, 5) + struct.pack(
     "<I",
     _HAS_IS_REMOTE | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK,
 )
-
-
-def _store_attributes(call: StoreCall) -> dict[str, AttributeValue]:
-    attributes = call.backend | {"mcp_authz.store.keys": call.keys}
-    if call.allowed is not None:
-        attributes["mcp_authz.store.allowed"] = call.allowed
-    return attributes
 
 
 def check_attributes(outcome: Outcome) -> dict[str, AttributeValue]:

@@ -12,7 +12,6 @@ light path of authz/observe/spans.py; the admin API's spans are the SDK's.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections import deque
@@ -38,6 +37,11 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
 from opentelemetry.metrics import Meter, NoOpMeter
+from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+    OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_BSP_SCHEDULE_DELAY,
+)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader as PeriodicReader
@@ -66,11 +70,15 @@ from authz.observe.metrics import Metrics, PrometheusEndpoint
 from authz.observe.spans import (
     CHECK_SPAN,
     CURRENT,
+    DEFAULT_BATCH,
+    DEFAULT_DELAY,
+    DEFAULT_QUEUE,
     DecisionSpan,
     Failure,
     GrpcTransport,
     HttpTransport,
     SpanQueue,
+    StoreAttributes,
     StoreCall,
     Transport,
 )
@@ -104,17 +112,40 @@ class ExportProtocol(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class OtelSettings:
-    """What the OTEL_* variables ask for: per signal, the OTLP protocol, or None for no export."""
+    """What the OTEL_* variables ask for: per signal, the OTLP protocol, or None for no export;
+    and the span queue's sizes (OTEL_BSP_*, as the SDK's batch processor names them)."""
 
     traces: ExportProtocol | None = None
     metrics: ExportProtocol | None = None
+    max_queue: int = DEFAULT_QUEUE
+    batch: int = DEFAULT_BATCH
+    delay: float = DEFAULT_DELAY
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> OtelSettings:
         """Raises ValueError for a setting we cannot honour, so start-up fails saying why."""
         if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
             return cls()
-        return cls(_protocol(env, "TRACES"), _protocol(env, "METRICS"))
+        return cls(
+            _protocol(env, "TRACES"),
+            _protocol(env, "METRICS"),
+            _positive(env, OTEL_BSP_MAX_QUEUE_SIZE, DEFAULT_QUEUE),
+            _positive(env, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, DEFAULT_BATCH),
+            _positive(env, OTEL_BSP_SCHEDULE_DELAY, int(DEFAULT_DELAY * 1000)) / 1000,
+        )
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a whole number") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r}: expected a number above 0")
+    return value
 
 
 def _protocol(env: Mapping[str, str], signal: str) -> ExportProtocol | None:
@@ -171,7 +202,7 @@ class Telemetry:
         metrics_listen: str | None = None,
     ) -> Telemetry:
         """Providers and exporters as `otel` and the Prometheus address ask; the SDK reads
-        the rest of the OTEL_* variables (headers, timeouts, sampler, batch sizes) here."""
+        the rest of the OTEL_* variables (headers, timeouts, compression, sampler) here."""
         resource = _resource()
         closers: list[Closer] = []
         meter: Meter = NoOpMeter("mcp_authz")
@@ -186,8 +217,14 @@ class Telemetry:
         # The sampler (OTEL_TRACES_SAMPLER) is the SDK's, for both kinds of span.
         tracers = TracerProvider(resource=resource, shutdown_on_exit=False)
         scope = InstrumentationScope("mcp_authz", __version__)
-        spans = SpanQueue.from_env(
-            _transport(otel.traces), metrics, resource, scope, dict(os.environ)
+        spans = SpanQueue(
+            _transport(otel.traces),
+            metrics,
+            resource,
+            scope,
+            max_queue=otel.max_queue,
+            batch=otel.batch,
+            delay=otel.delay,
         )
         processor = _DropCountingProcessor(_span_exporter(otel.traces), metrics)
         tracers.add_span_processor(processor)
@@ -275,9 +312,9 @@ class ObservedStore:
         self._store = store
         self._backend = backend
         self._metrics = metrics
-        self._attributes: dict[str, AttributeValue] = {"mcp_authz.store.backend": backend}
+        self._attributes: StoreAttributes = (("mcp_authz.store.backend", backend),)
         if backend == "redis":
-            self._attributes["db.system.name"] = "redis"
+            self._attributes += (("db.system.name", "redis"),)
 
     async def hit(self, hits: Sequence[Hit]) -> HitResult:
         decision = CURRENT.get()

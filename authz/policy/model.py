@@ -267,6 +267,8 @@ class Policy:
         return self.everyone.tools
 
     def grant_for(self, identity: str, claims: Mapping[str, Any]) -> Grant:
+        if not self.grants:
+            return self.everyone
         return next((g for g in self.grants if g.admits(identity, claims)), self.everyone)
 
     def grant_of(self, caller: Caller) -> Grant | None:

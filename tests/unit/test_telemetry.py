@@ -556,6 +556,17 @@ def test_otel_settings_follow_the_standard_variables(
     assert (settings.traces, settings.metrics) == expected
 
 
+def test_the_span_queue_is_sized_by_the_batch_processors_variables() -> None:
+    env = {
+        "OTEL_BSP_MAX_QUEUE_SIZE": "100",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "10",
+        "OTEL_BSP_SCHEDULE_DELAY": "250",
+    }
+    settings = OtelSettings.from_env(env)
+    assert (settings.max_queue, settings.batch, settings.delay) == (100, 10, 0.25)
+    assert OtelSettings.from_env({}).max_queue == 2048
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -564,6 +575,11 @@ def test_otel_settings_follow_the_standard_variables(
             "http/json",
         ),
         ({"OTEL_TRACES_EXPORTER": "zipkin"}, "only otlp and none"),
+        (
+            {"OTEL_BSP_MAX_QUEUE_SIZE": "0"},
+            "OTEL_BSP_MAX_QUEUE_SIZE='0': expected a number above 0",
+        ),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "soon"}, "OTEL_BSP_SCHEDULE_DELAY='soon': expected a whole"),
     ],
 )
 def test_unsupported_otel_settings_fail_start_up(env: dict[str, str], message: str) -> None:
