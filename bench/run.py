@@ -16,6 +16,9 @@ Through Envoy, each at 1 and 16 connections, every route answering itself (no up
   grpc         Envoy + mcp-authz over gRPC ext_authz (bench/policy.json: a per-identity Redis
                limit counted on every call, never spent, so every answer must be 2xx)
   http         Envoy + mcp-authz over HTTP ext_authz (`--transport http`), same policy
+  grpc-compiled, http-compiled
+               the same, from the wheel with the hot path compiled by mypyc (bench/results/compiled,
+               built by `make bench`; skipped without it)
   grpc-traced, http-traced
                the same with tracing on, 100 % sampled: Envoy and mcp-authz export every
                span over OTLP/gRPC to a local sink in this process (SpanSink)
@@ -81,6 +84,9 @@ from stack import (  # noqa: E402 - the launcher the demo and the e2e tests use
 POLICY = BENCH / "policy.json"
 LUA = BENCH / "mcp.lua"
 FLOOR = BENCH / "floor" / "floor"  # bench/floor/floor.c, built by `make bench`
+# The wheel with the hot path compiled (mypyc), installed here by `make bench` with --no-deps:
+# the *-compiled rows run the venv's mcp-authz with this first on PYTHONPATH.
+COMPILED_SITE = BENCH / "results" / "compiled"
 RESULTS = BENCH / "results" / "latest.json"
 IDENTITIES = 1000
 CONNECTIONS = (1, 16)
@@ -559,10 +565,12 @@ class Scenario:
     service: str | None = None  # "floor" (C), "noop" (Python) or "authz" (mcp-authz)
     transport: str | None = None  # "grpc" or "http": whose floor the row is compared with
     traced: bool = False  # Envoy and the service export every request's spans
+    compiled: bool = False  # mcp-authz from the compiled wheel (COMPILED_SITE)
 
     def available(self, transports: list[str]) -> bool:
         config = (BENCH / "envoy" / f"{self.config}.yaml").exists()
-        return config and (self.service != "authz" or self.transport in transports)
+        built = not self.compiled or (COMPILED_SITE / "authz").is_dir()
+        return config and built and (self.service != "authz" or self.transport in transports)
 
 
 SCENARIOS = (
@@ -574,6 +582,8 @@ SCENARIOS = (
     Scenario("noop-http", "authz-http", "noop", "http"),
     Scenario("grpc", "authz-grpc", "authz", "grpc"),
     Scenario("http", "authz-http", "authz", "http"),
+    Scenario("grpc-compiled", "authz-grpc", "authz", "grpc", compiled=True),
+    Scenario("http-compiled", "authz-http", "authz", "http", compiled=True),
     Scenario("grpc-traced", "authz-grpc", "authz", "grpc", traced=True),
     Scenario("http-traced", "authz-http", "authz", "http", traced=True),
     # ext_proc next to ext_authz (issue 15): runs once its Envoy config is in bench/envoy/.
@@ -615,9 +625,13 @@ def start_stage(
     if scenario.service in ("floor", "noop"):
         service = stack.enter_context(reference(workdir, scenario.service, transport))
     elif scenario.service == "authz":
-        env = traced_env(sink[1], name) if scenario.traced else None
+        env = traced_env(sink[1], name) if scenario.traced else {}
+        if scenario.compiled:
+            env["PYTHONPATH"] = str(COMPILED_SITE)
         collector = (sink[1], f"envoy-{name}") if scenario.traced else None
-        service = stack.enter_context(authz(workdir, redis_url, transport, tag=f"-{name}", env=env))
+        service = stack.enter_context(
+            authz(workdir, redis_url, transport, tag=f"-{name}", env=env or None)
+        )
     port, envoy_pid, envoy_admin = stack.enter_context(
         envoy(workdir, scenario.config, service.port if service else None, collector, f"-{name}")
     )

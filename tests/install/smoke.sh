@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# What a user installing from PyPI gets: build the wheel and the sdist, install each with plain
-# pip (and the wheel with uv) into a fresh virtualenv (no -e, no extra step), start `mcp-authz serve` with OTLP export
-# aimed at a port nobody listens on, send one real ext_authz Check with `mcp-authz probe`, and
-# stop it with SIGTERM, which must end it within --grace + 1 s. Run by .ci/run after `make test`.
+# What a user installing from PyPI gets: build the pure-Python wheel and the sdist, and the
+# wheel with the hot path compiled (mypyc; what release.yml publishes per platform), install
+# each with plain pip (and the pure wheel with uv) into a fresh virtualenv (no -e, no extra
+# step), check that the compiled wheel's modules are compiled (tests/install/compiled_check.py),
+# start `mcp-authz serve` with OTLP export aimed at a port nobody listens on, send one real
+# ext_authz Check with `mcp-authz probe`, and stop it with SIGTERM, which must end it within
+# --grace + 1 s. Run by .ci/run after `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,13 +16,18 @@ trap 'kill -9 "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-"$PYTHON" -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
+build() { "$PYTHON" -m build "$@" >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }; }
+MCP_AUTHZ_PURE=1 build --outdir "$work/dist" .
+build --wheel --outdir "$work/compiled" .
 
 UV=${UV:-.venv/bin/uv}
 wheel=$(echo "$work"/dist/*.whl)
 sdist=$(echo "$work"/dist/*.tar.gz)
+compiled=$(echo "$work"/compiled/*.whl)
+case $wheel in *-py3-none-any.whl) ;; *) echo "the pure wheel is not pure: $wheel"; exit 1 ;; esac
+case $compiled in *-py3-none-any.whl) echo "the compiled wheel is pure: $compiled"; exit 1 ;; esac
 # installer:artifact; uv takes the wheel, as `uv pip install mcp-authz` would.
-for entry in "pip:$wheel" "pip:$sdist" "uv:$wheel"; do
+for entry in "pip:$wheel" "pip:$sdist" "uv:$wheel" "pip:$compiled"; do
   installer=${entry%%:*} artifact=${entry#*:}
   name="$installer $(basename "$artifact")"
   echo "== $name"
@@ -27,7 +35,11 @@ for entry in "pip:$wheel" "pip:$sdist" "uv:$wheel"; do
   if [ "$installer" = uv ]; then
     "$UV" pip install -q --python "$work/venv/bin/python" "$artifact"
   else
-    "$work/venv/bin/pip" install -q --disable-pip-version-check "$artifact"
+    # Pure from the sdist too: compiling is the compiled wheel's test, below.
+    MCP_AUTHZ_PURE=1 "$work/venv/bin/pip" install -q --disable-pip-version-check "$artifact"
+  fi
+  if [ "$artifact" = "$compiled" ]; then
+    "$work/venv/bin/python" tests/install/compiled_check.py
   fi
   port=$(free_port)
   OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$(free_port)" \
@@ -52,4 +64,4 @@ for entry in "pip:$wheel" "pip:$sdist" "uv:$wheel"; do
   server=
   rm -rf "$work/venv"
 done
-echo "install check: wheel and sdist (pip, uv) install, serve, answer a Check and stop in time"
+echo "install check: pure and compiled wheels and the sdist (pip, uv) install, serve, answer a Check and stop in time"

@@ -134,6 +134,15 @@ def test_build_never_falls_back_to_compiling() -> None:
     assert all("--only-binary=:all:" in i for i in installs), installs
 
 
+def test_build_stage_compiles_the_hot_path() -> None:
+    # gcc for mypyc in the build stage (the final stage has none: above), and the build fails
+    # when the installed package is not the compiled one, unless asked for the pure image.
+    (build_run,) = args_of(stages()[0], "RUN")
+    assert re.search(r"apt-get install [^&]*\bgcc\b", build_run)
+    assert "d.__file__.endswith('.so')" in build_run
+    assert '[ "${MCP_AUTHZ_PURE}" = 1 ] ||' in build_run
+
+
 def test_read_only_root_filesystem_friendly() -> None:
     env = env_of(final_stage())
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
