@@ -29,7 +29,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Final
+from typing import Any, Final, cast
 
 import httptools
 
@@ -283,5 +283,8 @@ async def create_http_server(
         reuse_port=reuse_port or None,
         family=socket.AF_UNSPEC,
     )
-    bound: int = server.sockets[0].getsockname()[1]
+    # Read untyped: uvloop's Server.sockets is a list where typeshed says tuple, and the
+    # compiled module (mypyc) checks the declared type: the HTTP transport failed to start.
+    listening: Any = cast(Any, server).sockets
+    bound: int = listening[0].getsockname()[1]
     return HttpServer(server, connections), bound
