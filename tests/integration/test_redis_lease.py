@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 
 from authz.limits.base import CounterKey, Hit, StoreUnavailable
 from authz.limits.lease import LeasePolicy
@@ -155,13 +154,6 @@ def test_never_admits_past_the_limit_and_refuses_early_only_within_the_bound(
 
 
 # Edge cases, one replica at a time.
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis(port=redis_server.port)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

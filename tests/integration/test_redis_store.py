@@ -31,13 +31,6 @@ class Clock:
 
 
 @pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis(port=redis_server.port)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def new_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisStore]]:
     stores: list[RedisStore] = []
 
