@@ -133,6 +133,9 @@ console-screenshots: setup  ## docs/console/*.png, from the console's browser te
 bench-store: setup    ## store benchmark: our Redis store vs the limits library
 	$(BIN)/python bench/bench_store.py
 
+bench-trace: setup    ## what exporting every span costs the service itself, paced, without Envoy
+	$(BIN)/python bench/trace_cost.py
+
 k8s-sync:             ## copy the shipped Envoy config into the kustomize base and the Helm chart
 	cp deploy/envoy/envoy.yaml deploy/k8s/base/envoy.yaml
 	cp deploy/envoy/envoy.yaml deploy/k8s/helm/mcp-authz/files/envoy.yaml

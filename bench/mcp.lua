@@ -5,7 +5,10 @@
 -- init, so wrk spends no Lua time per request. At the end one JSON line goes to stdout:
 -- counts, errors and latency percentiles in microseconds, for bench/run.py to read.
 --
---   wrk -t1 -c16 -d3s -s bench/mcp.lua http://127.0.0.1:10000/mcp [-- IDENTITIES TOOL PATH PREFIX]
+--   wrk -t1 -c16 -d3s -s bench/mcp.lua http://127.0.0.1:10000/mcp [-- IDENTITIES TOOL PATH PREFIX TRACED]
+--
+-- TRACED "1" gives each request a sampled W3C traceparent, as Envoy's tracing would, for
+-- measuring the service's own tracing cost without Envoy (bench/trace_cost.py).
 
 local requests = {}
 local index = 0
@@ -15,6 +18,7 @@ function init(args)
   local tool = args[2] or "bench_tool"
   local path = args[3] or "/mcp"
   local prefix = args[4] or "agent"
+  local traced = args[5] == "1"
   for i = 1, identities do
     local body = string.format(
       '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s",'
@@ -24,6 +28,7 @@ function init(args)
       ["accept"] = "application/json, text/event-stream",
       ["mcp-protocol-version"] = "2025-11-25",
       ["x-agent-id"] = string.format("%s-%04d", prefix, i),
+      ["traceparent"] = traced and string.format("00-%032x-%016x-01", i, i) or nil,
     }, body)
   end
   -- Threads start at different identities so two threads do not march in step.

@@ -64,7 +64,7 @@ def main() -> int:
         with (
             redis_server(workdir) as redis_url,
             authz(workdir, redis_url, args.transport) as service,
-            envoy(workdir, f"authz-{args.transport}", service.port) as (port, _),
+            envoy(workdir, f"authz-{args.transport}", service.port) as (port, _, _),
         ):
             url = f"http://{HOST}:{port}/mcp"
             wrk(url, 16, 1, str(IDENTITIES))

@@ -85,6 +85,7 @@ from stack import (  # noqa: E402 - the launcher the demo and the e2e tests use
 
 POLICY = BENCH / "policy.json"
 LUA = BENCH / "mcp.lua"
+PACED_LUA = BENCH / "paced.lua"
 FLOOR = BENCH / "floor" / "floor"  # bench/floor/floor.c, built by `make bench`
 # The wheel with the hot path compiled (mypyc), installed here by `make bench` with --no-deps:
 # the *-compiled rows run the venv's mcp-authz with this first on PYTHONPATH.
@@ -92,6 +93,9 @@ COMPILED_SITE = BENCH / "results" / "compiled"
 RESULTS = BENCH / "results" / "latest.json"
 IDENTITIES = 1000
 CONNECTIONS = (1, 16)
+# Requests/s of the paced cells (16 connections, bench/paced.lua): low enough that a traced
+# row sustains it on a slow 2-core machine, so tracing's cost is read at one request rate.
+PACED_RATE = 400
 EXACT_IDENTITIES = 40
 EXACT_LIMIT = 25  # bench_limited's max in bench/policy.json
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
@@ -377,10 +381,12 @@ class Sample:
     envoy_stats: dict[str, int] = field(default_factory=dict)
 
 
-def wrk(url: str, connections: int, seconds: int, *lua_args: str) -> dict[str, Any]:
+def wrk(
+    url: str, connections: int, seconds: int, *lua_args: str, script: Path = LUA
+) -> dict[str, Any]:
     argv = [
         "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s",
-        "-s", str(LUA), url, "--", *lua_args,
+        "-s", str(script), url, "--", *lua_args,
     ]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("{"))
@@ -408,12 +414,16 @@ def wrk_sample(
     proxy: int | None,
     *,
     settle: Callable[[], None] = lambda: None,
+    rate: int = 0,
 ) -> Sample:
-    """One wrk run; `settle` waits, before the CPU is read, for work the run left behind
-    (the span exporters' last batches)."""
+    """One wrk run, as fast as it goes or, given a `rate`, paced near it (bench/paced.lua);
+    `settle` waits, before the CPU is read, for work the run left behind (the span
+    exporters' last batches)."""
+    pace = ("bench_tool", "/mcp", "agent", "0", str(connections * 1000 // rate)) if rate else ()
 
     def run() -> dict[str, Any]:
-        result = wrk(url, connections, seconds, str(IDENTITIES))
+        script = PACED_LUA if rate else LUA
+        result = wrk(url, connections, seconds, str(IDENTITIES), *pace, script=script)
         settle()
         return result
 
@@ -509,6 +519,7 @@ class Cell:
     scenario: str
     connections: int
     transport: str | None = None  # whose floor this cell's req/s is compared with
+    rate: int = 0  # paced near this many requests/s (PACED_RATE), or 0: as fast as it goes
     samples: list[Sample] = field(default_factory=list)
     # The exactness check's result, on the 16-connection cell of each transport.
     exact: dict[str, Any] | None = None
@@ -537,6 +548,7 @@ class Cell:
             "scenario": self.scenario,
             "connections": self.connections,
             "transport": self.transport,
+            "paced_rate": self.rate or None,
             **{name: self.median(name) for name in names},
             "non2xx": sum(s.non2xx for s in self.samples),
             "errors": sum(s.errors for s in self.samples),
@@ -567,6 +579,7 @@ class Scenario:
     service: str | None = None  # "floor" (C), "noop" (Python) or "authz" (mcp-authz)
     transport: str | None = None  # "grpc" or "http": whose floor the row is compared with
     traced: bool = False  # Envoy and the service export every request's spans
+    paced: bool = False  # adds a cell at PACED_RATE: tracing's cost is read between such cells
     compiled: bool = False  # mcp-authz from the compiled wheel (COMPILED_SITE)
     env: tuple[tuple[str, str], ...] = ()  # mcp-authz's own settings for this row
 
@@ -583,8 +596,8 @@ SCENARIOS = (
     Scenario("floor-http", "authz-http", "floor", "http"),
     Scenario("noop-grpc", "authz-grpc", "noop", "grpc"),
     Scenario("noop-http", "authz-http", "noop", "http"),
-    Scenario("grpc", "authz-grpc", "authz", "grpc"),
-    Scenario("http", "authz-http", "authz", "http"),
+    Scenario("grpc", "authz-grpc", "authz", "grpc", paced=True),
+    Scenario("http", "authz-http", "authz", "http", paced=True),
     Scenario("grpc-compiled", "authz-grpc", "authz", "grpc", compiled=True),
     Scenario("http-compiled", "authz-http", "authz", "http", compiled=True),
     # Leases spent for 5 % of the window instead of 1 %: the rotation of 1,000 identities calls
@@ -597,8 +610,8 @@ SCENARIOS = (
         compiled=True,
         env=(("MCP_AUTHZ_LEASE_LIFE", "0.05"),),
     ),
-    Scenario("grpc-traced", "authz-grpc", "authz", "grpc", traced=True),
-    Scenario("http-traced", "authz-http", "authz", "http", traced=True),
+    Scenario("grpc-traced", "authz-grpc", "authz", "grpc", traced=True, paced=True),
+    Scenario("http-traced", "authz-http", "authz", "http", traced=True, paced=True),
     # ext_proc next to ext_authz (issue 15): runs once its Envoy config is in bench/envoy/.
     Scenario("grpc-extproc", "authz-grpc-extproc", "authz", "grpc"),
 )
@@ -653,6 +666,8 @@ def start_stage(
     wrk(url, 16, 1, str(IDENTITIES))  # warm-up: connections, caches, JIT-free Python
     settle = sink[0].settle if scenario.traced else (lambda: None)
     cells = [Cell(name, c, transport=scenario.transport) for c in CONNECTIONS]
+    if scenario.paced:
+        cells.append(Cell(name, 16, transport=scenario.transport, rate=PACED_RATE))
     return Stage(scenario, url, envoy_pid, envoy_admin, service, settle, cells)
 
 
@@ -672,6 +687,7 @@ def interleaved(stages: list[Stage], args: argparse.Namespace) -> None:
                     pid,
                     stage.envoy_pid,
                     settle=stage.settle,
+                    rate=cell.rate,
                 )
                 after = envoy_stats(stage.envoy_admin)
                 sample.envoy_stats = {
@@ -682,7 +698,8 @@ def interleaved(stages: list[Stage], args: argparse.Namespace) -> None:
                 cell.samples.append(sample)
                 causes = Cell(cell.scenario, cell.connections, samples=[sample]).envoy_causes()
                 print(
-                    f"  {cell.scenario:<16} c={cell.connections:<3} {sample.rps:>8.0f} req/s  "
+                    f"  {cell.scenario:<16} c={conns(cell.connections, cell.rate):<7} "
+                    f"{sample.rps:>8.0f} req/s  "
                     f"p50 {sample.p50_ms:.3f} ms  non-2xx {sample.non2xx}  "
                     f"load {sample.load:.2f}" + (f"  envoy: {causes}" if causes else ""),
                     flush=True,
@@ -691,7 +708,8 @@ def interleaved(stages: list[Stage], args: argparse.Namespace) -> None:
 
 def after_load(stage: Stage, sink: SpanSink) -> None:
     """mcp-authz's refusals under load, spans per check when traced, and exactness."""
-    service, last = stage.service, stage.cells[-1]
+    service = stage.service
+    last = next(c for c in reversed(stage.cells) if not c.rate)  # 16 connections, unpaced
     if service is None or stage.scenario.service != "authz":
         return
     last.refused = refused(service.audit)
@@ -792,30 +810,35 @@ def check_only(
 # --- targets -------------------------------------------------------------------------------
 
 
-def ratios(row: dict[str, Any], table: dict[tuple[str, int], dict[str, Any]]) -> dict[str, Any]:
+def ratios(row: dict[str, Any], table: Table) -> dict[str, Any]:
     """A through-Envoy row's req/s over native's and over its transport's C floor, at the
     same connections and from the same run (check-only rows have neither)."""
     c, rps = row["connections"], row["rps"]
-    through_envoy = not row["scenario"].startswith("check ")
-    native = table.get(("native", c), {}).get("rps") if through_envoy else None
-    floor = table.get((f"floor-{row['transport']}", c), {}).get("rps") if through_envoy else None
+    # A paced row's rate is bench/paced.lua's choice, not a throughput to compare.
+    through_envoy = not row["scenario"].startswith("check ") and not row["paced_rate"]
+    native = table.get(("native", c, 0), {}).get("rps") if through_envoy else None
+    floor = table.get((f"floor-{row['transport']}", c, 0), {}).get("rps") if through_envoy else None
     return {
         "to_native": rps / native if rps and native else None,
         "to_floor": rps / floor if rps and floor and row["transport"] else None,
     }
 
 
-def targets(table: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
+# A cell of the table: (scenario, connections, paced rate or 0).
+Table = dict[tuple[str, int, int], dict[str, Any]]
+
+
+def targets(table: Table) -> list[dict[str, Any]]:
     """The performance issue's targets, each with the measured value and whether it is met."""
     found: list[dict[str, Any]] = []
 
-    def at16(scenario: str, name: str) -> Any:
-        return table.get((scenario, 16), {}).get(name)
+    def at16(scenario: str, name: str, rate: int = 0) -> Any:
+        return table.get((scenario, 16, rate), {}).get(name)
 
     # The pure rows are what `pip install -e`/an sdist runs; the compiled ones what the wheel
     # and the image run; the leased one the compiled wheel with longer leases (docs/limits.md).
     for http in ("http", "http-compiled", "http-leased"):
-        if (http, 16) not in table:
+        if (http, 16, 0) not in table:
             continue
         ratio, floor, cpu = (
             at16(http, "to_native"),
@@ -828,7 +851,7 @@ def targets(table: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]
             _target(f"{http}: service CPU/check (us)", cpu, "<= 100", _at_most(cpu, 100)),
         ]  # fmt: skip
     for rpc in ("grpc", "grpc-compiled"):
-        if (rpc, 16) not in table or ("noop-grpc", 16) not in table:
+        if (rpc, 16, 0) not in table or ("noop-grpc", 16, 0) not in table:
             continue
         cpu, noop = at16(rpc, "service_cpu_us"), at16("noop-grpc", "service_cpu_us")
         over = cpu / noop if cpu and noop else None
@@ -838,16 +861,22 @@ def targets(table: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]
             )
         )
     for t in ("grpc", "http"):
-        traced, plain = at16(f"{t}-traced", "service_cpu_us"), at16(t, "service_cpu_us")
+        # At one request rate (the paced cells): at full speed the traced row runs at a
+        # lower rate, where every check costs more whether traced or not.
+        traced = at16(f"{t}-traced", "service_cpu_us", PACED_RATE)
+        plain = at16(t, "service_cpu_us", PACED_RATE)
         if traced is not None and plain is not None:
             added = traced - plain
             found.append(
                 _target(
-                    f"{t}: tracing at 100 % adds (us/check)", added, "<= 60", _at_most(added, 60)
+                    f"{t}: tracing at 100 % adds (us/check at ~{PACED_RATE} req/s)",
+                    added,
+                    "<= 60",
+                    _at_most(added, 60),
                 )
             )
     for scenario in (s.name for s in SCENARIOS if s.service == "authz"):
-        one, many = table.get((scenario, 1)), table.get((scenario, 16))
+        one, many = table.get((scenario, 1, 0)), table.get((scenario, 16, 0))
         if one is None or many is None:
             continue
         failed = sum(r["non2xx"] + r["errors"] + (r["refused"] or 0) for r in (one, many))
@@ -872,9 +901,15 @@ def _target(name: str, value: Any, goal: str, met: bool) -> dict[str, Any]:
     return {"target": name, "value": value, "goal": goal, "met": met}
 
 
+def conns(connections: int, rate: int | None) -> str:
+    """A cell's connections, with its paced rate: `16@400` is 16 connections paced near
+    400 requests/s."""
+    return f"{connections}@{rate}" if rate else str(connections)
+
+
 def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None:
     head = (
-        f"{'scenario':<16} {'conns':>5} {'req/s':>8} {'/native':>7} {'/floor':>6} "
+        f"{'scenario':<16} {'conns':>7} {'req/s':>8} {'/native':>7} {'/floor':>6} "
         f"{'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} {'refused':>7} {'svc us/chk':>10} "
         f"{'envoy us/rq':>11} {'load':>5}"
     )
@@ -885,7 +920,8 @@ def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None
 
     for r in rows:
         print(
-            f"{r['scenario']:<16} {r['connections']:>5} {fmt(r['rps'], '.0f'):>8} "
+            f"{r['scenario']:<16} {conns(r['connections'], r['paced_rate']):>7} "
+            f"{fmt(r['rps'], '.0f'):>8} "
             f"{fmt(r['to_native'], '.2f'):>7} {fmt(r['to_floor'], '.2f'):>6} "
             f"{fmt(r['p50_ms'], '.3f'):>7} {fmt(r['p99_ms'], '.3f'):>7} {r['non2xx']:>7} "
             f"{'-' if r['refused'] is None else r['refused']:>7} "
@@ -896,7 +932,8 @@ def print_table(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None
     for r in rows:
         if r["envoy_causes"]:
             why = r["envoy_causes"]
-            print(f"  envoy counted for {r['scenario']} c={r['connections']}: {why}")
+            c = conns(r["connections"], r["paced_rate"])
+            print(f"  envoy counted for {r['scenario']} c={c}: {why}")
     for g in goals:
         value = g["value"]
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -942,14 +979,14 @@ def main() -> int:
             chosen = [t for t in transports if not wanted or t in wanted]
             cells += check_only(workdir, redis_url, args, chosen)
     rows = []
-    table: dict[tuple[str, int], dict[str, Any]] = {}
+    table: Table = {}
     for cell in cells:
         row = cell.summary()
         row["exact"] = cell.exact
         row["refused"] = cell.refused
         row["spans_per_check"] = cell.spans_per_check
         rows.append(row)
-        table[(cell.scenario, cell.connections)] = row
+        table[(cell.scenario, cell.connections, cell.rate)] = row
     for row in rows:
         row.update(ratios(row, table))
     goals = targets(table)
