@@ -269,7 +269,10 @@ def _sentinel(url: str, options: dict[str, Any]) -> tuple[Redis, tuple[Redis, ..
     sentinel_password = tls.pop("sentinel_password", None)
     auth, nodes = _hosts(parts.netloc, default_port=26379)
     tls["ssl"] = parts.scheme.startswith("rediss")
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    # Called through a Callable so the check holds whether or not the installed redis-py
+    # annotates Sentinel's constructor (8.x does, older releases do not).
+    make_sentinel: Callable[..., Sentinel] = Sentinel
+    sentinel = make_sentinel(
         nodes,
         sentinel_kwargs={**options, **tls, "password": sentinel_password},
         **tls,
