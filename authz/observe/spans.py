@@ -197,8 +197,8 @@ class SpanQueue:
         self._abandoned = False
         self.failed = 0
         self._encoder = Encoder(resource, scope)
-        self._thread = threading.Thread(target=self._run, name="mcp-authz-spans", daemon=True)
-        self._thread.start()
+        self._exporter = threading.Thread(target=self._run, name="mcp-authz-spans", daemon=True)
+        self._exporter.start()
 
     def put(self, span: DecisionSpan) -> None:
         queue = self._queue
@@ -228,7 +228,7 @@ class SpanQueue:
         with self._changed:
             self._stopping = True
             self._changed.notify_all()
-        self._thread.join(seconds)
+        self._exporter.join(seconds)
         with self._changed:
             # An export the deadline cut short may still be unwinding on our thread.
             self._abandoned = True
