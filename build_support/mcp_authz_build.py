@@ -32,9 +32,9 @@ PURE = "MCP_AUTHZ_PURE"
 # The request's path, per check: what measured -30 % instructions per check compiled. Not
 # here: limits/redis*.py (mypyc 2.4 fails on their keyword-only signatures), edges/extproc.py
 # (async generators), edges/authz_grpc.py (its asyncio.Future subclass, compiled, crashes in
-# Future.__init__), observe/spans.py (it compiles, but tracing cost the same: 75 vs 72 us). A class in an interpreted module must not subclass one compiled here
-# (mypyc checks compiled classes' instances by exact type): tests/install/compiled_check.py
-# looks for any.
+# Future.__init__), observe/spans.py (it compiles, but tracing cost the same: 75 vs 72 us).
+# A class in an interpreted module must not subclass one compiled here (mypyc checks compiled
+# classes' instances by exact type): tests/install/compiled_check.py looks for any.
 COMPILED = [
     "authz/core/decision.py",
     "authz/core/outcome.py",
