@@ -164,6 +164,12 @@ class Leases:
         self._warm = {k: until for k, until in self._warm.items() if until > now}
         self._sweep_at = max(_SWEEP_FLOOR, 2 * (len(self._held) + len(self._warm)))
 
+    def give_back_all(self) -> list[tuple[CounterKey, Lease]]:
+        """Every lease with units left, dropped: a replica that stops gives them back."""
+        held = [(key, lease) for key, lease in self._held.items() if lease.left]
+        self.clear()
+        return held
+
     def clear(self) -> None:
         self._held.clear()
         self._warm.clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Sequence
 from functools import cached_property
@@ -27,6 +28,7 @@ from authz.limits.base import (
     Hit,
     HitResult,
     LimitState,
+    StoreUnavailable,
     session_of,
 )
 from authz.limits.lease import Lease, LeasePolicy, Leases
@@ -43,6 +45,8 @@ from authz.limits.redis_client import (
 
 Call = tuple[list[str], list[int | str]]
 
+log = logging.getLogger("mcp_authz.limits")
+
 HIT = Script("authz.limits", "hit.lua")
 USAGE = Script("authz.limits", "usage.lua")
 REFUND = Script("authz.limits", "refund.lua")
@@ -50,6 +54,7 @@ REFUND = Script("authz.limits", "refund.lua")
 # A window is kept in this many quanta: a unit leaves the window at most window/100 late,
 # and a key holds at most about 100 entries whatever the limit (see docs/limits.md).
 QUANTA_PER_WINDOW = 100
+
 # Requests per script call: bounds how long one call holds Redis (about 10 us each).
 MAX_BATCH = 128
 # The longest a request may wait for others to share its script call (RedisStore batch_hold).
@@ -187,10 +192,28 @@ class RedisStore(RedisBacked):
             raise unavailable(self._name, self._timeout, e) from e
 
     async def close(self) -> None:
-        # Unspent leases stay counted until they leave their window (docs/limits.md).
-        self._leases.clear()
+        await self._give_leases_back()
         await self._batcher.drain()
         await self._close_clients()
+
+    async def _give_leases_back(self) -> None:
+        """Give this replica's unspent leased units back, within one store timeout: what
+        does not make it stays counted until it leaves its window (docs/limits.md)."""
+        held = self._leases.give_back_all()
+        if not held:
+            return
+        units = sum(lease.left for _, lease in held)
+        try:
+            async with asyncio.timeout(self._timeout):
+                for start in range(0, len(held), MAX_BATCH):
+                    part = held[start : start + MAX_BATCH]
+                    # A hit of cost 0 counts nothing; its call gives the lease back first.
+                    hits = [Hit(key, lease.limit, lease.window, 0) for key, lease in part]
+                    await self._count(hits, [(0, 0)] * len(part), [lease for _, lease in part])
+        except (StoreUnavailable, TimeoutError) as e:
+            log.warning("shutdown: %d unspent leased units stay counted: %s", units, e)
+            return
+        log.info("shutdown: gave back %d unspent leased units of %d keys", units, len(held))
 
     def _keys_of(self, h: Hit) -> tuple[str, str]:
         """The hit's counter key and its identity's session index (the counter key again for

@@ -312,6 +312,41 @@ async def test_redis_down_fails_unless_a_live_lease_serves(
         await store.hit([Hit(BIG, 10, WINDOW)])
 
 
+async def test_closing_a_store_gives_its_unspent_leases_back(
+    new_store: Callable[..., RedisStore],
+) -> None:
+    clock = Clock()
+    store = new_store(clock=clock, max_sessions=1)
+    session = CounterKey("per-session", "session", ("alice", "s-1"))
+    leased = [Hit(BIG, 10_000, WINDOW), Hit(session, 10_000, WINDOW)]
+    for hit in leased:
+        for _ in range(2 + 7):  # the second call takes a lease of 100; 7 more spend from it
+            clock.us += 1_000
+            assert (await store.hit([hit])).allowed
+    assert await counted(store, 10_000) == 2 + 100
+    await store.close()
+    other = new_store(clock=clock, max_sessions=1)
+    assert await counted(other, 10_000) == 9, "only the admitted units stay counted"
+    assert (await other.usage(leased[1])).used == 9
+    # The give-back counted nothing new: the session's one place is still alice's s-1 alone.
+    other_session = Hit(CounterKey("per-session", "session", ("alice", "s-2")), 10_000, WINDOW)
+    refused = (await other.hit([other_session])).states[0]
+    assert refused.crowded is not None
+
+
+async def test_closing_with_redis_down_leaves_the_leases_counted_and_says_so(
+    new_store: Callable[..., RedisStore], own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    store = new_store(own_redis.url, clock=clock)
+    hit = Hit(BIG, 10_000, WINDOW)
+    await store.hit([hit])
+    await store.hit([hit])  # leased: 100 units, none spent
+    own_redis.kill()
+    await store.close()
+    assert "shutdown: 100 unspent leased units stay counted" in caplog.text
+
+
 def _stats(server: RedisServer) -> dict[str, Any]:
     stats = server.command("INFO", "commandstats")
     assert isinstance(stats, dict)

@@ -187,9 +187,12 @@ local function count(now, n, k, a)
       local lease = math.max(0, math.min(tonumber(ARGV[j + 7]),
         limit - (log.top - log.base) - ahead[key]))
       ahead[key] = ahead[key] - cost
-      record(key, log, window, cost + lease, quantum, lease > 0 and tonumber(ARGV[j + 8]) or 0, now)
-      if tonumber(ARGV[j + 5]) > 0 then
-        note_session(index, ARGV[j + 6], log, window, now)
+      -- A hit of cost 0 (policies never send one) only gives its key's old lease back.
+      if cost + lease > 0 then
+        record(key, log, window, cost + lease, quantum, lease > 0 and tonumber(ARGV[j + 8]) or 0, now)
+        if tonumber(ARGV[j + 5]) > 0 then
+          note_session(index, ARGV[j + 6], log, window, now)
+        end
       end
       out[o] = out[o] + cost
       if lease > 0 then
