@@ -165,14 +165,12 @@ class Leases:
         self._sweep_at = max(_SWEEP_FLOOR, 2 * (len(self._held) + len(self._warm)))
 
     def give_back_all(self) -> list[tuple[CounterKey, Lease]]:
-        """Every lease with units left, dropped: a replica that stops gives them back."""
-        held = [(key, lease) for key, lease in self._held.items() if lease.left]
-        self.clear()
-        return held
-
-    def clear(self) -> None:
+        """Every lease, dropped (each has units left: a spent-out one is dropped at once), for
+        a replica that stops to give back."""
+        held = list(self._held.items())
         self._held.clear()
         self._warm.clear()
+        return held
 
     def __len__(self) -> int:
         return len(self._held)

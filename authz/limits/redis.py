@@ -54,8 +54,8 @@ REFUND = Script("authz.limits", "refund.lua")
 # A window is kept in this many quanta: a unit leaves the window at most window/100 late,
 # and a key holds at most about 100 entries whatever the limit (see docs/limits.md).
 QUANTA_PER_WINDOW = 100
-
-# Requests per script call: bounds how long one call holds Redis (about 10 us each).
+# Requests (or, from a closing store, lease give-backs) per script call: bounds how long one
+# call holds Redis (about 10 us each).
 MAX_BATCH = 128
 # The longest a request may wait for others to share its script call (RedisStore batch_hold).
 MAX_BATCH_HOLD = 0.005

@@ -313,7 +313,7 @@ async def test_redis_down_fails_unless_a_live_lease_serves(
 
 
 async def test_closing_a_store_gives_its_unspent_leases_back(
-    new_store: Callable[..., RedisStore],
+    new_store: Callable[..., RedisStore], redis_server: RedisServer
 ) -> None:
     clock = Clock()
     store = new_store(clock=clock, max_sessions=1)
@@ -324,11 +324,21 @@ async def test_closing_a_store_gives_its_unspent_leases_back(
             clock.us += 1_000
             assert (await store.hit([hit])).allowed
     assert await counted(store, 10_000) == 2 + 100
+
+    def entries() -> tuple[object, ...]:
+        logs = tuple(redis_server.command("ZCARD", store.key(h.key)) for h in leased)
+        return (*logs, redis_server.command("ZSCORE", store.sessions_key(("alice",)), "s-1"))
+
+    before = entries()
+    # Past the lease's stamp (its life late): a hit recorded now would be a new entry, and
+    # would move s-1's idle time.
+    clock.us += 3 * QUANTUM
     await store.close()
+    assert entries() == before, "the give-back recorded no entry and noted no session"
     other = new_store(clock=clock, max_sessions=1)
     assert await counted(other, 10_000) == 9, "only the admitted units stay counted"
     assert (await other.usage(leased[1])).used == 9
-    # The give-back counted nothing new: the session's one place is still alice's s-1 alone.
+    # alice's one session place is still s-1's.
     other_session = Hit(CounterKey("per-session", "session", ("alice", "s-2")), 10_000, WINDOW)
     refused = (await other.hit([other_session])).states[0]
     assert refused.crowded is not None
